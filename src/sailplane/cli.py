@@ -1,0 +1,83 @@
+"""The ``sailplane`` command: verbs -> config -> the function that does the work."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from sailplane.errors import PolicyError
+from sailplane.mounts.policy import MountPolicy, Platform
+from sailplane.mounts.report import plan_document
+from sailplane.runtime.containerd.mounts import DEFAULT_VOLUME_ROOT
+
+app = typer.Typer(no_args_is_help=True, help="Sailplane: session backends with secure mounts.")
+mounts_app = typer.Typer(no_args_is_help=True, help="Inspect how a drone would mount things.")
+app.add_typer(mounts_app, name="mounts")
+
+MountBase = Annotated[
+    str | None, typer.Option(help="Directory of the host volume 'default' (Plane's mount).")
+]
+HostVolumeFlags = Annotated[
+    list[str] | None,
+    typer.Option("--host-volume", help="NAME=PATH[:ro|:rw], repeatable; rw if not given."),
+]
+PolicyFile = Annotated[
+    Path | None, typer.Option("--policy", help="TOML policy file with host volumes.")
+]
+
+
+def _emit(document: dict[str, Any], status: int) -> None:
+    sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    raise typer.Exit(status)
+
+
+def load_policy(
+    mount_base: str | None, host_volumes: list[str] | None, policy_file: Path | None,
+    platform: Platform = "posix",
+) -> MountPolicy:
+    """The drone's mount policy from its flags, or from a TOML file (not both)."""
+    if policy_file is not None:
+        if mount_base or host_volumes:
+            raise PolicyError("give either --policy or --mount-base/--host-volume, not both")
+        return MountPolicy.from_toml(policy_file)
+    return MountPolicy.from_flags(mount_base, host_volumes or (), platform)
+
+
+@mounts_app.command("plan")
+def mounts_plan(
+    file: Annotated[str, typer.Argument(help="JSON executable or connect request; - for stdin")],
+    mount_base: MountBase = None,
+    host_volume: HostVolumeFlags = None,
+    policy: PolicyFile = None,
+    key: Annotated[str | None, typer.Option(help="Key name for {key} templates.")] = None,
+    namespace: Annotated[str | None, typer.Option(help="Namespace for {namespace}.")] = None,
+    backend: Annotated[str, typer.Option(help="Backend id for {backend}.")] = "",
+    apply: Annotated[bool, typer.Option(help="Create missing directories as a drone would.")]
+    = False,
+    platform: Annotated[str, typer.Option(help="posix or windows host paths.")] = "posix",
+    volume_root: Annotated[
+        str, typer.Option(help="Where containerd-style named volumes live.")
+    ] = DEFAULT_VOLUME_ROOT,
+) -> None:
+    """Print, as JSON, what a drone with this policy would mount (DESIGN 4.5)."""
+    if platform not in ("posix", "windows"):
+        _emit({"error": {"code": "bad_policy", "message": "--platform: posix or windows"}}, 2)
+    try:
+        mount_policy = load_policy(
+            mount_base, host_volume, policy, "windows" if platform == "windows" else "posix"
+        )
+    except PolicyError as exc:
+        _emit({"error": {"code": exc.code, "message": exc.message}}, 2)
+    try:
+        text = sys.stdin.read() if file == "-" else Path(file).read_text()
+    except OSError as exc:
+        _emit({"error": {"code": "invalid_request", "message": f"{file}: {exc.strerror}"}}, 2)
+    status, document = plan_document(
+        text, mount_policy, key=key, namespace=namespace, backend=backend, apply=apply,
+        volume_root=volume_root,
+    )
+    _emit(document, status)

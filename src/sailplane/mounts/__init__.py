@@ -1,0 +1,7 @@
+"""Declarative, secure volume mounts (DESIGN 4).
+
+The pipeline reads forward through these modules: ``sailplane.spec`` (the request) ->
+``policy`` (what the operator allows) -> ``validate`` (pure rules) -> ``resolve`` (the walk on
+disk) -> ``resolved`` (what a runtime receives) -> ``sailplane.runtime.*.mounts`` (translation).
+``plan`` strings them together.
+"""

@@ -1,0 +1,187 @@
+"""The drone operator's mount policy: which host directories backends may use at all.
+
+A spawn request can only *name* a host volume; the operator decides what each name means::
+
+    sailplane drone --mount-base /srv/plane --host-volume data=/srv/data:rw \\
+                    --host-volume config=/srv/config:ro
+
+or, with allowed namespaces, in a TOML file::
+
+    mount_base = "/srv/plane"            # the host volume named "default"
+
+    [host_volumes.data]
+    path = "/srv/data"
+    access = "rw"                        # the highest access allowed; "ro" or "rw"
+    namespaces = ["editor"]              # omit to allow every namespace
+
+A policy whose root is a system directory (``/``, ``/etc``, ``/proc``, ``/run`` ...), the
+Docker socket, or any ancestor of one is refused with :class:`PolicyError`: no request could
+then mount, say, ``/var/run/docker.sock`` through a ``sub_path``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Iterable
+from enum import StrEnum
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from sailplane.errors import MountRefused, PolicyError
+
+DEFAULT_VOLUME = "default"
+DOCKER_SOCKET = "/var/run/docker.sock"
+# Never a root, nor an ancestor of a root's ...
+SYSTEM_DIRS = ("/", "/etc", "/proc", "/sys", "/dev", "/run", "/var/run", DOCKER_SOCKET,
+               "/run/docker.sock", "/var/lib/docker", "/boot")
+# ... and nothing beneath these either: kernel interfaces and runtime sockets live there.
+SYSTEM_TREES = ("/proc", "/sys", "/dev", "/run", "/var/run", "/var/lib/docker")
+WINDOWS_SYSTEM_DIRS = ("C:\\Windows", "C:\\Program Files", "C:\\ProgramData")
+
+_VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+Platform = Literal["posix", "windows"]
+
+
+class Access(StrEnum):
+    RO = "ro"
+    RW = "rw"
+
+
+class HostVolume(BaseModel):
+    """One operator-published directory, by name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    path: str = Field(description="the root; on a posix drone its real path, symlinks resolved")
+    access: Access = Access.RW
+    namespaces: tuple[str, ...] | None = None
+
+
+class MountPolicy(BaseModel):
+    """All host volumes of one drone, and the platform its host paths belong to."""
+
+    model_config = ConfigDict(frozen=True)
+
+    host_volumes: dict[str, HostVolume] = Field(default_factory=dict)
+    platform: Platform = "posix"
+
+    @classmethod
+    def build(cls, volumes: Iterable[HostVolume], platform: Platform = "posix") -> MountPolicy:
+        """Check every root and return the policy, or raise :class:`PolicyError`."""
+        checked: dict[str, HostVolume] = {}
+        for volume in volumes:
+            if not _VOLUME_NAME.match(volume.name):
+                raise PolicyError(f"host volume name {volume.name!r} is not valid "
+                                  "(letters, digits, '_', '.', '-'; at most 64)")
+            if volume.name in checked:
+                raise PolicyError(f"host volume {volume.name!r} is defined twice")
+            root = check_root(volume.path, platform, volume.name)
+            checked[volume.name] = volume.model_copy(update={"path": root})
+        return cls(host_volumes=checked, platform=platform)
+
+    @classmethod
+    def from_flags(
+        cls, mount_base: str | None = None, host_volumes: Iterable[str] = (),
+        platform: Platform = "posix",
+    ) -> MountPolicy:
+        """From ``--mount-base PATH`` and repeated ``--host-volume NAME=PATH[:ro|:rw]``."""
+        volumes = [parse_host_volume_flag(flag) for flag in host_volumes]
+        if mount_base is not None:
+            volumes.insert(0, HostVolume(name=DEFAULT_VOLUME, path=mount_base))
+        return cls.build(volumes, platform)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> MountPolicy:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise PolicyError(f"cannot read policy file {path}: {exc}") from exc
+        volumes: list[HostVolume] = []
+        try:
+            if "mount_base" in data:
+                volumes.append(HostVolume(name=DEFAULT_VOLUME, path=data.pop("mount_base")))
+            for name, entry in data.pop("host_volumes", {}).items():
+                volumes.append(HostVolume(name=name, **entry))
+        except (TypeError, ValidationError) as exc:
+            raise PolicyError(f"policy file {path}: {exc}") from exc
+        if data:
+            raise PolicyError(f"policy file {path}: unknown keys {sorted(data)}")
+        return cls.build(volumes)
+
+    def authorize(
+        self, volume: str, read_only: bool, namespace: str, mount: int | str, field: str
+    ) -> HostVolume:
+        """The host volume a mount may use, or :class:`MountRefused` saying why not.
+
+        Never downgrades: asking for write access to a read-only volume is refused.
+        """
+        found = self.host_volumes.get(volume)
+        if found is None:
+            raise MountRefused(mount, f"{field}: this drone offers no host volume {volume!r}")
+        if found.namespaces is not None and namespace not in found.namespaces:
+            raise MountRefused(
+                mount, f"{field}: host volume {volume!r} is not available to namespace "
+                f"{namespace!r}"
+            )
+        if not read_only and found.access is Access.RO:
+            raise MountRefused(
+                mount, f"{field}: host volume {volume!r} is read-only on this drone; "
+                "read_only: false is refused"
+            )
+        return found
+
+
+def parse_host_volume_flag(flag: str) -> HostVolume:
+    """Parse ``NAME=PATH[:ro|:rw]``; access defaults to ``rw`` (the highest allowed)."""
+    name, sep, rest = flag.partition("=")
+    if not sep or not name or not rest:
+        raise PolicyError(f"--host-volume {flag!r}: expected NAME=PATH[:ro|:rw]")
+    access = Access.RW
+    path, _, suffix = rest.rpartition(":")
+    if path and suffix in ("ro", "rw"):
+        access = Access(suffix)
+    else:
+        path = rest
+    return HostVolume(name=name, path=path, access=access)
+
+
+def check_root(path: str, platform: Platform, name: str) -> str:
+    """Return the canonical root for a host volume, or raise :class:`PolicyError`."""
+    if platform == "windows":
+        return _check_windows_root(path, name)
+    if not path.startswith("/"):
+        raise PolicyError(f"host volume {name!r}: root {path!r} must be an absolute path")
+    real = os.path.realpath(path)
+    for candidate in {path, real}:
+        root = PurePosixPath(candidate)
+        for system in SYSTEM_DIRS:
+            if root == PurePosixPath(system) or PurePosixPath(system).is_relative_to(root):
+                raise PolicyError(
+                    f"host volume {name!r}: root {path!r} is or contains {system}, "
+                    "which can never be published to backends"
+                )
+        for tree in SYSTEM_TREES:
+            if root.is_relative_to(tree):
+                raise PolicyError(f"host volume {name!r}: root {path!r} lies under {tree}")
+    if not os.path.isdir(real):
+        raise PolicyError(f"host volume {name!r}: root {path!r} is not an existing directory")
+    return real
+
+
+def _check_windows_root(path: str, name: str) -> str:
+    root = PureWindowsPath(path)
+    if not root.drive or not root.root:
+        raise PolicyError(f"host volume {name!r}: root {path!r} must be an absolute path")
+    if root == PureWindowsPath(root.anchor):
+        raise PolicyError(f"host volume {name!r}: root {path!r} is a whole drive")
+    for system in WINDOWS_SYSTEM_DIRS:
+        forbidden = PureWindowsPath(system)
+        if root == forbidden or root.is_relative_to(forbidden):
+            raise PolicyError(f"host volume {name!r}: root {path!r} lies under {system}")
+    return str(root)

@@ -1,0 +1,1 @@
+"""Container runtimes behind one interface; each translates resolved mounts itself."""

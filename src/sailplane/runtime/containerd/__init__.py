@@ -1,0 +1,1 @@
+"""The containerd runtime, in its own namespace, with OCI runtime spec mounts."""

@@ -1,0 +1,36 @@
+"""Resolved mounts -> OCI runtime spec ``mounts`` entries (DESIGN 4.4).
+
+containerd has no named volumes of its own: the runtime provisions each one as a directory
+``{volume_root}/{name}`` and binds it like a host directory.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterable
+from typing import Any
+
+from sailplane.mounts.resolved import ResolvedHostMount, ResolvedMount, ResolvedVolumeMount
+
+DEFAULT_VOLUME_ROOT = "/var/lib/sailplane/volumes"
+
+
+def to_oci_mount(mount: ResolvedMount, volume_root: str = DEFAULT_VOLUME_ROOT) -> dict[str, Any]:
+    if isinstance(mount, ResolvedHostMount | ResolvedVolumeMount):
+        source = (mount.host_path if isinstance(mount, ResolvedHostMount)
+                  else posixpath.join(volume_root, mount.name))
+        access = "ro" if mount.read_only else "rw"
+        return {
+            "destination": mount.target, "type": "bind", "source": source,
+            "options": ["rbind", "rprivate", access, "nosuid", "nodev"],
+        }
+    return {
+        "destination": mount.target, "type": "tmpfs", "source": "tmpfs",
+        "options": ["nosuid", "nodev", f"size={mount.size_bytes}", f"mode={mount.mode:o}"],
+    }
+
+
+def to_oci_mounts(
+    mounts: Iterable[ResolvedMount], volume_root: str = DEFAULT_VOLUME_ROOT
+) -> list[dict[str, Any]]:
+    return [to_oci_mount(mount, volume_root) for mount in mounts]

@@ -1,0 +1,1 @@
+"""The Docker Engine runtime. The ``docker`` SDK is imported only under this package."""
