@@ -106,6 +106,8 @@ class ExecutorConfig(BaseModel):
     pull_policy: PullPolicy | None = None
     credentials: RegistryCredentials | None = None
     env: dict[str, str] = Field(default_factory=dict)
+    # Sailplane's extension (like Kubernetes' args): replaces the image's command.
+    command: list[str] | None = Field(default=None, min_length=1)
     resource_limits: ResourceLimits = Field(default_factory=ResourceLimits)
     # Plane's shorthand: true mounts {mount_base}/{key}, a string p mounts {mount_base}/p.
     mount: StrictBool | str | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import PureWindowsPath
 
+from sailplane.errors import MountRefused
 from sailplane.mounts.policy import DEFAULT_VOLUME, HostVolume, MountPolicy
 from sailplane.mounts.resolve import CreatedDirectories, Method, resolve_beneath
 from sailplane.mounts.resolved import (
@@ -25,7 +26,6 @@ from sailplane.mounts.validate import (
     check_target,
     check_unique_targets,
     check_volume_name,
-    component_problem,
     expand,
 )
 from sailplane.spec import ExecutorConfig, HostMountSpec, TmpfsMountSpec, VolumeMountSpec
@@ -40,7 +40,8 @@ class HostMountPlan:
 
     mount: int | str
     field: str
-    volume: HostVolume
+    volume_name: str
+    volume: HostVolume | None  # None when checked without a drone's policy (controller)
     parts: tuple[str, ...]
     target: str
     read_only: bool
@@ -50,9 +51,13 @@ Checked = HostMountPlan | ResolvedVolumeMount | ResolvedTmpfsMount
 
 
 def check_mounts(
-    executor: ExecutorConfig, policy: MountPolicy, values: TemplateValues
+    executor: ExecutorConfig, policy: MountPolicy | None, values: TemplateValues
 ) -> list[Checked]:
-    """Every rule that needs no disk: templates, paths, targets, names, policy."""
+    """Every rule that needs no disk: templates, paths, targets, names, and the policy.
+
+    Without a policy (the controller, before it picks a drone) host volumes are only named;
+    :func:`host_volume_needs` then tells the scheduler what a drone must offer.
+    """
     checked: list[Checked] = []
     targets: list[tuple[int | str, str]] = []
     if executor.mount is not None and executor.mount is not False:
@@ -74,22 +79,32 @@ def plan_mounts(
     *,
     apply: bool,
     method: Method | None = None,
+    created: CreatedDirectories | None = None,
 ) -> list[ResolvedMount]:
     """Check, then resolve every host mount on disk (creating directories if ``apply``).
+
+    A refused plan removes what it created. Pass ``created`` to keep the record of new
+    directories after success, so a later failure (the container would not start) can
+    :meth:`~CreatedDirectories.rollback` them; otherwise they are simply kept.
 
     On a Windows drone (``policy.platform``) paths are only joined, with ``PureWindowsPath``:
     the walk is Linux's, and Docker Desktop resolves Windows paths itself.
     """
     checked = check_mounts(executor, policy, values)
-    created = CreatedDirectories() if apply else None
+    owned = created is None
+    if apply and created is None:
+        created = CreatedDirectories()
+    elif not apply:
+        created = None
     resolved: list[ResolvedMount] = []
     try:
         for item in checked:
             if not isinstance(item, HostMountPlan):
                 resolved.append(item)
                 continue
+            assert item.volume is not None  # a policy was given
             if policy.platform == "windows":
-                host_path = str(PureWindowsPath(item.volume.path, *item.parts))
+                host_path = _windows_path(item.volume.path, item.parts, item.mount, item.field)
             else:
                 host_path = resolve_beneath(
                     item.volume.path, item.parts, mount=item.mount, field=item.field,
@@ -102,9 +117,28 @@ def plan_mounts(
         if created is not None:
             created.rollback()
         raise
-    if created is not None:
+    if created is not None and owned:
         created.release()
     return resolved
+
+
+def _windows_path(root: str, parts: tuple[str, ...], mount: int | str, field: str) -> str:
+    """Join on a Windows drone, refusing what Windows would read differently from posix.
+
+    A ``:`` in any component is a drive (``PureWindowsPath("C:\\data", "x", "D:")`` is
+    ``D:``) or an alternate data stream, and Windows drops a trailing ``.`` or space, so
+    ``doc-42.`` would be key ``doc-42``'s directory.
+    """
+    for part in parts:
+        if ":" in part or part.endswith((".", " ")):
+            raise MountRefused(
+                mount, f"{field}: {part!r} is not a safe path component on a Windows drone "
+                "(no ':', no trailing '.' or space)"
+            )
+    path = PureWindowsPath(root, *parts)
+    if not path.is_relative_to(root):
+        raise MountRefused(mount, f"{field}: the path leaves its host volume")
+    return str(path)
 
 
 def _check_one(
@@ -112,15 +146,16 @@ def _check_one(
     index: int,
     where: str,
     target: str,
-    policy: MountPolicy,
+    policy: MountPolicy | None,
     values: TemplateValues,
 ) -> Checked:
     if isinstance(spec, HostMountSpec):
         field = f"{where}.sub_path"
-        volume = policy.authorize(spec.volume, spec.read_only, values.namespace, index,
-                                  f"{where}.volume")
+        volume = None if policy is None else policy.authorize(
+            spec.volume, spec.read_only, values.namespace, index, f"{where}.volume"
+        )
         parts = check_sub_path(expand(spec.sub_path, values, index, field), index, field)
-        return HostMountPlan(index, field, volume, parts, target, spec.read_only)
+        return HostMountPlan(index, field, spec.volume, volume, parts, target, spec.read_only)
     if isinstance(spec, VolumeMountSpec):
         field = f"{where}.name"
         name = check_volume_name(expand(spec.name, values, index, field), index, field)
@@ -128,10 +163,31 @@ def _check_one(
     return ResolvedTmpfsMount(target=target, size_bytes=spec.size_bytes, mode=int(spec.mode, 8))
 
 
-def _plane_mount(mount: bool | str, policy: MountPolicy, values: TemplateValues) -> HostMountPlan:
+def _plane_mount(
+    mount: bool | str, policy: MountPolicy | None, values: TemplateValues
+) -> HostMountPlan:
     """Plane's shorthand: ``true`` is ``{mount_base}/{key}``, a string a path under it, rw."""
     field = PLANE_MOUNT_FIELD
-    volume = policy.authorize(DEFAULT_VOLUME, False, values.namespace, field, field)
+    volume = None if policy is None else policy.authorize(
+        DEFAULT_VOLUME, False, values.namespace, field, field
+    )
     template = mount if isinstance(mount, str) else "{key}"
     parts = check_sub_path(expand(template, values, field, field), field, field)
-    return HostMountPlan(field, field, volume, parts, PLANE_MOUNT_TARGET, False)
+    return HostMountPlan(field, field, DEFAULT_VOLUME, volume, parts, PLANE_MOUNT_TARGET, False)
+
+
+@dataclass(frozen=True)
+class HostVolumeNeed:
+    """A host volume a drone must offer for a request: by name, with write access or not."""
+
+    name: str
+    write: bool
+
+
+def host_volume_needs(executor: ExecutorConfig, values: TemplateValues) -> list[HostVolumeNeed]:
+    """Check a request without a policy and list the host volumes it needs, for scheduling."""
+    return [
+        HostVolumeNeed(item.volume_name, not item.read_only)
+        for item in check_mounts(executor, None, values)
+        if isinstance(item, HostMountPlan)
+    ]

@@ -106,7 +106,10 @@ class MountPolicy(BaseModel):
         try:
             if "mount_base" in data:
                 volumes.append(HostVolume(name=DEFAULT_VOLUME, path=data.pop("mount_base")))
-            for name, entry in data.pop("host_volumes", {}).items():
+            entries = data.pop("host_volumes", {})
+            if not isinstance(entries, dict):
+                raise TypeError("host_volumes must be a table of [host_volumes.NAME] tables")
+            for name, entry in entries.items():
                 volumes.append(HostVolume(name=name, **entry))
         except (TypeError, ValidationError) as exc:
             raise PolicyError(f"policy file {path}: {exc}") from exc

@@ -27,7 +27,7 @@ import errno
 import os
 import stat
 from collections.abc import Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -98,10 +98,8 @@ class CreatedDirectories:
     def rollback(self) -> None:
         """Remove what was made, deepest first; a directory someone filled meanwhile stays."""
         for parent_fd, name in reversed(self._made):
-            try:
+            with suppress(OSError):
                 os.rmdir(name, dir_fd=parent_fd)
-            except OSError:
-                pass
         self.release()
 
     def release(self) -> None:
@@ -132,6 +130,7 @@ def resolve_beneath(
         except OSError as exc:
             raise MountRefused(mount, f"{field}: host volume root is not usable") from exc
         stack.callback(os.close, fd)
+        _verify(fd, root, mount, field)  # before creating anything under it
         depth = 0
         if method == "openat2" and parts:
             try:
@@ -149,10 +148,7 @@ def resolve_beneath(
             except FileNotFoundError:
                 if created is None:
                     break  # dry run: the rest would be created
-                _mkdir(fd, name, mount, field)
-                created.add(fd, name)
-                child = _open_child(fd, name, method)
-                os.chmod(f"/proc/self/fd/{child}", NEW_DIRECTORY_MODE)  # umask-proof 0750
+                child = _make_child(fd, name, method, created, mount, field)
             except OSError as exc:
                 raise _refusal(exc, mount, field) from exc
             stack.callback(os.close, child)
@@ -167,13 +163,40 @@ def _open_child(dirfd: int, name: str, method: Method) -> int:
     return os.open(name, _O_PATH_DIR, dir_fd=dirfd)
 
 
-def _mkdir(dirfd: int, name: str, mount: int | str, field: str) -> None:
+def _make_child(
+    dirfd: int, name: str, method: Method, created: CreatedDirectories, mount: int | str,
+    field: str,
+) -> int:
+    """Create ``name`` (0750 whatever the umask) and open it; only what we made is recorded.
+
+    The name may be raced (made, removed or replaced by a symlink meanwhile): the open that
+    follows refuses anything but a directory, as a :class:`MountRefused`.
+    """
+    made = _mkdir(dirfd, name, mount, field)
+    if made:
+        created.add(dirfd, name)
+    try:
+        child = _open_child(dirfd, name, method)
+    except OSError as exc:
+        raise _refusal(exc, mount, field) from exc
+    if made:
+        try:
+            os.chmod(f"/proc/self/fd/{child}", NEW_DIRECTORY_MODE)  # umask-proof 0750
+        except OSError as exc:
+            os.close(child)
+            raise _refusal(exc, mount, field) from exc
+    return child
+
+
+def _mkdir(dirfd: int, name: str, mount: int | str, field: str) -> bool:
+    """Make ``name``; False if it already exists (made concurrently, so not ours)."""
     try:
         os.mkdir(name, NEW_DIRECTORY_MODE, dir_fd=dirfd)
     except FileExistsError:
-        pass  # made concurrently; the open that follows checks what it is
+        return False
     except OSError as exc:
         raise MountRefused(mount, f"{field}: cannot create a directory ({exc.strerror})") from exc
+    return True
 
 
 def _refusal(exc: OSError, mount: int | str, field: str) -> MountRefused:

@@ -78,13 +78,17 @@ def component_problem(name: str) -> str | None:
         return "contains a backslash"
     if "\x00" in name:
         return "contains a NUL byte"
-    if len(name.encode()) > MAX_COMPONENT_BYTES:
+    size = _utf8_bytes(name)
+    if size is None:
+        return "not valid UTF-8"
+    if size > MAX_COMPONENT_BYTES:
         return f"longer than {MAX_COMPONENT_BYTES} bytes"
     return None
 
 
 def check_sub_path(sub_path: str, mount: int | str, field: str) -> tuple[str, ...]:
     """Return the components of an expanded ``sub_path``; ``""`` is the volume's root."""
+    _check_utf8(sub_path, mount, field)
     if len(sub_path.encode()) > MAX_PATH_BYTES:
         raise MountRefused(mount, f"{field}: longer than {MAX_PATH_BYTES} bytes")
     if "\x00" in sub_path:
@@ -114,6 +118,7 @@ def check_sub_path(sub_path: str, mount: int | str, field: str) -> tuple[str, ..
 
 def check_target(target: str, mount: int | str, field: str) -> str:
     """Return ``target`` if it is a safe, normalized, absolute container path."""
+    _check_utf8(target, mount, field)
     if len(target.encode()) > MAX_PATH_BYTES:
         raise MountRefused(mount, f"{field}: longer than {MAX_PATH_BYTES} bytes")
     if "\x00" in target:
@@ -152,6 +157,7 @@ def check_unique_targets(targets: Iterable[tuple[int | str, str]]) -> None:
 
 
 def check_volume_name(name: str, mount: int | str, field: str) -> str:
+    _check_utf8(name, mount, field)
     if len(name.encode()) > MAX_VOLUME_NAME_BYTES:
         raise MountRefused(mount, f"{field}: longer than {MAX_VOLUME_NAME_BYTES} bytes")
     if not _VOLUME_NAME.match(name):
@@ -160,6 +166,19 @@ def check_volume_name(name: str, mount: int | str, field: str) -> str:
             "(letters, digits, '_', '.', '-'; starting with a letter or digit)"
         )
     return name
+
+
+def _utf8_bytes(text: str) -> int | None:
+    """The length of ``text`` in UTF-8, or None if it has a lone surrogate (JSON allows one)."""
+    try:
+        return len(text.encode())
+    except UnicodeEncodeError:
+        return None
+
+
+def _check_utf8(text: str, mount: int | str, field: str) -> None:
+    if _utf8_bytes(text) is None:
+        raise MountRefused(mount, f"{field}: not valid UTF-8 (a lone surrogate)")
 
 
 def _name(mount: int | str) -> str:

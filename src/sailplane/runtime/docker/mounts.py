@@ -11,6 +11,7 @@ from sailplane.mounts.resolved import (
     ResolvedVolumeMount,
 )
 
+
 def to_docker_mount(mount: ResolvedMount) -> dict[str, Any]:
     if isinstance(mount, ResolvedHostMount):
         return {

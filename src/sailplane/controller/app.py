@@ -1,0 +1,179 @@
+"""The controller's HTTP API (DESIGN 3). Handlers only parse and call; the work is in
+``backends``, ``drones`` and ``sweeper``, which run in worker threads."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Request, WebSocket
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from sqlalchemy import Engine
+
+from sailplane.controller import backends, drones
+from sailplane.controller.backends import BackendNotFound, KeyTagMismatch, Urls
+from sailplane.controller.config import ControllerConfig
+from sailplane.controller.db.engine import make_engine, migrate
+from sailplane.controller.drone_socket import serve_drone
+from sailplane.controller.models import (
+    BackendSummary,
+    ConnectResponse,
+    DroneSummary,
+    StatusResponse,
+)
+from sailplane.controller.notify import Notifier
+from sailplane.controller.scheduler import NoDroneAvailable
+from sailplane.controller.sweeper import run_sweeper
+from sailplane.errors import MountRefused, SailplaneError
+from sailplane.spec import ConnectRequest
+from sailplane.state import BackendStatus, TerminationReason
+
+_STATUS_BY_ERROR: dict[type[SailplaneError], int] = {
+    MountRefused: 400, BackendNotFound: 404, KeyTagMismatch: 409, NoDroneAvailable: 503,
+}
+STREAM_POLL_SECONDS = 0.5
+
+
+def create_app(config: ControllerConfig, engine: Engine | None = None) -> FastAPI:
+    engine = engine or make_engine(config.database_url)
+    notifier = Notifier()
+    urls = Urls(proxy=config.proxy_url, controller=config.controller_url)
+    registry = CollectorRegistry()
+    connect_seconds = Histogram("sailplane_connect_seconds", "Latency of /ctrl/connect",
+                                registry=registry)
+    backend_gauge = Gauge("sailplane_backends", "Backends by status", ["status"],
+                          registry=registry)
+    drone_gauge = Gauge("sailplane_drones", "Connected drones", registry=registry)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(migrate, engine)
+        sweeper = asyncio.create_task(run_sweeper(engine, notifier, config.lost_after_seconds))
+        yield
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+
+    def authorize(authorization: Annotated[str | None, Header()] = None) -> None:
+        if config.ctrl_token and authorization != f"Bearer {config.ctrl_token}":
+            raise HTTPException(401, "a valid bearer token is required for /ctrl")
+
+    app = FastAPI(title="Sailplane controller", lifespan=lifespan)
+    ctrl = [Depends(authorize)]
+
+    @app.exception_handler(SailplaneError)
+    async def sailplane_error(_request: Request, exc: SailplaneError) -> JSONResponse:
+        status = next((code for kind, code in _STATUS_BY_ERROR.items()
+                       if isinstance(exc, kind)), 500)
+        body: dict[str, Any] = {"code": exc.code, "message": exc.message}
+        if isinstance(exc, MountRefused):
+            body["mount"] = exc.mount
+        return JSONResponse({"error": body}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"] if part != "body")
+        return JSONResponse({"error": {"code": "invalid_request",
+                                       "message": f"{where}: {first['msg']}"}}, 400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": {"code": "http_error", "message": exc.detail}},
+                            exc.status_code)
+
+    @app.post("/ctrl/connect", dependencies=ctrl)
+    async def connect(request: ConnectRequest) -> ConnectResponse:
+        started = time.perf_counter()
+        response, drone = await asyncio.to_thread(backends.connect, engine, request, urls)
+        if drone:
+            notifier.notify(f"drone:{drone}")
+        connect_seconds.observe(time.perf_counter() - started)
+        return response
+
+    async def terminate(backend_id: str, hard: bool) -> dict[str, bool]:
+        drone = await asyncio.to_thread(backends.request_termination, engine, backend_id,
+                                        hard, TerminationReason.EXTERNAL)
+        if drone:
+            notifier.notify(f"drone:{drone}")
+        return {"requested": bool(drone)}
+
+    @app.post("/ctrl/b/{backend_id}/soft-terminate", dependencies=ctrl)
+    async def soft_terminate(backend_id: str) -> dict[str, bool]:
+        return await terminate(backend_id, hard=False)
+
+    @app.post("/ctrl/b/{backend_id}/hard-terminate", dependencies=ctrl)
+    async def hard_terminate(backend_id: str) -> dict[str, bool]:
+        return await terminate(backend_id, hard=True)
+
+    @app.get("/ctrl/backends", dependencies=ctrl)
+    async def list_backends(live: bool = False) -> list[BackendSummary]:
+        return await asyncio.to_thread(backends.list_backends, engine, live)
+
+    @app.get("/ctrl/drones", dependencies=ctrl)
+    async def list_drones() -> list[DroneSummary]:
+        return await asyncio.to_thread(drones.list_drones, engine)
+
+    @app.post("/ctrl/d/{drone_id}/drain", dependencies=ctrl)
+    async def drain(drone_id: str) -> dict[str, bool]:
+        await asyncio.to_thread(drones.drain, engine, drone_id)
+        return {"draining": True}
+
+    @app.websocket("/ctrl/drone-socket")
+    async def drone_socket(websocket: WebSocket) -> None:
+        token = websocket.headers.get("authorization")
+        if config.ctrl_token and token != f"Bearer {config.ctrl_token}":
+            await websocket.close(code=1008)
+            return
+        await serve_drone(websocket, engine, notifier)
+
+    @app.get("/pub/b/{backend_id}/status")
+    async def backend_status(backend_id: str) -> StatusResponse:
+        return await asyncio.to_thread(backends.status, engine, backend_id)
+
+    @app.get("/pub/b/{backend_id}/status-stream")
+    async def status_stream(
+        backend_id: str, last_event_id: Annotated[int, Header()] = 0,
+    ) -> StreamingResponse:
+        if not await asyncio.to_thread(backends.exists, engine, backend_id):
+            raise BackendNotFound(f"no backend {backend_id!r}")
+        return StreamingResponse(_stream(engine, notifier, backend_id, last_event_id),
+                                 media_type="text/event-stream")
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        summaries = await asyncio.to_thread(backends.list_backends, engine, False)
+        for status in BackendStatus:
+            backend_gauge.labels(status.value).set(
+                sum(1 for b in summaries if b.status is status))
+        drone_list = await asyncio.to_thread(drones.list_drones, engine)
+        drone_gauge.set(sum(1 for d in drone_list if d.connected))
+        return PlainTextResponse(generate_latest(registry).decode())
+
+    app.state.engine = engine
+    return app
+
+
+async def _stream(
+    engine: Engine, notifier: Notifier, backend_id: str, after: int
+) -> AsyncIterator[str]:
+    """Server-sent events: the history after ``after``, then each new state until the end."""
+    while True:
+        for event_id, state in await asyncio.to_thread(backends.history, engine, backend_id,
+                                                       after):
+            after = event_id
+            body = json.dumps(state.model_dump(mode="json", exclude_none=True))
+            yield f"id: {event_id}\nevent: status\ndata: {body}\n\n"
+            if state.status is BackendStatus.TERMINATED:
+                return
+        await notifier.wait(f"backend:{backend_id}", STREAM_POLL_SECONDS)

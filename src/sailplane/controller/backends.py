@@ -1,0 +1,290 @@
+"""Backends in the database: connect (get or create by key), terminate, status, history.
+
+Plain functions over an :class:`~sqlalchemy.Engine`, called from the API in a worker thread.
+The key lock is the ``backend_keys`` primary key: when two connects race for a new key, one
+insert wins and the other re-reads and joins the winner's backend.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from sailplane.controller.db.tables import (
+    backend_keys,
+    backend_states,
+    backends,
+    drone_actions,
+    drones,
+    tokens,
+)
+from sailplane.controller.models import BackendSummary, ConnectResponse, StatusResponse
+from sailplane.controller.scheduler import DroneCandidate, choose_drone
+from sailplane.errors import SailplaneError
+from sailplane.mounts.plan import host_volume_needs
+from sailplane.mounts.validate import TemplateValues
+from sailplane.names import is_backend_id, new_backend_id, new_secret
+from sailplane.protocol import HostVolumeOffer, SpawnBackend, TerminateBackend
+from sailplane.spec import ConnectRequest, KeyConfig
+from sailplane.state import BackendState, BackendStatus, TerminationReason, now_ms
+from sailplane.timing import HEARTBEAT_DEADLINE_SECONDS
+
+STATIC_TOKEN_PREFIX = "s."
+_CONNECT_ATTEMPTS = 5
+_LIVE = [s.value for s in BackendStatus if s is not BackendStatus.TERMINATED]
+
+
+class KeyTagMismatch(SailplaneError):
+    """Raised when a key's live backend was created with another tag (HTTP 409)."""
+
+    code = "tag_mismatch"
+
+
+class BackendNotFound(SailplaneError):
+    """Raised for an unknown backend, or a key-only connect with no live backend (404)."""
+
+    code = "not_found"
+
+
+@dataclass(frozen=True)
+class Urls:
+    """Where clients reach things: the proxy (backend URLs) and the controller (status)."""
+
+    proxy: str
+    controller: str
+
+
+def connect(engine: Engine, request: ConnectRequest, urls: Urls) -> tuple[ConnectResponse, str]:
+    """Return the key's live backend or spawn one; also the drone to notify ("" if none)."""
+    key = request.key or KeyConfig(name="lk-" + secrets.token_hex(8))
+    for _ in range(_CONNECT_ATTEMPTS):
+        with engine.begin() as conn:
+            found = _join_live(conn, key, request, urls)
+        if found is not None:
+            return found, ""
+        if request.spawn_config is None:
+            raise BackendNotFound(f"no live backend for key {key.name!r} in namespace "
+                                  f"{key.namespace!r}, and no spawn_config to start one")
+        try:
+            return _spawn(engine, key, request, urls)
+        except IntegrityError:
+            continue  # another connect took the key first: join its backend
+    raise SailplaneError("the key stayed contended; try again")
+
+
+def _join_live(
+    conn: Connection, key: KeyConfig, request: ConnectRequest, urls: Urls
+) -> ConnectResponse | None:
+    row = conn.execute(
+        select(backends).join(backend_keys, backend_keys.c.backend_id == backends.c.id).where(
+            backend_keys.c.namespace == key.namespace, backend_keys.c.name == key.name,
+        )
+    ).mappings().first()
+    if row is None:
+        return None
+    if row["key_tag"] != key.tag:
+        raise KeyTagMismatch(f"key {key.name!r} has a live backend with tag {row['key_tag']!r}, "
+                             f"not {key.tag!r}")
+    token = row["static_token"] or _new_token(conn, row["id"], request)
+    return _response(row["id"], False, BackendStatus(row["status"]), token, row["drone_id"],
+                     row["secret_token"], urls)
+
+
+def _spawn(
+    engine: Engine, key: KeyConfig, request: ConnectRequest, urls: Urls
+) -> tuple[ConnectResponse, str]:
+    spawn_config = request.spawn_config
+    assert spawn_config is not None
+    given = spawn_config.id
+    backend_id = given if given and is_backend_id(given) else new_backend_id()
+    needs = host_volume_needs(  # MountRefused here is the caller's 400
+        spawn_config.executable, TemplateValues(key.name, key.namespace, backend_id)
+    )
+    pool = spawn_config.pool or request.pool or ""
+    with engine.begin() as conn:
+        drone = choose_drone(_candidates(conn), pool, needs, key.namespace)
+        now = now_ms()
+        secret = new_secret()
+        static = STATIC_TOKEN_PREFIX + new_secret() if spawn_config.use_static_token else None
+        lifetime = spawn_config.lifetime_limit_seconds
+        conn.execute(insert(backends).values(
+            id=backend_id, drone_id=drone.drone_id, key_namespace=key.namespace,
+            key_name=key.name, key_tag=key.tag, status=BackendStatus.SCHEDULED.value,
+            status_time_ms=now, executable=spawn_config.executable.model_dump(mode="json"),
+            secret_token=secret, static_token=static, created_ms=now,
+            lifetime_deadline_ms=now + lifetime * 1000 if lifetime else None,
+            max_idle_seconds=spawn_config.max_idle_seconds, last_active_ms=now, connections=0,
+        ))
+        conn.execute(insert(backend_keys).values(
+            namespace=key.namespace, name=key.name, backend_id=backend_id,
+        ))
+        conn.execute(insert(backend_states).values(
+            backend_id=backend_id, status=BackendStatus.SCHEDULED.value, time_ms=now,
+        ))
+        token = static or _new_token(conn, backend_id, request)
+        spawn = SpawnBackend(backend_id=backend_id, key=key,
+                             executable=spawn_config.executable, secret_token=secret)
+        queue_action(conn, drone.drone_id, spawn.model_dump(mode="json"))
+    response = _response(backend_id, True, BackendStatus.SCHEDULED, token, drone.drone_id,
+                         secret, urls)
+    return response, drone.drone_id
+
+
+def _candidates(conn: Connection) -> list[DroneCandidate]:
+    load = (
+        select(backends.c.drone_id, func.count().label("n"))
+        .where(backends.c.status.in_(_LIVE)).group_by(backends.c.drone_id).subquery()
+    )
+    rows = conn.execute(
+        select(drones, func.coalesce(load.c.n, 0).label("load"))
+        .outerjoin(load, load.c.drone_id == drones.c.id).where(drones.c.connected)
+    ).mappings()
+    fresh_after = now_ms() - int(HEARTBEAT_DEADLINE_SECONDS * 1000)
+    return [
+        DroneCandidate(
+            drone_id=row["id"], pool=row["pool"], fresh=row["last_seen_ms"] >= fresh_after,
+            draining=row["draining"], load=row["load"],
+            host_volumes=tuple(HostVolumeOffer.model_validate(v) for v in row["host_volumes"]),
+        )
+        for row in rows
+    ]
+
+
+def _new_token(conn: Connection, backend_id: str, request: ConnectRequest) -> str:
+    token = "t-" + new_secret()
+    conn.execute(insert(tokens).values(
+        token=token, backend_id=backend_id, username=request.user, auth=request.auth,
+        created_ms=now_ms(),
+    ))
+    return token
+
+
+def _response(
+    backend_id: str, spawned: bool, status: BackendStatus, token: str, drone: str,
+    secret: str, urls: Urls,
+) -> ConnectResponse:
+    return ConnectResponse(
+        backend_id=backend_id, spawned=spawned, status=status, token=token,
+        url=f"{urls.proxy.rstrip('/')}/{token}/",
+        status_url=f"{urls.controller.rstrip('/')}/pub/b/{backend_id}/status",
+        drone=drone, secret_token=secret,
+    )
+
+
+def queue_action(conn: Connection, drone_id: str, payload: dict[str, Any]) -> int:
+    """Queue a message for a drone; its socket handler sends it until acknowledged."""
+    result = conn.execute(insert(drone_actions).values(
+        drone_id=drone_id, payload=payload, acked=False, created_ms=now_ms(),
+    ))
+    (action_id,) = result.inserted_primary_key or (0,)
+    return int(action_id)
+
+
+def request_termination(
+    engine: Engine, backend_id: str, hard: bool, reason: TerminationReason
+) -> str:
+    """Ask the backend's drone to stop it; returns the drone id ("" if nothing to do)."""
+    with engine.begin() as conn:
+        row = conn.execute(
+            select(backends.c.drone_id, backends.c.status, backends.c.stop_requested)
+            .where(backends.c.id == backend_id)
+        ).first()
+        if row is None:
+            raise BackendNotFound(f"no backend {backend_id!r}")
+        drone_id, status, requested = row
+        if status == BackendStatus.TERMINATED.value or (requested == "hard" or
+                                                          (requested and not hard)):
+            return ""
+        conn.execute(update(backends).where(backends.c.id == backend_id)
+                     .values(stop_requested="hard" if hard else "soft"))
+        message = TerminateBackend(backend_id=backend_id, hard=hard, reason=reason)
+        queue_action(conn, drone_id, message.model_dump(mode="json"))
+    return str(drone_id)
+
+
+def record_state(
+    conn: Connection, backend_id: str, state: BackendState, address: str | None = None
+) -> bool:
+    """Store one state of a backend's history; False for a stale or repeated one.
+
+    At ``terminated`` the key is released, so the next connect spawns anew."""
+    row = conn.execute(
+        select(backends.c.status).where(backends.c.id == backend_id)
+    ).first()
+    if row is None or BackendStatus(row[0]).rank >= state.status.rank:
+        return False
+    conn.execute(insert(backend_states).values(
+        backend_id=backend_id, status=state.status.value, time_ms=state.time,
+        reason=state.reason, exit_code=state.exit_code, message=state.message,
+    ))
+    values: dict[str, Any] = {"status": state.status.value, "status_time_ms": state.time}
+    if state.status is BackendStatus.READY:
+        values["last_active_ms"] = state.time  # idle time counts from ready
+    if address:
+        values["address"] = address
+    if state.status is BackendStatus.TERMINATED:
+        values |= {"reason": state.reason, "exit_code": state.exit_code,
+                   "message": state.message}
+        conn.execute(delete(backend_keys).where(backend_keys.c.backend_id == backend_id))
+    conn.execute(update(backends).where(backends.c.id == backend_id).values(**values))
+    return True
+
+
+def status(engine: Engine, backend_id: str) -> StatusResponse:
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(backends.c.status, backends.c.status_time_ms, backends.c.reason,
+                   backends.c.exit_code).where(backends.c.id == backend_id)
+        ).first()
+    if row is None:
+        raise BackendNotFound(f"no backend {backend_id!r}")
+    return _status(*row)
+
+
+def history(engine: Engine, backend_id: str, after: int = 0) -> list[tuple[int, StatusResponse]]:
+    """The backend's states with an id greater than ``after`` (SSE's Last-Event-ID)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(backend_states.c.id, backend_states.c.status, backend_states.c.time_ms,
+                   backend_states.c.reason, backend_states.c.exit_code)
+            .where(and_(backend_states.c.backend_id == backend_id, backend_states.c.id > after))
+            .order_by(backend_states.c.id)
+        ).all()
+    return [(row[0], _status(*row[1:])) for row in rows]
+
+
+def exists(engine: Engine, backend_id: str) -> bool:
+    with engine.connect() as conn:
+        return conn.execute(
+            select(backends.c.id).where(backends.c.id == backend_id)
+        ).first() is not None
+
+
+def _status(status: str, time: int, reason: str | None, exit_code: int | None) -> StatusResponse:
+    return StatusResponse(
+        status=BackendStatus(status), time=time,
+        reason=TerminationReason(reason) if reason else None, exit_code=exit_code,
+    )
+
+
+def list_backends(engine: Engine, live_only: bool = False) -> list[BackendSummary]:
+    query = select(backends).order_by(backends.c.created_ms)
+    if live_only:
+        query = query.where(backends.c.status.in_(_LIVE))
+    with engine.connect() as conn:
+        rows = conn.execute(query).mappings().all()
+    return [
+        BackendSummary(
+            backend_id=row["id"], drone=row["drone_id"],
+            key={"name": row["key_name"], "namespace": row["key_namespace"],
+                 "tag": row["key_tag"]},
+            status=BackendStatus(row["status"]), status_time=row["status_time_ms"],
+            address=row["address"], reason=row["reason"], exit_code=row["exit_code"],
+            message=row["message"],
+        )
+        for row in rows
+    ]

@@ -1,0 +1,63 @@
+"""Choosing a drone for a new backend: a pure decision, tested without any I/O.
+
+Eligible drones are in the requested pool, have a fresh heartbeat, are not draining, and offer
+every host volume the request names, with write access where it asks for it and for its
+namespace (like Nomad's host volumes). Among them the least loaded wins. When none is
+eligible the error says why, in words an operator can act on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sailplane.errors import SailplaneError
+from sailplane.mounts.plan import HostVolumeNeed
+from sailplane.mounts.policy import Access
+from sailplane.protocol import HostVolumeOffer
+
+
+class NoDroneAvailable(SailplaneError):
+    """Raised when no drone can take a backend; the message says why."""
+
+    code = "no_drone_available"
+
+
+@dataclass(frozen=True)
+class DroneCandidate:
+    drone_id: str
+    pool: str
+    fresh: bool
+    draining: bool
+    load: int
+    host_volumes: tuple[HostVolumeOffer, ...]
+
+
+def offers(drone: DroneCandidate, need: HostVolumeNeed, namespace: str) -> bool:
+    for volume in drone.host_volumes:
+        if volume.name != need.name:
+            continue
+        if need.write and volume.access is not Access.RW:
+            return False
+        return volume.namespaces is None or namespace in volume.namespaces
+    return False
+
+
+def choose_drone(
+    drones: list[DroneCandidate], pool: str, needs: list[HostVolumeNeed], namespace: str
+) -> DroneCandidate:
+    live = [d for d in drones if d.pool == pool and d.fresh]
+    if not live:
+        raise NoDroneAvailable(f"no drone is connected in pool {pool!r}")
+    open_ = [d for d in live if not d.draining]
+    if not open_:
+        raise NoDroneAvailable(f"every drone in pool {pool!r} is draining")
+    eligible = open_
+    for need in needs:
+        eligible = [d for d in eligible if offers(d, need, namespace)]
+        if not eligible:
+            access = "read-write" if need.write else "read-only"
+            raise NoDroneAvailable(
+                f"no drone in pool {pool!r} offers host volume {need.name!r} {access} "
+                f"to namespace {namespace!r}"
+            )
+    return min(eligible, key=lambda d: (d.load, d.drone_id))

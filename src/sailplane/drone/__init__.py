@@ -1,0 +1,1 @@
+"""The drone: one per machine; turns spawns into containers and reports every step."""

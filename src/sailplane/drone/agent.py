@@ -1,0 +1,104 @@
+"""The drone's end of its WebSocket to the controller: hello, heartbeats, the outbox, actions.
+
+The socket is reopened with exponential backoff whenever it drops. On every connection the
+whole unacknowledged outbox is sent again from the start, in order; the controller skips
+events it already stored, so each lands exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from sailplane.drone.executor import Executor
+from sailplane.protocol import (
+    ActionAck,
+    BackendEvent,
+    EventAck,
+    Heartbeat,
+    Hello,
+    SpawnBackend,
+    TerminateBackend,
+    to_drone,
+)
+from sailplane.state import now_ms
+from sailplane.timing import HEARTBEAT_INTERVAL_SECONDS, RECONNECT_MAX_SECONDS
+
+log = logging.getLogger(__name__)
+
+
+class DroneAgent:
+    def __init__(
+        self, controller_url: str, executor: Executor, hello: Hello, token: str | None = None,
+        heartbeat_seconds: float = HEARTBEAT_INTERVAL_SECONDS,
+    ) -> None:
+        base = controller_url.rstrip("/").replace("http://", "ws://").replace("https://", "wss://")
+        self.url = f"{base}/ctrl/drone-socket"
+        self.executor = executor
+        self.hello = hello
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.heartbeat_seconds = heartbeat_seconds
+        self.connected = asyncio.Event()
+        self._terminations: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        """Stay connected until cancelled."""
+        delay = 0.1
+        while True:
+            try:
+                async with websockets.connect(self.url, additional_headers=self.headers,
+                                              open_timeout=5) as socket:
+                    delay = 0.1
+                    await self._session(socket)
+            except (OSError, websockets.WebSocketException, TimeoutError) as exc:
+                log.warning("controller connection lost (%s); retrying in %.1fs", exc, delay)
+            finally:
+                self.connected.clear()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+
+    async def _session(self, socket: ClientConnection) -> None:
+        await socket.send(self.hello.model_dump_json())
+        self.connected.set()
+        log.info("connected to %s as drone %s", self.url, self.hello.drone_id)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._heartbeats(socket))
+            group.create_task(self._send_events(socket))
+            group.create_task(self._receive(socket))
+
+    async def _heartbeats(self, socket: ClientConnection) -> None:
+        while True:
+            await socket.send(Heartbeat(time=now_ms()).model_dump_json())
+            await asyncio.sleep(self.heartbeat_seconds)
+
+    async def _send_events(self, socket: ClientConnection) -> None:
+        sent = 0
+        store = self.executor.store
+        while True:
+            self.executor.new_events.clear()  # before reading, so no wake-up is lost
+            for event in store.pending(after=sent):
+                address = self.executor.address(event.backend_id)
+                await socket.send(BackendEvent(
+                    seq=event.seq, backend_id=event.backend_id, state=event.state,
+                    address=f"{address.host}:{address.port}" if address else None,
+                ).model_dump_json())
+                sent = event.seq
+            await self.executor.new_events.wait()
+
+    async def _receive(self, socket: ClientConnection) -> None:
+        async for frame in socket:
+            message = to_drone.validate_json(frame)
+            if isinstance(message, EventAck):
+                self.executor.store.ack(message.seq)
+                continue
+            if isinstance(message, SpawnBackend):
+                self.executor.spawn(message)
+            elif isinstance(message, TerminateBackend):
+                task = asyncio.create_task(self.executor.terminate(
+                    message.backend_id, message.hard, message.reason))
+                self._terminations.add(task)
+                task.add_done_callback(self._terminations.discard)
+            await socket.send(ActionAck(action_id=message.action_id).model_dump_json())

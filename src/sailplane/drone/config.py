@@ -1,0 +1,63 @@
+"""The drone's configuration, and :func:`run_drone` which wires its parts together."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from sailplane import __version__
+from sailplane.drone.agent import DroneAgent
+from sailplane.drone.executor import Executor, ExecutorSettings
+from sailplane.drone.store import DroneStore
+from sailplane.mounts.policy import MountPolicy
+from sailplane.protocol import Hello, HostVolumeOffer
+from sailplane.runtime.base import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class DroneConfig(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    drone_id: str
+    controller_url: str
+    pool: str = ""
+    runtime: Literal["docker"] = "docker"
+    policy: MountPolicy
+    state_dir: Path
+    ctrl_token: str | None = None
+    settings: ExecutorSettings = ExecutorSettings()
+
+
+def make_runtime(config: DroneConfig) -> Runtime:
+    from sailplane.runtime.docker.runtime import DockerRuntime
+
+    return DockerRuntime(config.drone_id)
+
+
+def hello_for(config: DroneConfig) -> Hello:
+    return Hello(
+        drone_id=config.drone_id, pool=config.pool, runtime=config.runtime, version=__version__,
+        host_volumes=[
+            HostVolumeOffer(name=v.name, access=v.access,
+                            namespaces=list(v.namespaces) if v.namespaces is not None else None)
+            for v in config.policy.host_volumes.values()
+        ],
+    )
+
+
+async def run_drone(config: DroneConfig) -> None:
+    """Run until cancelled; backends keep running and are adopted by the next start."""
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    store = DroneStore(config.state_dir / f"drone-{config.drone_id}.db")
+    executor = Executor(make_runtime(config), config.policy, store, config.settings)
+    await executor.start()
+    agent = DroneAgent(config.controller_url, executor, hello_for(config), config.ctrl_token)
+    try:
+        await agent.run()
+    finally:
+        await executor.close()
+        store.close()

@@ -1,0 +1,308 @@
+"""The executor: runs each backend through the lifecycle of DESIGN 2 on one runtime.
+
+    spawn -> loading (image) -> starting (mounts resolved, container started)
+          -> waiting (port answers HTTP) -> ready
+    terminate(soft) -> terminating (SIGTERM) -> [grace] -> hard-terminating (SIGKILL)
+    container exit  -> terminated (reason: exited with its code, or why it was stopped)
+
+Every change is written to the drone's store (status + outbox) before anyone is told. Exits
+come only from the runtime's exit stream, which is the single place a backend becomes
+``terminated`` once it has a container.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from sailplane.drone.readiness import wait_until_ready
+from sailplane.drone.store import BackendRecord, DroneStore
+from sailplane.errors import MountRefused, RuntimeFailure
+from sailplane.mounts.plan import check_mounts, plan_mounts
+from sailplane.mounts.policy import MountPolicy
+from sailplane.mounts.resolve import CreatedDirectories
+from sailplane.mounts.validate import TemplateValues
+from sailplane.protocol import SpawnBackend
+from sailplane.runtime.base import BackendAddress, BackendExit, BackendSpec, Runtime
+from sailplane.spec import PullPolicy
+from sailplane.state import (
+    BackendState,
+    BackendStatus,
+    TerminationReason,
+    check_transition,
+    now_ms,
+)
+from sailplane.timing import (
+    DEFAULT_GRACE_SECONDS,
+    DEFAULT_STARTUP_TIMEOUT_SECONDS,
+    KILL_CONFIRM_SECONDS,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExecutorSettings:
+    grace_seconds: float = DEFAULT_GRACE_SECONDS
+    startup_timeout_seconds: float = DEFAULT_STARTUP_TIMEOUT_SECONDS
+    keep_containers: bool = False  # for debugging: leave stopped containers in place
+
+
+@dataclass
+class _Backend:
+    spawn: SpawnBackend
+    status: BackendStatus
+    address: BackendAddress | None = None
+    stop_reason: TerminationReason | None = None
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def backend_id(self) -> str:
+        return self.spawn.backend_id
+
+
+class Executor:
+    def __init__(
+        self, runtime: Runtime, policy: MountPolicy, store: DroneStore,
+        settings: ExecutorSettings | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.policy = policy
+        self.store = store
+        self.settings = settings or ExecutorSettings()
+        self.new_events = asyncio.Event()  # set whenever the outbox grows
+        self._backends: dict[str, _Backend] = {}
+        self._exit_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- life of the executor --------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Watch exits, then adopt the backends a previous run of this drone left behind."""
+        exits = self.runtime.exits()
+        self._exit_task = asyncio.create_task(self._follow_exits(exits))
+        await self._adopt()
+
+    async def close(self) -> None:
+        """Stop managing; running containers are left for the next start to adopt.
+
+        Removals of terminated backends already under way are finished first."""
+        tasks = [b.task for b in self._backends.values() if b.task]
+        if self._exit_task:
+            tasks.append(self._exit_task)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, *self._background, return_exceptions=True)
+        await self.runtime.close()
+
+    # -- commands --------------------------------------------------------------------------
+
+    def spawn(self, spawn: SpawnBackend) -> None:
+        """Start a backend's lifecycle. A spawn already known (a resend) is ignored."""
+        if not self.store.add(spawn):
+            return
+        backend = _Backend(spawn, BackendStatus.SCHEDULED)
+        self._backends[spawn.backend_id] = backend
+        backend.task = asyncio.create_task(self._run(backend))
+
+    async def terminate(self, backend_id: str, hard: bool, reason: TerminationReason) -> None:
+        """Soft: SIGTERM, then SIGKILL after the grace period. Hard: SIGKILL at once.
+
+        Returns once the backend is terminated (or the kill could not be confirmed)."""
+        backend = self._backends.get(backend_id)
+        if backend is None or backend.status is BackendStatus.TERMINATED:
+            return
+        if backend.stop_reason is None:
+            backend.stop_reason = reason
+            self.store.set_stop_reason(backend_id, reason)
+        if backend.address is None:
+            # No container yet: stop the lifecycle before it creates one.
+            if backend.task and backend.status.rank < BackendStatus.STARTING.rank:
+                backend.task.cancel()
+                self._finish(backend, backend.stop_reason)
+            return  # otherwise _run sees stop_reason once start() returns
+        if not hard and backend.status.rank < BackendStatus.TERMINATING.rank:
+            self._set(backend, BackendStatus.TERMINATING)
+            await self.runtime.signal(backend_id, hard=False)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.grace_seconds):
+                    await backend.exited.wait()
+        if not backend.exited.is_set():
+            await self._kill(backend)
+
+    async def wait_for(self, backend_id: str, status: BackendStatus, timeout: float) -> None:
+        """Wait until the backend has reached ``status`` (or passed it)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                backend = self._backends[backend_id]
+                if backend.status.rank >= status.rank:
+                    return
+                await backend.changed.wait()
+
+    def status(self, backend_id: str) -> BackendStatus | None:
+        backend = self._backends.get(backend_id)
+        return None if backend is None else backend.status
+
+    def address(self, backend_id: str) -> BackendAddress | None:
+        backend = self._backends.get(backend_id)
+        return None if backend is None else backend.address
+
+    # -- the lifecycle ---------------------------------------------------------------------
+
+    async def _run(self, backend: _Backend) -> None:
+        spawn = backend.spawn
+        values = TemplateValues(spawn.key.name, spawn.key.namespace, spawn.backend_id)
+        try:
+            check_mounts(spawn.executable, self.policy, values)  # fail before any work
+            self._set(backend, BackendStatus.LOADING)
+            await self.runtime.prepare(
+                spawn.executable.image, spawn.executable.pull_policy or PullPolicy.IF_NOT_PRESENT
+            )
+            self._set(backend, BackendStatus.STARTING)
+            await self._start_container(backend, values)
+        except (MountRefused, RuntimeFailure) as exc:
+            self._finish(backend, TerminationReason.ERROR, message=exc.message)
+            return
+        if backend.stop_reason is not None:  # terminated while the container was starting
+            await self.terminate(backend.backend_id, True, backend.stop_reason)
+            return
+        await self._wait_ready(backend)
+
+    async def _start_container(self, backend: _Backend, values: TemplateValues) -> None:
+        spawn = backend.spawn
+        created = CreatedDirectories()
+        mounts = plan_mounts(spawn.executable, self.policy, values, apply=True, created=created)
+        spec = BackendSpec(
+            backend_id=spawn.backend_id,
+            image=spawn.executable.image,
+            env={
+                **spawn.executable.env,
+                "SAILPLANE_BACKEND_ID": spawn.backend_id,
+                "SAILPLANE_SECRET_TOKEN": spawn.secret_token,
+            },
+            mounts=mounts,
+            resource_limits=spawn.executable.resource_limits,
+            command=spawn.executable.command,
+        )
+        try:
+            address = await self.runtime.start(spec)
+        except BaseException:
+            created.rollback()  # nothing of a backend that never ran stays behind
+            raise
+        created.release()
+        backend.address = address
+        self.store.set_address(spawn.backend_id, address)
+
+    async def _wait_ready(self, backend: _Backend) -> None:
+        assert backend.address is not None
+        if backend.status is not BackendStatus.WAITING:  # an adopted backend may be there
+            self._set(backend, BackendStatus.WAITING)
+        ready = asyncio.create_task(wait_until_ready(backend.address))
+        exited = asyncio.create_task(backend.exited.wait())
+        done, _ = await asyncio.wait(
+            {ready, exited}, timeout=self.settings.startup_timeout_seconds,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        ready.cancel()
+        exited.cancel()
+        if ready in done and backend.stop_reason is None and not backend.exited.is_set():
+            self._set(backend, BackendStatus.READY)
+        elif not done:
+            await self.terminate(backend.backend_id, True, TerminationReason.STARTUP_TIMEOUT)
+
+    async def _kill(self, backend: _Backend) -> None:
+        if backend.status is not BackendStatus.HARD_TERMINATING:
+            self._set(backend, BackendStatus.HARD_TERMINATING)
+        await self.runtime.signal(backend.backend_id, hard=True)
+        try:
+            async with asyncio.timeout(KILL_CONFIRM_SECONDS):
+                await backend.exited.wait()
+        except TimeoutError:
+            log.error("backend %s did not exit after SIGKILL", backend.backend_id)
+
+    async def _follow_exits(self, exits: AsyncIterator[BackendExit]) -> None:
+        async for exit_ in exits:
+            self._on_exit(exit_)
+
+    def _on_exit(self, exit_: BackendExit) -> None:
+        backend = self._backends.get(exit_.backend_id)
+        if backend is None or backend.status is BackendStatus.TERMINATED:
+            return
+        backend.exited.set()
+        reason = backend.stop_reason or TerminationReason.EXITED
+        self._finish(backend, reason, exit_code=exit_.exit_code)
+
+    def _finish(
+        self, backend: _Backend, reason: TerminationReason, *, exit_code: int | None = None,
+        message: str | None = None,
+    ) -> None:
+        """Mark terminated (the one way a backend ends) and remove its container."""
+        may_have_container = backend.status.rank >= BackendStatus.STARTING.rank
+        self._set(backend, BackendStatus.TERMINATED, reason=reason, exit_code=exit_code,
+                  message=message)
+        if backend.task and backend.task is not asyncio.current_task():
+            backend.task.cancel()
+        if may_have_container and not self.settings.keep_containers:
+            self._in_background(self.runtime.remove(backend.backend_id))
+
+    def _set(
+        self, backend: _Backend, status: BackendStatus, *,
+        reason: TerminationReason | None = None, exit_code: int | None = None,
+        message: str | None = None,
+    ) -> None:
+        check_transition(backend.status, status)
+        state = BackendState(status=status, time=now_ms(), reason=reason, exit_code=exit_code,
+                             message=message)
+        self.store.record(backend.backend_id, state)
+        backend.status = status
+        backend.changed.set()
+        backend.changed = asyncio.Event()
+        self.new_events.set()
+        log.info("backend %s: %s", backend.backend_id, status.value)
+
+    def _in_background(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- adoption after a restart ----------------------------------------------------------
+
+    async def _adopt(self) -> None:
+        """Adopt live containers we have a record of, clean up the others."""
+        owned = {found.backend_id: found for found in await self.runtime.owned()}
+        for backend_id in owned:
+            record = self.store.get(backend_id)
+            if record is None or record.status is BackendStatus.TERMINATED:
+                log.info("removing container of unknown or finished backend %s", backend_id)
+                await self.runtime.remove(backend_id)
+        for record in self.store.unfinished():
+            backend = self._adopted(record)
+            found = owned.get(record.backend_id)
+            if found is not None and found.running:
+                backend.address = found.address
+                if backend.status.rank < BackendStatus.READY.rank:
+                    backend.task = asyncio.create_task(self._wait_ready(backend))
+                elif not backend.status.is_alive:  # the drone died while terminating it
+                    backend.task = asyncio.create_task(self._kill(backend))
+            elif found is not None:
+                backend.exited.set()
+                self._finish(backend, backend.stop_reason or TerminationReason.EXITED,
+                             exit_code=found.exit_code)
+            elif backend.status.rank < BackendStatus.STARTING.rank:
+                backend.task = asyncio.create_task(self._run(backend))  # never got a container
+            else:
+                self._finish(backend, TerminationReason.LOST,
+                             message="the container vanished while the drone was down")
+
+    def _adopted(self, record: BackendRecord) -> _Backend:
+        address = BackendAddress(*record.address) if record.address else None
+        backend = _Backend(record.spawn, record.status, address, record.stop_reason)
+        self._backends[record.backend_id] = backend
+        return backend
+

@@ -1,0 +1,96 @@
+"""Every message between the controller and its drones, one tagged union per direction.
+
+A drone holds one WebSocket to a controller (``/ctrl/drone-socket``); each frame is one JSON
+object with a ``type``. Delivery is at-least-once both ways and both ends are idempotent:
+
+* drone -> controller: ``hello`` once, then ``heartbeat``s, ``backend_event``s in outbox order
+  (each acknowledged by an ``event_ack`` carrying its ``seq``; unacknowledged ones are sent
+  again after a reconnect), and ``action_ack``s.
+* controller -> drone: ``spawn`` and ``terminate`` actions (each with an ``action_id``, sent
+  again until acknowledged), and ``event_ack``s.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, TypeAdapter
+
+from sailplane.mounts.policy import Access
+from sailplane.names import BackendId
+from sailplane.spec import ExecutorConfig, KeyConfig
+from sailplane.state import BackendState, TerminationReason
+
+PROTOCOL_VERSION = "1"
+
+
+class SpawnBackend(BaseModel):
+    """Controller -> drone: start this backend (its mounts are checked again on the drone)."""
+
+    type: Literal["spawn"] = "spawn"
+    action_id: int = 0
+    backend_id: BackendId
+    key: KeyConfig
+    executable: ExecutorConfig
+    secret_token: str
+
+
+class TerminateBackend(BaseModel):
+    type: Literal["terminate"] = "terminate"
+    action_id: int = 0
+    backend_id: BackendId
+    hard: bool
+    reason: TerminationReason
+
+
+class EventAck(BaseModel):
+    """Controller -> drone: every event up to ``seq`` is stored; drop them from the outbox."""
+
+    type: Literal["event_ack"] = "event_ack"
+    seq: int
+
+
+MessageToDrone = Annotated[SpawnBackend | TerminateBackend | EventAck, Field(discriminator="type")]
+
+
+class HostVolumeOffer(BaseModel):
+    """What a drone advertises of one host volume: its name and access, never its path."""
+
+    name: str
+    access: Access
+    namespaces: list[str] | None = None
+
+
+class Hello(BaseModel):
+    type: Literal["hello"] = "hello"
+    drone_id: str
+    pool: str = ""
+    runtime: str
+    host_volumes: list[HostVolumeOffer]
+    version: str = PROTOCOL_VERSION
+
+
+class Heartbeat(BaseModel):
+    type: Literal["heartbeat"] = "heartbeat"
+    time: int
+
+
+class BackendEvent(BaseModel):
+    type: Literal["backend_event"] = "backend_event"
+    seq: int
+    backend_id: str
+    state: BackendState
+    address: str | None = None  # host:port, with the ``ready`` event
+
+
+class ActionAck(BaseModel):
+    type: Literal["action_ack"] = "action_ack"
+    action_id: int
+
+
+MessageFromDrone = Annotated[
+    Hello | Heartbeat | BackendEvent | ActionAck, Field(discriminator="type")
+]
+
+to_drone: TypeAdapter[MessageToDrone] = TypeAdapter(MessageToDrone)
+from_drone: TypeAdapter[MessageFromDrone] = TypeAdapter(MessageFromDrone)

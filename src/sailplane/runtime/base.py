@@ -1,0 +1,110 @@
+"""The contract between a drone and a container runtime (DESIGN 5).
+
+A runtime starts backends from a :class:`BackendSpec` whose mounts are already resolved (it
+never sees a request's raw paths), tells the drone when one exits, and can list the backends
+it owns after a drone restart. Every method is a coroutine and must not block the event
+loop; library errors are translated into :class:`~sailplane.errors.RuntimeFailure`.
+
+Shared types live here, not in one runtime, so a second runtime never imports the first.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from sailplane.mounts.resolved import ResolvedMount
+from sailplane.spec import PullPolicy, ResourceLimits
+
+BACKEND_LABEL = "dev.sailplane.backend"
+DRONE_LABEL = "dev.sailplane.drone"
+VOLUME_LABEL = "dev.sailplane.volume"
+# The port a backend listens on inside its container, given to it as env PORT.
+BACKEND_PORT = 8080
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """Everything a runtime needs to start one backend."""
+
+    backend_id: str
+    image: str
+    env: dict[str, str]
+    mounts: list[ResolvedMount]
+    resource_limits: ResourceLimits = field(default_factory=ResourceLimits)
+    command: list[str] | None = None  # None: the image's own command
+
+
+@dataclass(frozen=True)
+class BackendAddress:
+    """Where the drone (and a proxy on the same host) reaches a started backend."""
+
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class BackendExit:
+    """A backend's container stopped, with its exit code."""
+
+    backend_id: str
+    exit_code: int
+
+
+@dataclass(frozen=True)
+class OwnedBackend:
+    """A backend container found by label, e.g. after a drone restart."""
+
+    backend_id: str
+    running: bool
+    address: BackendAddress | None
+    exit_code: int | None
+
+
+@dataclass(frozen=True)
+class BackendMetrics:
+    memory_bytes: int
+    cpu_seconds: float
+
+
+class Runtime(abc.ABC):
+    """One container engine, used by exactly one drone (identified by ``drone_id``)."""
+
+    @abc.abstractmethod
+    async def prepare(self, image: str, pull_policy: PullPolicy) -> None:
+        """Make ``image`` available. ``Never``/``IfNotPresent`` with a missing image, or a
+        failed pull, raises :class:`RuntimeFailure` naming the image, without hanging."""
+
+    @abc.abstractmethod
+    async def start(self, spec: BackendSpec) -> BackendAddress:
+        """Create and start the backend's container; provision named volumes on first use.
+
+        On failure nothing of the container is left behind and RuntimeFailure is raised."""
+
+    @abc.abstractmethod
+    async def signal(self, backend_id: str, hard: bool) -> None:
+        """Send SIGTERM (soft) or SIGKILL (hard). A container already gone is not an error:
+        its exit has been or will be reported by :meth:`exits`."""
+
+    @abc.abstractmethod
+    async def remove(self, backend_id: str) -> None:
+        """Remove the stopped container; nothing happens if it is already gone."""
+
+    @abc.abstractmethod
+    def exits(self) -> AsyncIterator[BackendExit]:
+        """Every exit of a container this drone owns, from the moment of the first call on.
+
+        Watching starts before this returns, so no exit after it can be missed."""
+
+    @abc.abstractmethod
+    async def owned(self) -> list[OwnedBackend]:
+        """The containers labelled with this drone's id, running or not."""
+
+    @abc.abstractmethod
+    async def metrics(self, backend_id: str) -> BackendMetrics:
+        """Memory and CPU used by a running backend."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Stop watching the engine; containers keep running."""

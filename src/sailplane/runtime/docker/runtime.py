@@ -1,0 +1,256 @@
+"""The Docker Engine runtime, through the ``docker`` SDK.
+
+The SDK is blocking, so every call runs in a worker thread (``asyncio.to_thread``); exits
+come from one thread that follows Docker's event stream (``die`` events filtered by this
+drone's label), never from polling containers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import docker
+import docker.errors
+from docker.models.containers import Container
+from docker.types import Ulimit
+
+from sailplane.errors import RuntimeFailure
+from sailplane.mounts.resolved import ResolvedVolumeMount
+from sailplane.runtime.base import (
+    BACKEND_LABEL,
+    BACKEND_PORT,
+    DRONE_LABEL,
+    VOLUME_LABEL,
+    BackendAddress,
+    BackendExit,
+    BackendMetrics,
+    BackendSpec,
+    OwnedBackend,
+    Runtime,
+)
+from sailplane.runtime.docker.mounts import to_docker_mounts
+from sailplane.spec import PullPolicy, ResourceLimits
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CPU_PERIOD_US = 100_000
+_PORT_KEY = f"{BACKEND_PORT}/tcp"
+
+
+def container_name(backend_id: str) -> str:
+    return f"sailplane-{backend_id}"
+
+
+class DockerRuntime(Runtime):
+    def __init__(self, drone_id: str, client: docker.DockerClient | None = None) -> None:
+        self.drone_id = drone_id
+        self.client = client or docker.from_env()
+        self._exits: asyncio.Queue[BackendExit] | None = None
+        self._stream: Any = None
+        self._watcher: threading.Thread | None = None
+        self._storage_opt_supported = True
+
+    # -- images ----------------------------------------------------------------------------
+
+    async def prepare(self, image: str, pull_policy: PullPolicy) -> None:
+        await asyncio.to_thread(self._prepare, image, pull_policy)
+
+    def _prepare(self, image: str, pull_policy: PullPolicy) -> None:
+        if pull_policy is not PullPolicy.ALWAYS:
+            try:
+                self.client.images.get(image)
+                return
+            except docker.errors.ImageNotFound:
+                if pull_policy is PullPolicy.NEVER:
+                    raise RuntimeFailure(
+                        f"image {image!r} is not present and pull_policy is Never"
+                    ) from None
+            except docker.errors.APIError as exc:
+                raise RuntimeFailure(f"cannot inspect image {image!r}: {exc.explanation}") from exc
+        try:
+            self.client.images.pull(image)
+        except docker.errors.APIError as exc:
+            raise RuntimeFailure(f"image {image!r} could not be pulled: {exc.explanation}") from exc
+
+    # -- containers ------------------------------------------------------------------------
+
+    async def start(self, spec: BackendSpec) -> BackendAddress:
+        return await asyncio.to_thread(self._start, spec)
+
+    def _start(self, spec: BackendSpec) -> BackendAddress:
+        for mount in spec.mounts:
+            if isinstance(mount, ResolvedVolumeMount):
+                self._ensure_volume(mount.name)
+        try:
+            container = self._create(spec)
+        except docker.errors.APIError as exc:
+            raise RuntimeFailure(f"cannot create the container: {exc.explanation}") from exc
+        try:
+            container.start()
+            container.reload()
+            return _address(container)
+        except (docker.errors.APIError, RuntimeFailure) as exc:
+            self._remove(spec.backend_id)
+            message = exc.explanation if isinstance(exc, docker.errors.APIError) else str(exc)
+            raise RuntimeFailure(f"cannot start the container: {message}") from exc
+
+    def _create(self, spec: BackendSpec) -> Container:
+        options: dict[str, Any] = {
+            "name": container_name(spec.backend_id),
+            "environment": {**spec.env, "PORT": str(BACKEND_PORT)},
+            "labels": {BACKEND_LABEL: spec.backend_id, DRONE_LABEL: self.drone_id},
+            "ports": {_PORT_KEY: ("127.0.0.1", None)},
+            "mounts": to_docker_mounts(spec.mounts),
+            "security_opt": ["no-new-privileges"],
+            "detach": True,
+            **_limits(spec.resource_limits),
+        }
+        if spec.command is not None:
+            options["command"] = spec.command
+        disk = spec.resource_limits.disk_limit_bytes
+        if disk is not None and self._storage_opt_supported:
+            try:
+                return self.client.containers.create(
+                    spec.image, storage_opt={"size": str(disk)}, **options
+                )
+            except docker.errors.APIError as exc:
+                if "storage-opt" not in str(exc.explanation).lower():
+                    raise
+                # overlay2 supports a size only on xfs with pquota; remember and go without.
+                log.warning("disk limits unsupported by this storage driver: %s", exc.explanation)
+                self._storage_opt_supported = False
+        return self.client.containers.create(spec.image, **options)
+
+    def _ensure_volume(self, name: str) -> None:
+        """Dynamic provisioning: create the named volume, labelled, on its first use."""
+        try:
+            self.client.volumes.get(name)
+        except docker.errors.NotFound:
+            try:
+                self.client.volumes.create(name, labels={VOLUME_LABEL: "true"})
+            except docker.errors.APIError as exc:
+                raise RuntimeFailure(f"cannot create volume {name!r}: {exc.explanation}") from exc
+
+    async def signal(self, backend_id: str, hard: bool) -> None:
+        await asyncio.to_thread(self._signal, backend_id, "SIGKILL" if hard else "SIGTERM")
+
+    def _signal(self, backend_id: str, signal: str) -> None:
+        try:
+            self.client.api.kill(container_name(backend_id), signal=signal)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: not running, its exit is already reported
+                raise RuntimeFailure(f"cannot signal backend {backend_id}: {exc}") from exc
+
+    async def remove(self, backend_id: str) -> None:
+        await asyncio.to_thread(self._remove, backend_id)
+
+    def _remove(self, backend_id: str) -> None:
+        try:
+            self.client.api.remove_container(container_name(backend_id), force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: removal already in progress
+                raise RuntimeFailure(f"cannot remove backend {backend_id}: {exc}") from exc
+
+    # -- watching --------------------------------------------------------------------------
+
+    def exits(self) -> AsyncIterator[BackendExit]:
+        if self._exits is None:
+            self._exits = asyncio.Queue()
+            self._follow_events(asyncio.get_running_loop(), self._exits)
+        return _drain(self._exits)
+
+    def _follow_events(self, loop: asyncio.AbstractEventLoop,
+                       queue: asyncio.Queue[BackendExit]) -> None:
+        self._stream = self.client.events(decode=True, filters={
+            "type": "container", "event": "die", "label": f"{DRONE_LABEL}={self.drone_id}",
+        })
+
+        def follow() -> None:
+            try:
+                for event in self._stream:
+                    attributes = event.get("Actor", {}).get("Attributes", {})
+                    backend_id = attributes.get(BACKEND_LABEL)
+                    if backend_id:
+                        exit_ = BackendExit(backend_id, int(attributes.get("exitCode", -1)))
+                        loop.call_soon_threadsafe(queue.put_nowait, exit_)
+            except Exception:  # the stream ends with an error when closed
+                log.debug("docker event stream ended", exc_info=True)
+
+        self._watcher = threading.Thread(target=follow, name="docker-events", daemon=True)
+        self._watcher.start()
+
+    async def owned(self) -> list[OwnedBackend]:
+        return await asyncio.to_thread(self._owned)
+
+    def _owned(self) -> list[OwnedBackend]:
+        containers = self.client.containers.list(
+            all=True, filters={"label": f"{DRONE_LABEL}={self.drone_id}"}
+        )
+        found = []
+        for container in containers:
+            running = container.status == "running"
+            state = container.attrs.get("State", {})
+            found.append(OwnedBackend(
+                backend_id=container.labels[BACKEND_LABEL],
+                running=running,
+                address=_address(container) if running else None,
+                exit_code=None if running else int(state.get("ExitCode", -1)),
+            ))
+        return found
+
+    async def metrics(self, backend_id: str) -> BackendMetrics:
+        return await asyncio.to_thread(self._metrics, backend_id)
+
+    def _metrics(self, backend_id: str) -> BackendMetrics:
+        try:
+            stats = self.client.api.stats(container_name(backend_id), stream=False)
+        except docker.errors.APIError as exc:
+            raise RuntimeFailure(f"no metrics for backend {backend_id}: {exc}") from exc
+        memory = int(stats.get("memory_stats", {}).get("usage", 0))
+        cpu_ns = int(stats.get("cpu_stats", {}).get("cpu_usage", {}).get("total_usage", 0))
+        return BackendMetrics(memory_bytes=memory, cpu_seconds=cpu_ns / 1e9)
+
+    async def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+        if self._watcher is not None:
+            await asyncio.to_thread(self._watcher.join, 5)
+        self.client.close()
+
+
+async def _drain(queue: asyncio.Queue[BackendExit]) -> AsyncIterator[BackendExit]:
+    while True:
+        yield await queue.get()
+
+
+def _address(container: Container) -> BackendAddress:
+    bindings = container.attrs["NetworkSettings"]["Ports"].get(_PORT_KEY) or []
+    for binding in bindings:
+        if binding.get("HostIp") in ("127.0.0.1", "0.0.0.0", ""):
+            return BackendAddress("127.0.0.1", int(binding["HostPort"]))
+    raise RuntimeFailure(f"container {container.name} has no port published for {_PORT_KEY}")
+
+
+def _limits(limits: ResourceLimits) -> dict[str, Any]:
+    """Plane's resource limits as ``containers.create`` keyword arguments."""
+    options: dict[str, Any] = {}
+    if limits.memory_limit_bytes is not None:
+        options["mem_limit"] = limits.memory_limit_bytes
+    if limits.cpu_period_percent is not None:
+        period = limits.cpu_period or DEFAULT_CPU_PERIOD_US
+        options["cpu_period"] = period
+        options["cpu_quota"] = period * limits.cpu_period_percent // 100
+    if limits.cpu_time_limit is not None:
+        seconds = limits.cpu_time_limit
+        options["ulimits"] = [Ulimit(name="cpu", soft=seconds, hard=seconds)]
+    if limits.pids_limit is not None:
+        options["pids_limit"] = limits.pids_limit
+    return options

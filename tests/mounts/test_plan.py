@@ -1,0 +1,201 @@
+"""From a request to resolved mounts (``sailplane.mounts.plan``): DESIGN 3 in, DESIGN 4.5 out."""
+
+from __future__ import annotations
+
+import pytest
+
+from sailplane.errors import MountRefused
+from sailplane.mounts.plan import check_mounts, plan_mounts
+from sailplane.mounts.policy import HostVolume, MountPolicy
+from sailplane.mounts.resolved import ResolvedHostMount, ResolvedTmpfsMount
+from sailplane.mounts.validate import TemplateValues
+from sailplane.spec import ConnectRequest
+
+from .conftest import VALUES, Volumes, executor, host, refused, snapshot
+from .examples import DESIGN_3_REQUEST, design_4_5_mounts
+
+
+def design_3_plan(volumes: Volumes, *, apply: bool = False) -> list[dict[str, object]]:
+    request = ConnectRequest.model_validate_json(DESIGN_3_REQUEST)
+    assert request.key is not None and request.spawn_config is not None
+    values = TemplateValues(key=request.key.name, namespace=request.key.namespace, backend="")
+    resolved = plan_mounts(request.spawn_config.executable, volumes.policy(), values, apply=apply)
+    return [mount.model_dump() for mount in resolved]
+
+
+def test_the_design_3_request_plans_the_mounts_of_design_4_5(volumes):
+    plan = design_3_plan(volumes)
+    shown = design_4_5_mounts(str(volumes.data))
+    assert [mount for mount in plan if mount in shown] == shown
+    # ... and the two the document leaves out: the config volume (read-only by default) and
+    # Plane's "mount": true, which comes first.
+    assert plan == [
+        {"type": "host", "host_path": f"{volumes.default}/doc-42", "target": "/plane-data",
+         "read_only": False},
+        shown[0],
+        {"type": "host", "host_path": str(volumes.config), "target": "/etc/app",
+         "read_only": True},
+        shown[1],
+        shown[2],
+    ]
+
+
+def test_the_design_3_dry_run_creates_nothing_and_apply_creates_the_key_directories(volumes):
+    before = snapshot(volumes.top)
+    design_3_plan(volumes)
+    assert snapshot(volumes.top) == before
+    design_3_plan(volumes, apply=True)
+    assert (volumes.data / "editor" / "doc-42").is_dir()
+    assert (volumes.default / "doc-42").is_dir()
+    assert sorted(snapshot(volumes.top)) == sorted(
+        [*before, "data/editor", "data/editor/doc-42", "default/doc-42"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("mount", "sub_dir"),
+    [(True, "doc-42"), ("p", "p"), ("shared/p", "shared/p"), ("{namespace}-{key}",
+                                                               "editor-doc-42")],
+)
+def test_plane_mount_shorthand_mounts_under_the_default_volume_at_plane_data_rw(
+    volumes, mount, sub_dir
+):
+    resolved = plan_mounts(executor(mount=mount), volumes.policy(), VALUES, apply=False)
+    assert resolved == [ResolvedHostMount(
+        host_path=f"{volumes.default}/{sub_dir}", target="/plane-data", read_only=False,
+    )]
+
+
+@pytest.mark.parametrize("mount", [False, None])
+def test_plane_mount_false_or_absent_mounts_nothing(volumes, mount):
+    assert plan_mounts(executor(mount=mount), volumes.policy(), VALUES, apply=True) == []
+    assert list(volumes.default.iterdir()) == []
+
+
+def test_plane_mount_without_a_default_volume_is_refused(volumes):
+    policy = MountPolicy.build([HostVolume(name="data", path=str(volumes.data))])
+    with refused("mount", "mount: this drone offers no host volume 'default'"):
+        plan_mounts(executor(mount=True), policy, VALUES, apply=False)
+
+
+def test_plane_mount_on_a_read_only_default_volume_is_refused(volumes):
+    policy = MountPolicy.from_flags(None, [f"default={volumes.default}:ro"])
+    with refused("mount", "read-only on this drone"):
+        plan_mounts(executor(mount="p"), policy, VALUES, apply=False)
+
+
+@pytest.mark.parametrize(
+    ("mount", "reason"),
+    [("../x", "'..' components"), ("/etc", "not absolute"), ("a//b", "empty path"),
+     ("{user}", "unknown template")],
+)
+def test_plane_mount_path_is_held_to_the_sub_path_rules(volumes, mount, reason):
+    with refused("mount", "mount: ", reason):
+        plan_mounts(executor(mount=mount), volumes.policy(), VALUES, apply=False)
+
+
+def test_plane_mount_true_without_a_key_is_refused(volumes):
+    values = TemplateValues(key="", namespace="", backend="b-1")
+    with refused("mount", "template {key} = ''", "empty"):
+        plan_mounts(executor(mount=True), volumes.policy(), values, apply=False)
+
+
+@pytest.mark.parametrize("key", ["../other", "..", "other/../../etc", "a/b"])
+def test_a_key_cannot_reach_another_keys_directory(volumes, key):
+    (volumes.data / "editor" / "other").mkdir(parents=True)
+    values = TemplateValues(key=key, namespace="editor", backend="b-1")
+    before = snapshot(volumes.top)
+    with refused(0, f"volume_mounts[0].sub_path: template {{key}} = {key!r}"):
+        plan_mounts(executor(host("data", "{namespace}/{key}")), volumes.policy(), values,
+                    apply=True)
+    with refused("mount", f"mount: template {{key}} = {key!r}"):
+        plan_mounts(executor(mount=True), volumes.policy(), values, apply=True)
+    assert snapshot(volumes.top) == before
+
+
+def test_read_only_defaults_to_true_and_is_kept(volumes):
+    request = executor({"type": "host", "volume": "data", "target": "/d"})
+    assert plan_mounts(request, volumes.policy(), VALUES, apply=False) == [
+        ResolvedHostMount(host_path=str(volumes.data), target="/d", read_only=True)
+    ]
+
+
+def test_read_write_on_a_read_only_volume_is_refused_not_downgraded(volumes):
+    request = executor(host("data", "x", "/a"), host("config", "", "/etc/app", read_only=False))
+    with refused(1, "volume_mounts[1].volume: host volume 'config' is read-only"):
+        plan_mounts(request, volumes.policy(), VALUES, apply=False)
+
+
+def test_a_namespace_restricted_volume_refuses_other_namespaces(volumes):
+    policy = MountPolicy.build([HostVolume(name="data", path=str(volumes.data),
+                                           namespaces=("games",))])
+    with refused(0, "not available to namespace 'editor'"):
+        plan_mounts(executor(host("data", "{key}")), policy, VALUES, apply=False)
+    games = TemplateValues(key="room-1", namespace="games", backend="b")
+    assert plan_mounts(executor(host("data", "{key}")), policy, games, apply=False)
+
+
+def test_tmpfs_mode_is_parsed_as_octal_and_kept_out_of_the_summary(volumes):
+    request = executor({"type": "tmpfs", "target": "/t", "size_bytes": 4096, "mode": "0700"})
+    [mount] = plan_mounts(request, volumes.policy(), VALUES, apply=False)
+    assert mount == ResolvedTmpfsMount(target="/t", size_bytes=4096, mode=0o700)
+    assert mount.model_dump() == {"type": "tmpfs", "target": "/t", "size_bytes": 4096}
+
+
+def test_check_mounts_needs_no_disk(volumes):
+    policy = volumes.policy()
+    volumes.data.rmdir()  # gone: only the walk would notice
+    assert len(check_mounts(executor(host("data", "{namespace}/{key}")), policy, VALUES)) == 1
+    with pytest.raises(MountRefused):
+        plan_mounts(executor(host("data", "{namespace}/{key}")), policy, VALUES, apply=False)
+
+
+def test_a_refusal_serializes_with_its_code_mount_and_message():
+    error = MountRefused(2, "volume_mounts[2].sub_path: '..' components are not allowed")
+    assert error.to_json() == {"error": {
+        "code": "mount_refused", "mount": 2,
+        "message": "volume_mounts[2].sub_path: '..' components are not allowed",
+    }}
+
+
+# --- Windows drones: paths are only joined, so Windows' own reading must not escape ----------
+
+
+@pytest.fixture
+def windows() -> MountPolicy:
+    return MountPolicy.build([HostVolume(name="data", path="C:\\data"),
+                              HostVolume(name="default", path="D:\\plane")], platform="windows")
+
+
+def test_a_windows_drone_joins_with_backslashes(windows):
+    resolved = plan_mounts(executor(host("data", "editor/doc-42", "/data"), mount=True), windows,
+                           VALUES, apply=True)
+    assert [m.host_path for m in resolved if isinstance(m, ResolvedHostMount)] == [
+        "D:\\plane\\doc-42", "C:\\data\\editor\\doc-42",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("sub_path", "key"),
+    [
+        ("editor/D:", "doc-42"),  # PureWindowsPath("C:\\data", "editor", "D:") is "D:"
+        ("editor/D:x", "doc-42"),
+        ("{namespace}/{key}", "D:"),
+        ("{namespace}/{key}", "doc:stream"),  # an alternate data stream
+        ("{namespace}/{key}", "doc-42."),  # Windows drops the dot: key doc-42's directory
+        ("{namespace}/{key}", "doc-42 "),
+        ("editor/.../x", "doc-42"),
+    ],
+)
+def test_a_windows_drone_refuses_components_windows_reads_differently(windows, sub_path, key):
+    values = TemplateValues(key=key, namespace="editor", backend="b-1")
+    with refused(0, "volume_mounts[0].sub_path: ", "on a Windows drone"):
+        plan_mounts(executor(host("data", sub_path)), windows, values, apply=False)
+
+
+def test_a_posix_drone_accepts_what_only_windows_reads_differently(volumes):
+    values = TemplateValues(key="doc-42.", namespace="editor", backend="b-1")
+    [mount] = plan_mounts(executor(host("data", "{namespace}/x:y/{key}")), volumes.policy(),
+                          values, apply=False)
+    assert isinstance(mount, ResolvedHostMount)
+    assert mount.host_path == f"{volumes.data}/editor/x:y/doc-42."
