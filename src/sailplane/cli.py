@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,6 +17,7 @@ from sailplane.errors import PolicyError
 from sailplane.mounts.policy import MountPolicy, Platform
 from sailplane.mounts.report import plan_document
 from sailplane.runtime.containerd.mounts import DEFAULT_VOLUME_ROOT
+from sailplane.timing import DEFAULT_GRACE_SECONDS, DEFAULT_STARTUP_TIMEOUT_SECONDS
 
 app = typer.Typer(no_args_is_help=True, help="Sailplane: session backends with secure mounts.")
 mounts_app = typer.Typer(no_args_is_help=True, help="Inspect how a drone would mount things.")
@@ -81,3 +86,77 @@ def mounts_plan(
         volume_root=volume_root,
     )
     _emit(document, status)
+
+
+@app.command()
+def controller(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 9090,
+    database_url: Annotated[
+        str, typer.Option(help="sqlite:///PATH or postgresql://...")
+    ] = "sqlite:///.sailplane/controller.db",
+    proxy_url: Annotated[str, typer.Option(help="Public URL of the proxy.")]
+    = "http://127.0.0.1:9091",
+    controller_url: Annotated[
+        str | None, typer.Option(help="Public URL of this controller (status URLs).")
+    ] = None,
+    ctrl_token: Annotated[
+        str | None, typer.Option(envvar="SAILPLANE_CTRL_TOKEN", help="Bearer token for /ctrl.")
+    ] = None,
+) -> None:
+    """Run a controller: the HTTP API, scheduling and deadlines."""
+    from sailplane.controller.config import ControllerConfig
+    from sailplane.controller.run import run_controller
+
+    _logging()
+    if database_url.startswith("sqlite:///"):
+        Path(database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    config = ControllerConfig(
+        database_url=database_url, proxy_url=proxy_url, ctrl_token=ctrl_token,
+        controller_url=controller_url or f"http://{host}:{port}",
+    )
+    asyncio.run(run_controller(config, host, port))
+
+
+@app.command()
+def drone(
+    controller: Annotated[str, typer.Option(help="Controller URL.")] = "http://127.0.0.1:9090",
+    drone_id: Annotated[str | None, typer.Option(help="Defaults to the host name.")] = None,
+    pool: Annotated[str, typer.Option(help="Pool this drone serves.")] = "",
+    mount_base: MountBase = None,
+    host_volume: HostVolumeFlags = None,
+    policy: PolicyFile = None,
+    state_dir: Annotated[Path, typer.Option(help="Where the drone keeps its state.")]
+    = Path(".sailplane/drone"),
+    grace_seconds: Annotated[float, typer.Option(help="SIGTERM -> SIGKILL grace.")]
+    = DEFAULT_GRACE_SECONDS,
+    startup_timeout: Annotated[float, typer.Option(help="Seconds until the port answers.")]
+    = DEFAULT_STARTUP_TIMEOUT_SECONDS,
+    keep_containers: Annotated[bool, typer.Option(help="Keep stopped containers.")] = False,
+    ctrl_token: Annotated[
+        str | None, typer.Option(envvar="SAILPLANE_CTRL_TOKEN", help="Bearer token for /ctrl.")
+    ] = None,
+) -> None:
+    """Run a drone: start backends on this machine's Docker engine for a controller."""
+    from sailplane.drone.config import DroneConfig, run_drone
+    from sailplane.drone.executor import ExecutorSettings
+
+    _logging()
+    try:
+        mount_policy = load_policy(mount_base, host_volume, policy)
+    except PolicyError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from exc
+    config = DroneConfig(
+        drone_id=drone_id or socket.gethostname(), controller_url=controller, pool=pool,
+        policy=mount_policy, state_dir=state_dir, ctrl_token=ctrl_token,
+        settings=ExecutorSettings(grace_seconds=grace_seconds,
+                                  startup_timeout_seconds=startup_timeout,
+                                  keep_containers=keep_containers),
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_drone(config))
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

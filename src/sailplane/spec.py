@@ -67,7 +67,7 @@ class HostMountSpec(BaseModel):
     volume: str = Field(min_length=1, description="name of an operator-defined host volume")
     sub_path: str = Field(default="", description="relative path inside the volume; templates")
     target: str
-    read_only: bool = True
+    read_only: StrictBool = True
 
 
 class VolumeMountSpec(BaseModel):
@@ -78,7 +78,7 @@ class VolumeMountSpec(BaseModel):
     type: Literal["volume"]
     name: str = Field(min_length=1, description="volume name; templates {key} etc. allowed")
     target: str
-    read_only: bool = True
+    read_only: StrictBool = True
 
 
 class TmpfsMountSpec(BaseModel):

@@ -199,3 +199,8 @@ def test_a_posix_drone_accepts_what_only_windows_reads_differently(volumes):
                           values, apply=False)
     assert isinstance(mount, ResolvedHostMount)
     assert mount.host_path == f"{volumes.data}/editor/x:y/doc-42."
+
+
+def test_plane_mount_empty_string_is_refused_rather_than_mounting_every_keys_data(volumes):
+    with refused("mount", "mount: an empty path would mount the whole default volume"):
+        plan_mounts(executor(mount=""), volumes.policy(), VALUES, apply=False)

@@ -186,6 +186,10 @@ def test_a_windows_root_is_accepted_and_normalized(root, stored):
         ("c:\\windows\\system32", "lies under C:\\Windows"),
         ("C:\\Program Files\\app", "lies under C:\\Program Files"),
         ("C:\\ProgramData", "lies under C:\\ProgramData"),
+        ("C:\\data\\..\\Windows", "has a '..'"),
+        ("C:\\data\\..", "has a '..'"),
+        ("C:\\Windows.\\System32", "trailing '.' or space"),
+        ("C:\\Windows \\System32", "trailing '.' or space"),
     ],
 )
 def test_a_forbidden_windows_root_is_refused(root, reason):

@@ -35,7 +35,7 @@ FRAGMENTS = [*NAMES, "/", ".", "..", "\\", "\x00", ":", "C:", "//", "{key}", "{n
 
 sub_paths = st.one_of(
     st.lists(st.sampled_from(FRAGMENTS), max_size=8).map("".join),
-    st.lists(st.sampled_from(NAMES + ["{key}", "{namespace}", ".."]), max_size=5).map("/".join),
+    st.lists(st.sampled_from([*NAMES, "{key}", "{namespace}", ".."]), max_size=5).map("/".join),
     st.text(max_size=40),
 )
 template_values = st.one_of(

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from sailplane.controller.db.queries import LIVE_STATUSES, drone_load
 from sailplane.controller.db.tables import (
     backend_keys,
     backend_states,
@@ -35,7 +36,6 @@ from sailplane.timing import HEARTBEAT_DEADLINE_SECONDS
 
 STATIC_TOKEN_PREFIX = "s."
 _CONNECT_ATTEMPTS = 5
-_LIVE = [s.value for s in BackendStatus if s is not BackendStatus.TERMINATED]
 
 
 class KeyTagMismatch(SailplaneError):
@@ -135,10 +135,7 @@ def _spawn(
 
 
 def _candidates(conn: Connection) -> list[DroneCandidate]:
-    load = (
-        select(backends.c.drone_id, func.count().label("n"))
-        .where(backends.c.status.in_(_LIVE)).group_by(backends.c.drone_id).subquery()
-    )
+    load = drone_load()
     rows = conn.execute(
         select(drones, func.coalesce(load.c.n, 0).label("load"))
         .outerjoin(load, load.c.drone_id == drones.c.id).where(drones.c.connected)
@@ -274,7 +271,7 @@ def _status(status: str, time: int, reason: str | None, exit_code: int | None) -
 def list_backends(engine: Engine, live_only: bool = False) -> list[BackendSummary]:
     query = select(backends).order_by(backends.c.created_ms)
     if live_only:
-        query = query.where(backends.c.status.in_(_LIVE))
+        query = query.where(backends.c.status.in_(LIVE_STATUSES))
     with engine.connect() as conn:
         rows = conn.execute(query).mappings().all()
     return [

@@ -7,12 +7,11 @@ from typing import Any
 from sqlalchemy import Engine, func, select, update
 
 from sailplane.controller.backends import BackendNotFound, record_state
+from sailplane.controller.db.queries import LIVE_STATUSES, drone_load
 from sailplane.controller.db.tables import backends, drone_actions, drones
 from sailplane.controller.models import DroneSummary
 from sailplane.protocol import BackendEvent, Hello, HostVolumeOffer
 from sailplane.state import BackendState, BackendStatus, TerminationReason, now_ms
-
-_LIVE = [s.value for s in BackendStatus if s is not BackendStatus.TERMINATED]
 
 
 def register(engine: Engine, hello: Hello) -> None:
@@ -86,7 +85,7 @@ def mark_lost(engine: Engine, silent_since_ms: int) -> list[str]:
     with engine.begin() as conn:
         rows = conn.execute(
             select(backends.c.id).join(drones, drones.c.id == backends.c.drone_id)
-            .where(drones.c.last_seen_ms < silent_since_ms, backends.c.status.in_(_LIVE))
+            .where(drones.c.last_seen_ms < silent_since_ms, backends.c.status.in_(LIVE_STATUSES))
         ).all()
         for (backend_id,) in rows:
             state = BackendState(status=BackendStatus.TERMINATED, time=now_ms(),
@@ -97,10 +96,7 @@ def mark_lost(engine: Engine, silent_since_ms: int) -> list[str]:
 
 
 def list_drones(engine: Engine) -> list[DroneSummary]:
-    load = (
-        select(backends.c.drone_id, func.count().label("n"))
-        .where(backends.c.status.in_(_LIVE)).group_by(backends.c.drone_id).subquery()
-    )
+    load = drone_load()
     with engine.connect() as conn:
         rows = conn.execute(
             select(drones, func.coalesce(load.c.n, 0).label("load"))

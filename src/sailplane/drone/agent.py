@@ -53,8 +53,10 @@ class DroneAgent:
                                               open_timeout=5) as socket:
                     delay = 0.1
                     await self._session(socket)
-            except (OSError, websockets.WebSocketException, TimeoutError) as exc:
-                log.warning("controller connection lost (%s); retrying in %.1fs", exc, delay)
+            # except*: a session's errors come wrapped in its TaskGroup's ExceptionGroup.
+            except* (OSError, websockets.WebSocketException, TimeoutError) as group:
+                log.warning("controller connection lost (%s); retrying in %.1fs",
+                            group.exceptions[0], delay)
             finally:
                 self.connected.clear()
             await asyncio.sleep(delay)

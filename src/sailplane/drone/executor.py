@@ -284,7 +284,10 @@ class Executor:
         for record in self.store.unfinished():
             backend = self._adopted(record)
             found = owned.get(record.backend_id)
-            if found is not None and found.running:
+            if found is not None and found.running and found.address is None:
+                self._finish(backend, TerminationReason.ERROR,  # removes it
+                             message="its container was found running without its port")
+            elif found is not None and found.running:
                 backend.address = found.address
                 if backend.status.rank < BackendStatus.READY.rank:
                     backend.task = asyncio.create_task(self._wait_ready(backend))

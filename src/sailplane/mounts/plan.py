@@ -171,6 +171,9 @@ def _plane_mount(
     volume = None if policy is None else policy.authorize(
         DEFAULT_VOLUME, False, values.namespace, field, field
     )
+    if mount == "":
+        # Plane would mount the whole mount base, i.e. every key's data, read-write.
+        raise MountRefused(field, f"{field}: an empty path would mount the whole default volume")
     template = mount if isinstance(mount, str) else "{key}"
     parts = check_sub_path(expand(template, values, field, field), field, field)
     return HostMountPlan(field, field, DEFAULT_VOLUME, volume, parts, PLANE_MOUNT_TARGET, False)

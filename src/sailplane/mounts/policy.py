@@ -183,6 +183,11 @@ def _check_windows_root(path: str, name: str) -> str:
         raise PolicyError(f"host volume {name!r}: root {path!r} must be an absolute path")
     if root == PureWindowsPath(root.anchor):
         raise PolicyError(f"host volume {name!r}: root {path!r} is a whole drive")
+    # Windows reads C:\x\..\Windows and C:\Windows. as C:\Windows; pathlib compares them as is.
+    if any(part == ".." or part.endswith((".", " ")) for part in root.parts[1:]):
+        raise PolicyError(
+            f"host volume {name!r}: root {path!r} has a '..' or a trailing '.' or space"
+        )
     for system in WINDOWS_SYSTEM_DIRS:
         forbidden = PureWindowsPath(system)
         if root == forbidden or root.is_relative_to(forbidden):

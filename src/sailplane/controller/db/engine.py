@@ -10,6 +10,9 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# Controllers sharing PostgreSQL start together; this advisory lock makes their migrations
+# take turns (the second finds the schema at head) instead of racing on CREATE TABLE.
+_MIGRATION_LOCK = 0x5A11_91A1
 
 
 def make_engine(url: str) -> Engine:
@@ -43,5 +46,7 @@ def migrate(engine: Engine) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
         config.attributes["connection"] = connection
         command.upgrade(config, "head")

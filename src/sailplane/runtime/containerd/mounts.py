@@ -33,4 +33,6 @@ def to_oci_mount(mount: ResolvedMount, volume_root: str = DEFAULT_VOLUME_ROOT) -
 def to_oci_mounts(
     mounts: Iterable[ResolvedMount], volume_root: str = DEFAULT_VOLUME_ROOT
 ) -> list[dict[str, Any]]:
-    return [to_oci_mount(mount, volume_root) for mount in mounts]
+    """Parents before nested targets: runc mounts in list order (Docker's daemon sorts)."""
+    ordered = sorted(mounts, key=lambda mount: mount.target.count("/"))
+    return [to_oci_mount(mount, volume_root) for mount in ordered]

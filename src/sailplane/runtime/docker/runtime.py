@@ -201,7 +201,7 @@ class DockerRuntime(Runtime):
             found.append(OwnedBackend(
                 backend_id=container.labels[BACKEND_LABEL],
                 running=running,
-                address=_address(container) if running else None,
+                address=_published(container) if running else None,
                 exit_code=None if running else int(state.get("ExitCode", -1)),
             ))
         return found
@@ -232,11 +232,19 @@ async def _drain(queue: asyncio.Queue[BackendExit]) -> AsyncIterator[BackendExit
 
 
 def _address(container: Container) -> BackendAddress:
-    bindings = container.attrs["NetworkSettings"]["Ports"].get(_PORT_KEY) or []
-    for binding in bindings:
+    address = _published(container)
+    if address is None:
+        raise RuntimeFailure(f"container {container.name} has no port published for {_PORT_KEY}")
+    return address
+
+
+def _published(container: Container) -> BackendAddress | None:
+    """The loopback address of the backend's port, or None (a container we did not start)."""
+    ports = container.attrs["NetworkSettings"].get("Ports") or {}
+    for binding in ports.get(_PORT_KEY) or []:
         if binding.get("HostIp") in ("127.0.0.1", "0.0.0.0", ""):
             return BackendAddress("127.0.0.1", int(binding["HostPort"]))
-    raise RuntimeFailure(f"container {container.name} has no port published for {_PORT_KEY}")
+    return None
 
 
 def _limits(limits: ResourceLimits) -> dict[str, Any]:

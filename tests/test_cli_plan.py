@@ -1,0 +1,204 @@
+"""``sailplane mounts plan`` (DESIGN 4.5), run as the real console script in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sailplane.mounts.resolved import (
+    ResolvedHostMount,
+    ResolvedMount,
+    ResolvedTmpfsMount,
+    ResolvedVolumeMount,
+)
+from sailplane.runtime.containerd.mounts import to_oci_mounts
+from sailplane.runtime.docker.mounts import to_docker_mounts
+
+from .mounts.conftest import mode_of, snapshot
+from .mounts.examples import DESIGN_3_REQUEST, design_4_5_mounts
+
+SAILPLANE = Path(sys.executable).parent / "sailplane"
+
+
+def run(*args: str, stdin: str | None = None) -> tuple[int, dict[str, Any]]:
+    """Run ``sailplane mounts plan ARGS``; return the exit status and the JSON it printed."""
+    assert SAILPLANE.exists(), f"console script missing at {SAILPLANE}"
+    done = subprocess.run(
+        [str(SAILPLANE), "mounts", "plan", *args], input=stdin, capture_output=True, text=True,
+        timeout=60,
+    )
+    return done.returncode, json.loads(done.stdout)
+
+
+@pytest.fixture
+def drone(tmp_path: Path) -> Path:
+    """Host volume roots: default (the mount base), data (rw) and config (ro)."""
+    top = tmp_path.resolve() / "drone"
+    for name in ("default", "data", "config"):
+        (top / name).mkdir(parents=True)
+    return top
+
+
+def policy_flags(top: Path) -> list[str]:
+    return ["--mount-base", f"{top}/default", "--host-volume", f"data={top}/data",
+            "--host-volume", f"config={top}/config:ro"]
+
+
+def request_file(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "request.json"
+    path.write_text(text)
+    return str(path)
+
+
+def test_design_3_request_prints_the_plan_document_of_design_4_5(drone, tmp_path):
+    status, document = run(*policy_flags(drone), request_file(tmp_path, DESIGN_3_REQUEST))
+    assert status == 0
+    assert list(document) == ["mounts", "docker", "oci"]
+    shown = design_4_5_mounts(f"{drone}/data")
+    assert [mount for mount in document["mounts"] if mount in shown] == shown
+    assert document["mounts"] == [
+        {"type": "host", "host_path": f"{drone}/default/doc-42", "target": "/plane-data",
+         "read_only": False},
+        shown[0],
+        {"type": "host", "host_path": f"{drone}/config", "target": "/etc/app",
+         "read_only": True},
+        shown[1],
+        shown[2],
+    ]
+    resolved: list[ResolvedMount] = [
+        ResolvedHostMount(host_path=f"{drone}/default/doc-42", target="/plane-data",
+                          read_only=False),
+        ResolvedHostMount(host_path=f"{drone}/data/editor/doc-42", target="/var/lib/app",
+                          read_only=False),
+        ResolvedHostMount(host_path=f"{drone}/config", target="/etc/app", read_only=True),
+        ResolvedVolumeMount(name="cache-doc-42", target="/cache", read_only=False),
+        ResolvedTmpfsMount(target="/tmp", size_bytes=67108864),
+    ]
+    assert document["docker"] == to_docker_mounts(resolved)
+    assert document["oci"] == to_oci_mounts(resolved)
+    assert document["docker"][4] == {
+        "Type": "tmpfs", "Target": "/tmp", "TmpfsOptions": {"SizeBytes": 67108864, "Mode": 1023},
+    }
+
+
+def test_without_apply_nothing_is_created(drone, tmp_path):
+    before = snapshot(drone)
+    status, _ = run(*policy_flags(drone), request_file(tmp_path, DESIGN_3_REQUEST))
+    assert status == 0
+    assert snapshot(drone) == before
+    assert not (drone / "data" / "editor").exists()
+
+
+def test_with_apply_the_directories_appear_with_mode_0750(drone, tmp_path):
+    status, _ = run(*policy_flags(drone), "--apply", request_file(tmp_path, DESIGN_3_REQUEST))
+    assert status == 0
+    for made in ("data/editor", "data/editor/doc-42", "default/doc-42"):
+        assert (drone / made).is_dir()
+        assert mode_of(drone / made) == 0o750, made
+
+
+def test_the_request_can_come_from_stdin(drone):
+    status, document = run(*policy_flags(drone), "-", stdin=DESIGN_3_REQUEST)
+    assert status == 0
+    assert document["mounts"][1]["host_path"] == f"{drone}/data/editor/doc-42"
+
+
+def test_an_executable_alone_uses_the_key_and_namespace_flags(drone):
+    executable = {"image": "i", "volume_mounts": [
+        {"type": "host", "volume": "data", "sub_path": "{namespace}/{key}/{backend}",
+         "target": "/d", "read_only": False}]}
+    status, document = run(*policy_flags(drone), "--key", "room-1", "--namespace", "games",
+                           "--backend", "b-7", "-", stdin=json.dumps(executable))
+    assert status == 0
+    assert document["mounts"] == [{"type": "host", "host_path": f"{drone}/data/games/room-1/b-7",
+                                   "target": "/d", "read_only": False}]
+
+
+def test_a_refused_mount_prints_its_index_and_exits_2(drone):
+    request = json.loads(DESIGN_3_REQUEST)
+    request["spawn_config"]["executable"]["volume_mounts"][1]["sub_path"] = "../data"
+    status, document = run(*policy_flags(drone), "-", stdin=json.dumps(request))
+    assert status == 2
+    assert document == {"error": {
+        "code": "mount_refused", "mount": 1,
+        "message": "volume_mounts[1].sub_path: '..' components are not allowed",
+    }}
+
+
+def test_a_refused_mount_leaves_nothing_created_even_with_apply(drone):
+    os.symlink("/etc", drone / "data" / "planted")
+    request = json.loads(DESIGN_3_REQUEST)
+    request["spawn_config"]["executable"]["volume_mounts"][1] = {
+        "type": "host", "volume": "data", "sub_path": "planted/x", "target": "/etc/app"}
+    before = snapshot(drone)
+    status, document = run(*policy_flags(drone), "--apply", "-", stdin=json.dumps(request))
+    assert status == 2
+    assert document["error"]["code"] == "mount_refused"
+    assert document["error"]["mount"] == 1
+    assert "symlink" in document["error"]["message"]
+    assert snapshot(drone) == before
+
+
+def test_a_refused_plane_mount_names_the_mount_field(drone):
+    request = json.loads(DESIGN_3_REQUEST)
+    request["key"]["name"] = "../escape"
+    status, document = run(*policy_flags(drone), "-", stdin=json.dumps(request))
+    assert status == 2
+    assert document["error"]["mount"] == "mount"
+    assert document["error"]["message"].startswith("mount: template {key} = '../escape'")
+
+
+def test_an_unknown_field_in_a_volume_mount_is_refused_naming_the_mount(drone):
+    request = json.loads(DESIGN_3_REQUEST)
+    request["spawn_config"]["executable"]["volume_mounts"][2]["sub_paht"] = "x"
+    status, document = run(*policy_flags(drone), "-", stdin=json.dumps(request))
+    assert status == 2
+    assert document["error"]["code"] == "mount_refused"
+    assert document["error"]["mount"] == 2
+    assert "sub_paht" in document["error"]["message"]
+
+
+@pytest.mark.parametrize("root", ["/etc", "/var/run", "/"])
+def test_a_forbidden_policy_root_exits_2_with_bad_policy(drone, root):
+    status, document = run("--host-volume", f"data={root}", "-", stdin=DESIGN_3_REQUEST)
+    assert status == 2
+    assert document["error"]["code"] == "bad_policy"
+    assert f"root {root!r}" in document["error"]["message"]
+
+
+def test_a_malformed_host_volume_flag_exits_2_with_bad_policy():
+    status, document = run("--host-volume", "data", "-", stdin=DESIGN_3_REQUEST)
+    assert status == 2
+    assert document["error"]["code"] == "bad_policy"
+
+
+def test_a_toml_policy_file_is_used(drone, tmp_path):
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'mount_base = "{drone}/default"\n'
+                      f'[host_volumes.data]\npath = "{drone}/data"\nnamespaces = ["games"]\n'
+                      f'[host_volumes.config]\npath = "{drone}/config"\naccess = "ro"\n')
+    status, document = run("--policy", str(policy), "-", stdin=DESIGN_3_REQUEST)
+    assert status == 2  # the data volume is for namespace "games" only
+    assert document["error"] == {
+        "code": "mount_refused", "mount": 0,
+        "message": "volume_mounts[0].volume: host volume 'data' is not available to "
+                   "namespace 'editor'",
+    }
+
+
+def test_invalid_json_exits_2_with_invalid_request(drone):
+    status, document = run(*policy_flags(drone), "-", stdin="{not json")
+    assert status == 2
+    assert document["error"]["code"] == "invalid_request"
+
+
+def test_a_missing_request_file_exits_2_with_invalid_request(drone, tmp_path):
+    status, document = run(*policy_flags(drone), str(tmp_path / "absent.json"))
+    assert status == 2
+    assert document["error"]["code"] == "invalid_request"
