@@ -158,5 +158,23 @@ def drone(
         asyncio.run(run_drone(config))
 
 
+@app.command()
+def proxy(
+    controller: Annotated[str, typer.Option(help="Controller URL.")] = "http://127.0.0.1:9090",
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 9091,
+    workers: Annotated[int, typer.Option(min=1, help="Processes sharing the port.")] = 1,
+    ctrl_token: Annotated[
+        str | None, typer.Option(envvar="SAILPLANE_CTRL_TOKEN", help="Bearer token for /ctrl.")
+    ] = None,
+) -> None:
+    """Run a proxy: route http://HOST:PORT/{token}/... to the token's backend."""
+    from sailplane.proxy.run import ProxyConfig, run_workers
+
+    _logging()
+    run_workers(ProxyConfig(controller_url=controller, host=host, port=port, workers=workers,
+                            ctrl_token=ctrl_token))
+
+
 def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

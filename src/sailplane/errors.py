@@ -4,6 +4,7 @@
      ├── PolicyError        the drone operator's mount policy is itself unsafe or malformed
      ├── MountRefused       a spawn request's mount was refused (validation, policy or disk)
      └── RuntimeFailure     the container runtime could not do what was asked
+          └── BackendExited  the backend's process ended before it could be reached
 
 Each error carries a stable ``code`` for API responses; the message names the field and
 the reason, and never a host path when it is meant for a public response.
@@ -49,3 +50,17 @@ class RuntimeFailure(SailplaneError):
     """Raised when the container runtime fails (image missing, engine unreachable)."""
 
     code = "runtime_failure"
+
+
+class BackendExited(RuntimeFailure):
+    """Raised by ``Runtime.start`` when the backend ended before its address could be read.
+
+    Not a failure to start: the backend ran, and ends ``exited`` with ``exit_code``. Its
+    container is left in place, like that of any backend that exits.
+    """
+
+    code = "backend_exited"
+
+    def __init__(self, exit_code: int) -> None:
+        super().__init__(f"the backend exited with code {exit_code} as it started")
+        self.exit_code = exit_code

@@ -1,4 +1,4 @@
-"""Every message between the controller and its drones, one tagged union per direction.
+"""Every message between the controller and its drones and proxies, one union per direction.
 
 A drone holds one WebSocket to a controller (``/ctrl/drone-socket``); each frame is one JSON
 object with a ``type``. Delivery is at-least-once both ways and both ends are idempotent:
@@ -94,3 +94,47 @@ MessageFromDrone = Annotated[
 
 to_drone: TypeAdapter[MessageToDrone] = TypeAdapter(MessageToDrone)
 from_drone: TypeAdapter[MessageFromDrone] = TypeAdapter(MessageFromDrone)
+
+
+# -- proxy <-> controller (``/ctrl/proxy-socket``) ------------------------------------------
+
+
+class RouteRequest(BaseModel):
+    """Proxy -> controller: where does this token lead?"""
+
+    type: Literal["route_request"] = "route_request"
+    token: str
+
+
+class ConnectionReport(BaseModel):
+    """Proxy -> controller: live connections per backend; a backend whose count dropped to 0
+    since the last report is listed once more with 0, so idle time starts when it closed."""
+
+    type: Literal["connection_report"] = "connection_report"
+    counts: dict[str, int]
+
+
+class RouteInfo(BaseModel):
+    """Controller -> proxy: the answer to a ``route_request``; ``address`` None if unknown."""
+
+    type: Literal["route_info"] = "route_info"
+    token: str
+    backend_id: str | None = None
+    address: str | None = None  # host:port of a ready backend
+    username: str | None = None
+    user_data: str = "{}"  # the connect's ``auth``, as JSON
+    secret: str | None = None
+
+
+class RouteGone(BaseModel):
+    """Controller -> proxy: the backend left ``ready``; forget every route to it."""
+
+    type: Literal["route_gone"] = "route_gone"
+    backend_id: str
+
+
+MessageFromProxy = Annotated[RouteRequest | ConnectionReport, Field(discriminator="type")]
+MessageToProxy = Annotated[RouteInfo | RouteGone, Field(discriminator="type")]
+
+from_proxy: TypeAdapter[MessageFromProxy] = TypeAdapter(MessageFromProxy)
+to_proxy: TypeAdapter[MessageToProxy] = TypeAdapter(MessageToProxy)

@@ -28,6 +28,7 @@ from sailplane.controller.models import (
     StatusResponse,
 )
 from sailplane.controller.notify import Notifier
+from sailplane.controller.proxy_socket import serve_proxy
 from sailplane.controller.scheduler import NoDroneAvailable
 from sailplane.controller.sweeper import run_sweeper
 from sailplane.errors import MountRefused, SailplaneError
@@ -132,6 +133,14 @@ def create_app(config: ControllerConfig, engine: Engine | None = None) -> FastAP
             await websocket.close(code=1008)
             return
         await serve_drone(websocket, engine, notifier)
+
+    @app.websocket("/ctrl/proxy-socket")
+    async def proxy_socket(websocket: WebSocket) -> None:
+        token = websocket.headers.get("authorization")
+        if config.ctrl_token and token != f"Bearer {config.ctrl_token}":
+            await websocket.close(code=1008)
+            return
+        await serve_proxy(websocket, engine, notifier)
 
     @app.get("/pub/b/{backend_id}/status")
     async def backend_status(backend_id: str) -> StatusResponse:

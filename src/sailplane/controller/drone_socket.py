@@ -16,6 +16,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from sailplane.controller import drones
 from sailplane.controller.notify import Notifier
+from sailplane.controller.proxy_socket import BACKENDS_CHANGED
 from sailplane.protocol import (
     ActionAck,
     BackendEvent,
@@ -46,6 +47,7 @@ async def serve_drone(websocket: WebSocket, engine: Engine, notifier: Notifier) 
             if isinstance(message, BackendEvent):
                 await asyncio.to_thread(drones.apply_events, engine, drone_id, [message])
                 notifier.notify(f"backend:{message.backend_id}")
+                notifier.notify(BACKENDS_CHANGED)
                 async with send_lock:
                     await websocket.send_text(EventAck(seq=message.seq).model_dump_json())
             elif isinstance(message, Heartbeat):

@@ -21,7 +21,7 @@ from typing import Any
 
 from sailplane.drone.readiness import wait_until_ready
 from sailplane.drone.store import BackendRecord, DroneStore
-from sailplane.errors import MountRefused, RuntimeFailure
+from sailplane.errors import BackendExited, MountRefused, RuntimeFailure
 from sailplane.mounts.plan import check_mounts, plan_mounts
 from sailplane.mounts.policy import MountPolicy
 from sailplane.mounts.resolve import CreatedDirectories
@@ -166,6 +166,11 @@ class Executor:
             )
             self._set(backend, BackendStatus.STARTING)
             await self._start_container(backend, values)
+        except BackendExited as exc:  # ran and ended at once (unless its exit came first)
+            backend.exited.set()
+            self._finish(backend, backend.stop_reason or TerminationReason.EXITED,
+                         exit_code=exc.exit_code)
+            return
         except (MountRefused, RuntimeFailure) as exc:
             self._finish(backend, TerminationReason.ERROR, message=exc.message)
             return
@@ -192,6 +197,9 @@ class Executor:
         )
         try:
             address = await self.runtime.start(spec)
+        except BackendExited:
+            created.release()  # it ran: its directories stay, as after any exit
+            raise
         except BaseException:
             created.rollback()  # nothing of a backend that never ran stays behind
             raise

@@ -80,7 +80,9 @@ class Runtime(abc.ABC):
     async def start(self, spec: BackendSpec) -> BackendAddress:
         """Create and start the backend's container; provision named volumes on first use.
 
-        On failure nothing of the container is left behind and RuntimeFailure is raised."""
+        On failure nothing of the container is left behind and RuntimeFailure is raised. A
+        backend that exits before its address can be read raises BackendExited with its exit
+        code instead; its container stays, and its exit is reported by :meth:`exits` too."""
 
     @abc.abstractmethod
     async def signal(self, backend_id: str, hard: bool) -> None:

@@ -15,10 +15,11 @@ from typing import Any
 
 import docker
 import docker.errors
+import requests.exceptions
 from docker.models.containers import Container
 from docker.types import Ulimit
 
-from sailplane.errors import RuntimeFailure
+from sailplane.errors import BackendExited, RuntimeFailure
 from sailplane.mounts.resolved import ResolvedVolumeMount
 from sailplane.runtime.base import (
     BACKEND_LABEL,
@@ -38,6 +39,8 @@ from sailplane.spec import PullPolicy, ResourceLimits
 log = logging.getLogger(__name__)
 
 DEFAULT_CPU_PERIOD_US = 100_000
+# A started container without its port is waited for this long to see if it has exited.
+EXIT_SETTLE_SECONDS = 5
 _PORT_KEY = f"{BACKEND_PORT}/tcp"
 
 
@@ -92,11 +95,25 @@ class DockerRuntime(Runtime):
         try:
             container.start()
             container.reload()
-            return _address(container)
-        except (docker.errors.APIError, RuntimeFailure) as exc:
+        except docker.errors.APIError as exc:
             self._remove(spec.backend_id)
-            message = exc.explanation if isinstance(exc, docker.errors.APIError) else str(exc)
-            raise RuntimeFailure(f"cannot start the container: {message}") from exc
+            raise RuntimeFailure(f"cannot start the container: {exc.explanation}") from exc
+        address = _published(container)
+        if address is None:
+            raise self._without_port(container)
+        return address
+
+    def _without_port(self, container: Container) -> RuntimeFailure:
+        """No published port after a start: the backend has already exited (the engine drops
+        the port with the process), or, if it does not stop within a moment, it is broken."""
+        try:
+            status = self.client.api.wait(container, timeout=EXIT_SETTLE_SECONDS)
+        except (docker.errors.APIError, requests.exceptions.RequestException):
+            self._remove(container.labels[BACKEND_LABEL])
+            return RuntimeFailure(
+                f"cannot start the container: no port published for {_PORT_KEY}"
+            )
+        return BackendExited(int(status.get("StatusCode", -1)))
 
     def _create(self, spec: BackendSpec) -> Container:
         options: dict[str, Any] = {
@@ -229,13 +246,6 @@ class DockerRuntime(Runtime):
 async def _drain(queue: asyncio.Queue[BackendExit]) -> AsyncIterator[BackendExit]:
     while True:
         yield await queue.get()
-
-
-def _address(container: Container) -> BackendAddress:
-    address = _published(container)
-    if address is None:
-        raise RuntimeFailure(f"container {container.name} has no port published for {_PORT_KEY}")
-    return address
 
 
 def _published(container: Container) -> BackendAddress | None:

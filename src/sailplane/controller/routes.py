@@ -1,0 +1,53 @@
+"""What proxies need from the database: token -> route, and connection activity."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import Engine, select, update
+
+from sailplane.controller.db.tables import backends, tokens
+from sailplane.protocol import RouteInfo
+from sailplane.state import BackendStatus, now_ms
+
+
+def lookup(engine: Engine, token: str) -> RouteInfo:
+    """The route for a user or static token, or an empty answer if it leads nowhere live."""
+    columns = (backends.c.id, backends.c.address, backends.c.status, backends.c.secret_token)
+    with engine.connect() as conn:
+        row: tuple[Any, ...] | None = conn.execute(
+            select(*columns, tokens.c.username, tokens.c.auth)
+            .join(tokens, tokens.c.backend_id == backends.c.id).where(tokens.c.token == token)
+        ).first()
+        if row is None:
+            static = conn.execute(select(*columns).where(backends.c.static_token == token)).first()
+            row = None if static is None else (*static, None, None)
+    if row is None or row[2] != BackendStatus.READY.value or not row[1]:
+        return RouteInfo(token=token)
+    backend_id, address, _, secret, username, auth = row
+    return RouteInfo(token=token, backend_id=backend_id, address=address, username=username,
+                     user_data=json.dumps(auth or {}), secret=secret)
+
+
+def not_ready(engine: Engine, backend_ids: Iterable[str]) -> list[str]:
+    """Those of ``backend_ids`` that are no longer ``ready``."""
+    ids = list(backend_ids)
+    if not ids:
+        return []
+    with engine.connect() as conn:
+        ready = set(conn.execute(
+            select(backends.c.id).where(backends.c.id.in_(ids),
+                                        backends.c.status == BackendStatus.READY.value)
+        ).scalars())
+    return [backend_id for backend_id in ids if backend_id not in ready]
+
+
+def record_activity(engine: Engine, backend_ids: Iterable[str]) -> None:
+    """These backends had live connections just now: their idle time restarts."""
+    ids = list(backend_ids)
+    if ids:
+        with engine.begin() as conn:
+            conn.execute(update(backends).where(backends.c.id.in_(ids))
+                         .values(last_active_ms=now_ms()))

@@ -1,0 +1,1 @@
+"""The proxy: routes ``/{token}/...`` (HTTP and WebSocket) to the token's backend."""

@@ -1,0 +1,95 @@
+"""The proxy's WebSocket to the controller: route lookups, and connection reports.
+
+Reconnects with backoff; while disconnected, cached routes are dropped (they may be stale)
+and lookups fail at once, so clients get a quick 404 rather than a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from sailplane.protocol import (
+    ConnectionReport,
+    RouteGone,
+    RouteInfo,
+    RouteRequest,
+    to_proxy,
+)
+from sailplane.proxy.routes import RouteTable
+from sailplane.timing import RECONNECT_MAX_SECONDS
+
+log = logging.getLogger(__name__)
+
+REPORT_INTERVAL_SECONDS = 1.0
+
+
+class ControllerLink:
+    def __init__(self, controller_url: str, token: str | None = None) -> None:
+        base = controller_url.rstrip("/").replace("http://", "ws://").replace("https://", "wss://")
+        self.url = f"{base}/ctrl/proxy-socket"
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.routes = RouteTable(self._request)
+        self.connections: Counter[str] = Counter()  # live connections per backend id
+        self.connected = asyncio.Event()
+        self._socket: ClientConnection | None = None
+        self._outgoing: asyncio.Queue[str] = asyncio.Queue()
+        self._reported: set[str] = set()
+
+    def _request(self, request: RouteRequest) -> bool:
+        if self._socket is None:
+            return False
+        self._outgoing.put_nowait(request.model_dump_json())
+        return True
+
+    async def run(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                async with websockets.connect(self.url, additional_headers=self.headers,
+                                              open_timeout=5) as socket:
+                    delay = 0.1
+                    self._socket = socket
+                    self.connected.set()
+                    async with asyncio.TaskGroup() as group:
+                        group.create_task(self._receive(socket))
+                        group.create_task(self._send(socket))
+                        group.create_task(self._report(socket))
+            except* (OSError, websockets.WebSocketException, TimeoutError) as group:
+                log.warning("controller link lost (%s); retrying in %.1fs",
+                            group.exceptions[0], delay)
+            finally:
+                self._socket = None
+                self._outgoing = asyncio.Queue()
+                self.connected.clear()
+                self.routes.disconnected()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+
+    async def _receive(self, socket: ClientConnection) -> None:
+        async for frame in socket:
+            message = to_proxy.validate_json(frame)
+            if isinstance(message, RouteInfo):
+                self.routes.on_route_info(message)
+            elif isinstance(message, RouteGone):
+                self.routes.on_route_gone(message)
+
+    async def _send(self, socket: ClientConnection) -> None:
+        while True:
+            await socket.send(await self._outgoing.get())
+
+    async def _report(self, socket: ClientConnection) -> None:
+        while True:
+            await asyncio.sleep(REPORT_INTERVAL_SECONDS)
+            live = {backend: n for backend, n in self.connections.items() if n > 0}
+            for backend in [b for b, n in self.connections.items() if n <= 0]:
+                del self.connections[backend]
+            closed = {backend: 0 for backend in self._reported - live.keys()}
+            self._reported = set(live)
+            if live or closed:
+                report = ConnectionReport(counts=live | closed)
+                await socket.send(report.model_dump_json())
