@@ -160,7 +160,8 @@ class Executor:
         values = TemplateValues(spawn.key.name, spawn.key.namespace, spawn.backend_id)
         try:
             check_mounts(spawn.executable, self.policy, values)  # fail before any work
-            self._set(backend, BackendStatus.LOADING)
+            if backend.status is not BackendStatus.LOADING:  # adopted while loading: it is
+                self._set(backend, BackendStatus.LOADING)
             await self.runtime.prepare(
                 spawn.executable.image, spawn.executable.pull_policy or PullPolicy.IF_NOT_PRESENT
             )
@@ -283,15 +284,17 @@ class Executor:
 
     async def _adopt(self) -> None:
         """Adopt live containers we have a record of, clean up the others."""
+        # Known before the engine is asked: an exit reported meanwhile finds its backend.
+        backends = [self._adopted(record) for record in self.store.unfinished()]
         owned = {found.backend_id: found for found in await self.runtime.owned()}
         for backend_id in owned:
-            record = self.store.get(backend_id)
-            if record is None or record.status is BackendStatus.TERMINATED:
+            if backend_id not in self._backends:  # unknown, or terminated in an earlier run
                 log.info("removing container of unknown or finished backend %s", backend_id)
                 await self.runtime.remove(backend_id)
-        for record in self.store.unfinished():
-            backend = self._adopted(record)
-            found = owned.get(record.backend_id)
+        for backend in backends:
+            if backend.status is BackendStatus.TERMINATED:
+                continue  # its exit was reported while we looked
+            found = owned.get(backend.backend_id)
             if found is not None and found.running and found.address is None:
                 self._finish(backend, TerminationReason.ERROR,  # removes it
                              message="its container was found running without its port")

@@ -100,16 +100,17 @@ class DockerRuntime(Runtime):
             raise RuntimeFailure(f"cannot start the container: {exc.explanation}") from exc
         address = _published(container)
         if address is None:
-            raise self._without_port(container)
+            raise self._without_port(spec.backend_id)
         return address
 
-    def _without_port(self, container: Container) -> RuntimeFailure:
+    def _without_port(self, backend_id: str) -> RuntimeFailure:
         """No published port after a start: the backend has already exited (the engine drops
         the port with the process), or, if it does not stop within a moment, it is broken."""
         try:
-            status = self.client.api.wait(container, timeout=EXIT_SETTLE_SECONDS)
+            name = container_name(backend_id)
+            status = self.client.api.wait(name, timeout=EXIT_SETTLE_SECONDS)
         except (docker.errors.APIError, requests.exceptions.RequestException):
-            self._remove(container.labels[BACKEND_LABEL])
+            self._remove(backend_id)
             return RuntimeFailure(
                 f"cannot start the container: no port published for {_PORT_KEY}"
             )

@@ -1,0 +1,221 @@
+"""Cold spawn to ``ready`` through the drone's executor, against raw Docker, in one run.
+
+    .venv/bin/python bench/spawn.py [--n 20] [--image sailplane/static:latest]
+                                    [--budget 300] [--check]
+
+Each round spawns one new backend through :class:`~sailplane.drone.executor.Executor` on
+:class:`~sailplane.runtime.docker.runtime.DockerRuntime` (store writes, mount planning, image
+check, create, start, readiness polling) and one raw baseline with the Docker SDK alone
+(``containers.create`` + ``start`` + inspect for the port, then the first HTTP answer), each
+timed from the request to the first answer. The two alternate, and which goes first swaps every
+round, so both see the same machine. The baseline waits for its answer with the executor's own
+:func:`~sailplane.drone.readiness.wait_until_ready`, so both poll on the same schedule
+(``timing.READY_POLL_*``). Containers are removed between rounds, outside the timings.
+
+Target: the executor's median at most 1.15x the baseline's. ``--check`` exits 1 when missed.
+The run stops early, with what it has measured, once ``--budget`` seconds have passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+
+from sailplane.drone.executor import Executor
+from sailplane.drone.readiness import answers_http, wait_until_ready
+from sailplane.drone.store import DroneStore
+from sailplane.mounts.policy import MountPolicy
+from sailplane.protocol import SpawnBackend
+from sailplane.runtime.base import BACKEND_LABEL, BACKEND_PORT, DRONE_LABEL, BackendAddress
+from sailplane.runtime.docker.runtime import DockerRuntime
+from sailplane.spec import ExecutorConfig, KeyConfig, PullPolicy
+from sailplane.state import BackendStatus, TerminationReason
+
+IMAGE = "sailplane/static:latest"
+MAX_RATIO = 1.15
+SPAWN_TIMEOUT_SECONDS = 30.0
+REMOVAL_TIMEOUT_SECONDS = 30.0
+BENCH_LABEL = "dev.sailplane.bench"
+PORT_KEY = f"{BACKEND_PORT}/tcp"
+
+Timed = Callable[[], Awaitable[float]]
+
+
+class Bench:
+    """One run: an executor of its own (a unique drone id) and a raw client beside it."""
+
+    def __init__(self, image: str, store_path: Path) -> None:
+        self.image = image
+        self.run_id = uuid.uuid4().hex[:10]
+        self.drone_id = f"bench-{self.run_id}"
+        self.client = docker.from_env()
+        self.store = DroneStore(store_path)
+        self.executor = Executor(DockerRuntime(self.drone_id), MountPolicy(), self.store)
+        self.phases: list[dict[str, int]] = []  # ms spent in each executor state, per spawn
+
+    async def executor_spawn(self) -> float:
+        backend_id = f"b-{uuid.uuid4().hex[:16]}"
+        spawn = SpawnBackend(
+            backend_id=backend_id,
+            key=KeyConfig(name=f"k-{backend_id}"),
+            executable=ExecutorConfig(image=self.image, pull_policy=PullPolicy.IF_NOT_PRESENT),
+            secret_token="bench",
+        )
+        started = time.perf_counter()
+        self.executor.spawn(spawn)
+        await self.executor.wait_for(backend_id, BackendStatus.READY, SPAWN_TIMEOUT_SECONDS)
+        elapsed = time.perf_counter() - started
+        if self.executor.status(backend_id) is not BackendStatus.READY:
+            raise RuntimeError(f"backend {backend_id} ended {self.executor.status(backend_id)}")
+        self._note_phases(backend_id)
+        await self.executor.terminate(backend_id, hard=True, reason=TerminationReason.EXTERNAL)
+        await self._until_removed(f"{BACKEND_LABEL}={backend_id}")
+        return elapsed
+
+    async def raw_spawn(self) -> float:
+        """What the executor does for a backend, with nothing of Sailplane but the polling."""
+        name = f"sailplane-bench-raw-{uuid.uuid4().hex[:12]}"
+        started = time.perf_counter()
+        options: dict[str, Any] = {  # as DockerRuntime creates a backend's container
+            "name": name, "detach": True, "environment": {"PORT": str(BACKEND_PORT)},
+            "labels": {BENCH_LABEL: self.run_id}, "ports": {PORT_KEY: ("127.0.0.1", None)},
+            "security_opt": ["no-new-privileges"],
+        }
+        container = self.client.containers.create(self.image, **options)
+        container.start()
+        container.reload()
+        binding = container.attrs["NetworkSettings"]["Ports"][PORT_KEY][0]
+        address = BackendAddress("127.0.0.1", int(binding["HostPort"]))
+        await asyncio.wait_for(wait_until_ready(address), SPAWN_TIMEOUT_SECONDS)
+        elapsed = time.perf_counter() - started
+        if not await answers_http(address):
+            raise RuntimeError(f"raw container {name} stopped answering")
+        self.client.api.remove_container(name, force=True)
+        return elapsed
+
+    def _note_phases(self, backend_id: str) -> None:
+        times = {event.state.status: event.state.time for event in self.store.pending()
+                 if event.backend_id == backend_id}
+        order = [BackendStatus.LOADING, BackendStatus.STARTING, BackendStatus.WAITING,
+                 BackendStatus.READY]
+        self.phases.append({
+            order[i].value: times[order[i + 1]] - times[order[i]] for i in range(len(order) - 1)
+        })
+        self.store.ack(self.store.pending()[-1].seq)
+
+    async def _until_removed(self, label: str) -> None:
+        deadline = time.monotonic() + REMOVAL_TIMEOUT_SECONDS
+        while self.client.api.containers(all=True, quiet=True, filters={"label": label}):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"containers labelled {label} were not removed")
+            await asyncio.sleep(0.02)
+
+    def remove_everything(self) -> None:
+        for label in (f"{DRONE_LABEL}={self.drone_id}", f"{BENCH_LABEL}={self.run_id}"):
+            for found in self.client.api.containers(all=True, quiet=True,
+                                                    filters={"label": label}):
+                try:
+                    self.client.api.remove_container(found["Id"], force=True)
+                except docker.errors.NotFound:
+                    pass
+                except docker.errors.APIError as exc:
+                    if exc.status_code != 409:  # 409: a removal is already under way
+                        raise
+
+
+async def run(image: str, n: int, budget: float) -> tuple[list[float], list[float], Bench]:
+    with tempfile.TemporaryDirectory(prefix="sailplane-bench-") as tmp:
+        bench = Bench(image, Path(tmp) / "drone.sqlite3")
+        deadline = time.monotonic() + budget
+        executor_times: list[float] = []
+        raw_times: list[float] = []
+        try:
+            await bench.executor.start()
+            await bench.executor_spawn()  # warm-up of both paths, not counted
+            await bench.raw_spawn()
+            bench.phases.clear()
+            for round_ in range(n):
+                pairs: list[tuple[Timed, list[float]]] = [
+                    (bench.executor_spawn, executor_times), (bench.raw_spawn, raw_times),
+                ]
+                for spawn, times in pairs if round_ % 2 == 0 else reversed(pairs):
+                    times.append(await spawn())
+                if time.monotonic() > deadline:
+                    print(f"budget of {budget:.0f} s spent after {round_ + 1} rounds",
+                          file=sys.stderr)
+                    break
+        finally:
+            await bench.executor.close()
+            bench.store.close()
+            bench.remove_everything()
+            bench.client.close()
+        return executor_times, raw_times, bench
+
+
+def p90(values: list[float]) -> float:
+    """Nearest rank: the smallest value at or above 90% of the samples."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(0.9 * len(ordered)) - 1)]
+
+
+def report(image: str, executor_times: list[float], raw_times: list[float], bench: Bench) -> float:
+    rows = [("executor (sailplane)", executor_times), ("raw Docker SDK", raw_times)]
+    print(f"cold spawn to first HTTP answer, {image}, {len(executor_times)} + "
+          f"{len(raw_times)} spawns, alternating")
+    print(f"{'':22} {'median':>9} {'p90':>9} {'min':>9} {'max':>9}")
+    for name, times in rows:
+        ms = [t * 1000 for t in times]
+        print(f"{name:22} {statistics.median(ms):8.1f}ms {p90(ms):7.1f}ms "
+              f"{min(ms):7.1f}ms {max(ms):7.1f}ms")
+    ratio = statistics.median(executor_times) / statistics.median(raw_times)
+    p90_ratio = p90(executor_times) / p90(raw_times)
+    verdict = "met" if ratio <= MAX_RATIO else "MISSED"
+    print(f"{'ratio executor/raw':22} {ratio:8.2f}x {p90_ratio:8.2f}x"
+          f"   (target: median <= {MAX_RATIO:.2f}x, {verdict})")
+    if bench.phases:
+        medians = {phase: statistics.median(p[phase] for p in bench.phases)
+                   for phase in bench.phases[0]}
+        spent = ", ".join(f"{phase} {ms:.0f}" for phase, ms in medians.items())
+        print(f"executor, median ms spent in: {spent}")
+    return ratio
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=20, help="spawns of each kind (default 20)")
+    parser.add_argument("--image", default=IMAGE, help=f"a local image (default {IMAGE})")
+    parser.add_argument("--budget", type=float, default=300.0,
+                        help="stop after this many seconds (default 300)")
+    parser.add_argument("--check", action="store_true",
+                        help=f"exit 1 if the median ratio is above {MAX_RATIO}")
+    args = parser.parse_args()
+    if args.n < 1:
+        parser.error("--n must be at least 1")
+    client = docker.from_env()
+    try:
+        client.images.get(args.image)
+    except docker.errors.ImageNotFound:
+        print(f"no image {args.image}: build it with images/build (nothing is pulled)",
+              file=sys.stderr)
+        return 2
+    finally:
+        client.close()
+    executor_times, raw_times, bench = asyncio.run(run(args.image, args.n, args.budget))
+    ratio = report(args.image, executor_times, raw_times, bench)
+    return 1 if args.check and ratio > MAX_RATIO else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
