@@ -8,16 +8,25 @@ import json
 import logging
 import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
+import httpx
 import typer
+from rich.console import Console
+from rich.table import Table
 
+from sailplane.client import ApiError, ControllerClient
 from sailplane.errors import PolicyError
 from sailplane.mounts.policy import MountPolicy, Platform
 from sailplane.mounts.report import plan_document
 from sailplane.runtime.containerd.mounts import DEFAULT_VOLUME_ROOT
+from sailplane.state import BackendStatus
 from sailplane.timing import DEFAULT_GRACE_SECONDS, DEFAULT_STARTUP_TIMEOUT_SECONDS
+from sailplane.volume_flags import parse_volume_flag
+
+DEFAULT_CONTROLLER = "http://127.0.0.1:9090"
 
 app = typer.Typer(no_args_is_help=True, help="Sailplane: session backends with secure mounts.")
 mounts_app = typer.Typer(no_args_is_help=True, help="Inspect how a drone would mount things.")
@@ -174,6 +183,255 @@ def proxy(
     _logging()
     run_workers(ProxyConfig(controller_url=controller, host=host, port=port, workers=workers,
                             ctrl_token=ctrl_token))
+
+
+@app.command()
+def dev(
+    controller_port: Annotated[int, typer.Option(help="Controller API port.")] = 9090,
+    proxy_port: Annotated[int, typer.Option(help="Proxy port.")] = 9091,
+    data_dir: Annotated[Path, typer.Option(help="SQLite, drone state, default volume.")]
+    = Path(".sailplane"),
+    mount_base: Annotated[
+        Path | None, typer.Option(help="Host volume 'default'; {data-dir}/volumes/default.")
+    ] = None,
+    host_volume: HostVolumeFlags = None,
+) -> None:
+    """Run controller, drone and proxy in one process (Ctrl-C stops every backend)."""
+    from sailplane.dev import DevConfig, run_dev
+
+    _logging()
+    config = DevConfig(controller_port=controller_port, proxy_port=proxy_port,
+                       data_dir=data_dir, mount_base=mount_base,
+                       host_volumes=host_volume or [])
+    console = Console(stderr=True)
+    console.print(f"[bold]Sailplane dev[/bold]  controller {config.controller_url}  "
+                  f"proxy {config.proxy_url}  default volume {config.default_mount_base()}")
+    try:
+        asyncio.run(run_dev(config))
+    except PolicyError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from exc
+    except KeyboardInterrupt:
+        pass
+    console.print("stopped; every backend terminated")
+
+
+ControllerUrl = Annotated[
+    str, typer.Option("--controller", envvar="SAILPLANE_CONTROLLER", help="Controller URL.")
+]
+CtrlToken = Annotated[
+    str | None, typer.Option(envvar="SAILPLANE_CTRL_TOKEN", help="Bearer token for /ctrl.")
+]
+JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON, for scripts.")]
+
+
+@app.command()
+def connect(
+    image: Annotated[str | None, typer.Option(help="Image to spawn if the key has none.")]
+    = None,
+    key: Annotated[str | None, typer.Option(help="Key name (random when omitted).")] = None,
+    namespace: Annotated[str, typer.Option(help="Key namespace.")] = "",
+    tag: Annotated[str, typer.Option(help="Key tag.")] = "",
+    mount: Annotated[str | None, typer.Option(help="Plane's mount: true or a PATH.")] = None,
+    volume: Annotated[
+        list[str] | None,
+        typer.Option(help="host:VOL[/SUB]:TARGET[:rw], volume:NAME:TARGET[:rw], "
+                          "tmpfs:TARGET:SIZE; repeatable."),
+    ] = None,
+    env: Annotated[list[str] | None, typer.Option(help="K=V, repeatable.")] = None,
+    max_idle_seconds: Annotated[int | None, typer.Option(min=1)] = None,
+    lifetime_limit_seconds: Annotated[int | None, typer.Option(min=1)] = None,
+    user: Annotated[str | None, typer.Option(help="User the token is for.")] = None,
+    wait: Annotated[bool, typer.Option(help="Show the states until ready.")] = False,
+    json_output: JsonOutput = False,
+    controller: ControllerUrl = DEFAULT_CONTROLLER,
+    ctrl_token: CtrlToken = None,
+) -> None:
+    """Get the backend for a key, spawning one from --image if needed; prints its URL."""
+    try:
+        request = connect_request(image, key, namespace, tag, mount, volume or [], env or [],
+                                  max_idle_seconds, lifetime_limit_seconds, user)
+    except ValueError as exc:
+        _fail(str(exc))
+    with _client(controller, ctrl_token) as client:
+        response = client.connect(request)
+        final = None
+        if wait:
+            final = _watch(client, response["backend_id"], until_ready=True,
+                           quiet=json_output)
+    if json_output:
+        _print_json(response if final is None else {**response, "status": final["status"]})
+    else:
+        typer.echo(response["url"])
+    if final is not None and final["status"] != BackendStatus.READY.value:
+        raise typer.Exit(1)
+
+
+def connect_request(
+    image: str | None, key: str | None, namespace: str, tag: str, mount: str | None,
+    volumes: list[str], env: list[str], max_idle_seconds: int | None,
+    lifetime_limit_seconds: int | None, user: str | None,
+) -> dict[str, Any]:
+    """The connect request the flags describe; ValueError with one clear line if bad."""
+    request: dict[str, Any] = {}
+    if key is not None:
+        request["key"] = {"name": key, "namespace": namespace, "tag": tag}
+    if user is not None:
+        request["user"] = user
+    if image is None:
+        if key is None:
+            raise ValueError("give --key (connect to a live backend) or --image (spawn one)")
+        return request
+    executable: dict[str, Any] = {
+        "image": image, "volume_mounts": [parse_volume_flag(v) for v in volumes],
+        "env": dict(_key_value(item) for item in env),
+    }
+    if mount is not None:
+        executable["mount"] = True if mount == "true" else mount
+    request["spawn_config"] = {
+        "executable": executable, "max_idle_seconds": max_idle_seconds,
+        "lifetime_limit_seconds": lifetime_limit_seconds,
+    }
+    return request
+
+
+def _key_value(item: str) -> tuple[str, str]:
+    name, sep, value = item.partition("=")
+    if not sep or not name:
+        raise ValueError(f"--env {item!r}: expected KEY=VALUE")
+    return name, value
+
+
+@app.command()
+def status(
+    backend_id: Annotated[str, typer.Argument(help="Backend id.")],
+    follow: Annotated[bool, typer.Option(help="Stream states until terminated.")] = False,
+    json_output: JsonOutput = False,
+    controller: ControllerUrl = DEFAULT_CONTROLLER,
+    ctrl_token: CtrlToken = None,
+) -> None:
+    """Show a backend's status (or every state as it passes, with --follow)."""
+    with _client(controller, ctrl_token) as client:
+        if follow:
+            _watch(client, backend_id, until_ready=False, quiet=False, as_json=json_output)
+            return
+        state = client.status(backend_id)
+    if json_output:
+        _print_json(state)
+    else:
+        typer.echo(_describe(state))
+
+
+@app.command()
+def terminate(
+    backend_id: Annotated[str, typer.Argument(help="Backend id.")],
+    hard: Annotated[bool, typer.Option(help="SIGKILL at once instead of SIGTERM + grace.")]
+    = False,
+    json_output: JsonOutput = False,
+    controller: ControllerUrl = DEFAULT_CONTROLLER,
+    ctrl_token: CtrlToken = None,
+) -> None:
+    """Ask a backend's drone to stop it."""
+    with _client(controller, ctrl_token) as client:
+        result = client.terminate(backend_id, hard)
+    if json_output:
+        _print_json(result)
+    else:
+        typer.echo("termination requested" if result.get("requested") else "nothing to do")
+
+
+@app.command()
+def backends(
+    live: Annotated[bool, typer.Option(help="Only backends not terminated.")] = False,
+    json_output: JsonOutput = False,
+    controller: ControllerUrl = DEFAULT_CONTROLLER,
+    ctrl_token: CtrlToken = None,
+) -> None:
+    """List backends."""
+    with _client(controller, ctrl_token) as client:
+        rows = client.backends(live)
+    if json_output:
+        _print_json(rows)
+        return
+    table = Table("backend", "key", "drone", "status", "address", "reason")
+    for row in rows:
+        key = row["key"]
+        name = f"{key['namespace']}/{key['name']}" if key["namespace"] else key["name"]
+        reason = row["reason"] or ""
+        if row["exit_code"] is not None:
+            reason += f" ({row['exit_code']})"
+        table.add_row(row["backend_id"], name, row["drone"], row["status"],
+                      row["address"] or "", reason)
+    Console().print(table)
+
+
+@app.command()
+def drones(
+    json_output: JsonOutput = False,
+    controller: ControllerUrl = DEFAULT_CONTROLLER,
+    ctrl_token: CtrlToken = None,
+) -> None:
+    """List drones with their host volumes and load."""
+    with _client(controller, ctrl_token) as client:
+        rows = client.drones()
+    if json_output:
+        _print_json(rows)
+        return
+    table = Table("drone", "pool", "connected", "draining", "load", "host volumes")
+    for row in rows:
+        volumes = ", ".join(f"{v['name']}:{v['access']}" for v in row["host_volumes"])
+        table.add_row(row["drone_id"], row["pool"], str(row["connected"]),
+                      str(row["draining"]), str(row["load"]), volumes)
+    Console().print(table)
+
+
+@contextlib.contextmanager
+def _client(url: str, token: str | None) -> Iterator[ControllerClient]:
+    """A client whose API errors become one line on stderr and exit status 2."""
+    client = ControllerClient(url, token)
+    try:
+        yield client
+    except ApiError as exc:
+        _fail(f"{exc.message} ({exc.status} {exc.code})")
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach the controller at {url}: {exc}")
+    finally:
+        client.close()
+
+
+def _watch(
+    client: ControllerClient, backend_id: str, *, until_ready: bool, quiet: bool,
+    as_json: bool = False,
+) -> dict[str, Any]:
+    """Print each state as it passes; return the last one seen."""
+    last: dict[str, Any] = {}
+    for state in client.follow(backend_id):
+        last = state
+        if as_json:
+            typer.echo(json.dumps(state))
+        elif not quiet:
+            Console(stderr=until_ready).print(_describe(state))
+        if until_ready and state["status"] == BackendStatus.READY.value:
+            break
+    return last
+
+
+def _describe(state: dict[str, Any]) -> str:
+    text = str(state["status"])
+    if state.get("reason"):
+        text += f" ({state['reason']}"
+        text += f", exit code {state['exit_code']})" if state.get("exit_code") is not None \
+            else ")"
+    return text
+
+
+def _print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2))
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
 
 
 def _logging() -> None:

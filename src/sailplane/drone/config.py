@@ -15,6 +15,7 @@ from sailplane.drone.store import DroneStore
 from sailplane.mounts.policy import MountPolicy
 from sailplane.protocol import Hello, HostVolumeOffer
 from sailplane.runtime.base import Runtime
+from sailplane.state import TerminationReason
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ class DroneConfig(BaseModel):
     state_dir: Path
     ctrl_token: str | None = None
     settings: ExecutorSettings = ExecutorSettings()
+    # `sailplane dev`: on exit terminate every backend and remove its container.
+    terminate_on_exit: bool = False
 
 
 def make_runtime(config: DroneConfig) -> Runtime:
@@ -59,5 +62,7 @@ async def run_drone(config: DroneConfig) -> None:
     try:
         await agent.run()
     finally:
+        if config.terminate_on_exit:
+            await executor.terminate_all(TerminationReason.EXTERNAL)
         await executor.close()
         store.close()

@@ -101,6 +101,12 @@ class Executor:
         await asyncio.gather(*tasks, *self._background, return_exceptions=True)
         await self.runtime.close()
 
+    async def terminate_all(self, reason: TerminationReason) -> None:
+        """Soft-terminate every backend this drone runs, at once; for ``sailplane dev``'s
+        Ctrl-C, which must leave no container behind."""
+        live = [b.backend_id for b in self._backends.values() if b.status.is_alive]
+        await asyncio.gather(*(self.terminate(backend_id, False, reason) for backend_id in live))
+
     # -- commands --------------------------------------------------------------------------
 
     def spawn(self, spawn: SpawnBackend) -> None:
