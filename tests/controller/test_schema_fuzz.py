@@ -6,6 +6,7 @@ from __future__ import annotations
 import tempfile
 
 import schemathesis
+from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
 
 from sailplane.controller.app import create_app
@@ -16,7 +17,7 @@ from sailplane.mounts.policy import Access
 from sailplane.protocol import Hello, HostVolumeOffer
 
 
-def _controller_app():
+def _controller_app() -> FastAPI:
     # Built at import: schemathesis parametrizes from a schema object, before any fixture.
     database = tempfile.mkdtemp(prefix="sailplane-fuzz-")
     engine = make_engine(f"sqlite:///{database}/fuzz.db")

@@ -1,0 +1,299 @@
+"""The controller's HTTP API through FastAPI's TestClient, with fake drones registered straight
+into the database (no WebSocket): the lifespan runs the migrations and the sweeper."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+
+from sailplane.controller import backends, drones
+from sailplane.controller.sweeper import sweep_once
+from sailplane.mounts.policy import Access
+from sailplane.state import BackendState, BackendStatus, TerminationReason, now_ms
+from tests.controller.conftest import CONTROLLER_URL, PROXY_URL, add_drone, make_client, spawn_body
+
+NEVER_LOST = 1e9
+
+
+def engine_of(client: TestClient) -> Engine:
+    engine: Engine = client.app.state.engine  # type: ignore[attr-defined]
+    return engine
+
+
+def connect(client: TestClient, body: dict[str, Any], status: int = 200) -> dict[str, Any]:
+    response = client.post("/ctrl/connect", json=body)
+    assert response.status_code == status, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def error(response: Any, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body: dict[str, Any] = response.json()["error"]
+    assert body["code"] == code
+    return body
+
+
+def record(engine: Engine, backend_id: str, status: BackendStatus, **extra: Any) -> None:
+    with engine.begin() as conn:
+        assert backends.record_state(conn, backend_id,
+                                     BackendState(status=status, time=now_ms(), **extra))
+
+
+@pytest.fixture
+def live(client: TestClient) -> TestClient:
+    add_drone(engine_of(client))
+    return client
+
+
+def test_connect_spawns(any_client: TestClient) -> None:
+    add_drone(engine_of(any_client))
+    body = connect(any_client, spawn_body())
+    assert body["spawned"] is True
+    assert body["status"] == "scheduled"
+    assert body["drone"] == "d1"
+    assert body["token"] and body["secret_token"]
+    assert body["url"] == f"{PROXY_URL}/{body['token']}/"
+    assert body["status_url"] == f"{CONTROLLER_URL}/pub/b/{body['backend_id']}/status"
+    actions = drones.pending_actions(engine_of(any_client), "d1")
+    assert [(a["type"], a["backend_id"]) for a in actions] == [("spawn", body["backend_id"])]
+
+
+def test_second_connect_joins(any_client: TestClient) -> None:
+    add_drone(engine_of(any_client))
+    first = connect(any_client, spawn_body())
+    second = connect(any_client, spawn_body())
+    assert second["spawned"] is False
+    assert second["backend_id"] == first["backend_id"]
+    assert second["token"] != first["token"]
+    assert second["url"] == f"{PROXY_URL}/{second['token']}/"
+    key_only = connect(any_client, {"key": {"name": "doc-1"}})
+    assert key_only["backend_id"] == first["backend_id"]
+    assert len(drones.pending_actions(engine_of(any_client), "d1")) == 1
+
+
+def test_static_token_is_reused(live: TestClient) -> None:
+    first = connect(live, spawn_body(use_static_token=True))
+    second = connect(live, spawn_body(use_static_token=True))
+    assert first["token"] == second["token"]
+    assert first["token"].startswith(backends.STATIC_TOKEN_PREFIX)
+
+
+def test_tag_mismatch_409(live: TestClient) -> None:
+    connect(live, spawn_body(tag="v1"))
+    body = error(live.post("/ctrl/connect", json=spawn_body(tag="v2")), 409, "tag_mismatch")
+    assert "'v1'" in body["message"]
+
+
+def test_key_only_without_live_backend_404(live: TestClient) -> None:
+    body = error(live.post("/ctrl/connect", json={"key": {"name": "nobody"}}), 404, "not_found")
+    assert "nobody" in body["message"]
+
+
+def test_no_drone_503_with_reason(client: TestClient) -> None:
+    body = error(client.post("/ctrl/connect", json=spawn_body()), 503, "no_drone_available")
+    assert body["message"] == "no drone is connected in pool ''"
+
+
+def test_no_drone_offers_the_volume_503(live: TestClient) -> None:
+    mounts = [{"type": "host", "volume": "data", "target": "/data", "read_only": False}]
+    response = live.post("/ctrl/connect",
+                         json=spawn_body(executable={"volume_mounts": mounts}))
+    body = error(response, 503, "no_drone_available")
+    assert "'data' read-write" in body["message"]
+    add_drone(engine_of(live), "d2", volumes={"data": Access.RW})
+    assert connect(live, spawn_body(executable={"volume_mounts": mounts}))["drone"] == "d2"
+
+
+def test_sub_path_escape_refused_400(live: TestClient) -> None:
+    mounts = [{"type": "host", "volume": "data", "sub_path": "../x", "target": "/data"}]
+    response = live.post("/ctrl/connect",
+                         json=spawn_body(executable={"volume_mounts": mounts}))
+    body = error(response, 400, "mount_refused")
+    assert body["mount"] == 0
+    assert backends.list_backends(engine_of(live)) == []
+
+
+def test_bad_json_400(live: TestClient) -> None:
+    response = live.post("/ctrl/connect", content=b'{"key": ',
+                         headers={"content-type": "application/json"})
+    error(response, 400, "invalid_request")
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    (spawn_body(lifetime_limit_seconds="soon"), "spawn_config.lifetime_limit_seconds"),
+    (spawn_body(executable={"env": {"A": 1}}), "spawn_config.executable.env.A"),
+    (spawn_body(executable={"volume_mounts": [{"type": "host", "volume": "data",
+                                               "target": "/d", "sub_paht": "x"}]}),
+     "spawn_config.executable.volume_mounts.0.host.sub_paht"),
+    ({"key": {"name": 5}}, "key.name"),
+    ({}, "at least one of 'key' and 'spawn_config'"),
+])
+def test_wrong_types_name_the_field(live: TestClient, body: dict[str, Any], field: str) -> None:
+    assert field in error(live.post("/ctrl/connect", json=body), 400, "invalid_request")["message"]
+
+
+def test_unknown_backend_404(live: TestClient) -> None:
+    error(live.get("/pub/b/b-0000000000000000/status"), 404, "not_found")
+    error(live.get("/pub/b/b-0000000000000000/status-stream"), 404, "not_found")
+    error(live.post("/ctrl/b/b-0000000000000000/soft-terminate"), 404, "not_found")
+
+
+def test_public_status_hides_host_details(any_client: TestClient) -> None:
+    engine = engine_of(any_client)
+    add_drone(engine)
+    backend_id = connect(any_client, spawn_body())["backend_id"]
+    assert any_client.get(f"/pub/b/{backend_id}/status").json()["status"] == "scheduled"
+    record(engine, backend_id, BackendStatus.READY)
+    with engine.begin() as conn:
+        backends.record_state(conn, backend_id, BackendState(
+            status=BackendStatus.TERMINATED, time=now_ms(), reason=TerminationReason.ERROR,
+            exit_code=3, message="mount refused: /srv/secret/volumes/data is a symlink",
+        ), address="10.1.2.3:8080")
+    response = any_client.get(f"/pub/b/{backend_id}/status")
+    body = response.json()
+    assert set(body) == {"status", "time", "reason", "exit_code"}
+    assert (body["status"], body["reason"], body["exit_code"]) == ("terminated", "error", 3)
+    assert "/srv" not in response.text and "symlink" not in response.text
+    [summary] = any_client.get("/ctrl/backends").json()
+    assert "/srv/secret" in summary["message"]  # the trusted API may tell
+
+
+@pytest.fixture
+def guarded(sqlite_url: str) -> Iterator[TestClient]:
+    yield from make_client(sqlite_url, ctrl_token="s3cret")
+
+
+def test_ctrl_token_401_and_pub_open(guarded: TestClient) -> None:
+    add_drone(engine_of(guarded))
+    error(guarded.get("/ctrl/backends"), 401, "http_error")
+    error(guarded.post("/ctrl/connect", json=spawn_body()), 401, "http_error")
+    wrong = {"authorization": "Bearer nope"}
+    error(guarded.post("/ctrl/connect", json=spawn_body(), headers=wrong), 401, "http_error")
+    good = {"authorization": "Bearer s3cret"}
+    response = guarded.post("/ctrl/connect", json=spawn_body(), headers=good)
+    assert response.status_code == 200
+    backend_id = response.json()["backend_id"]
+    assert guarded.get(f"/pub/b/{backend_id}/status").status_code == 200
+    assert guarded.get("/health").status_code == 200
+    assert guarded.get("/ctrl/drones", headers=good).json()[0]["drone_id"] == "d1"
+
+
+def test_health(client: TestClient) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+
+
+def test_metrics(live: TestClient) -> None:
+    connect(live, spawn_body())
+    text = live.get("/metrics").text
+    assert 'sailplane_backends{status="scheduled"} 1.0' in text
+    assert "sailplane_connect_seconds_count 1.0" in text
+    assert "sailplane_drones 1.0" in text
+
+
+def events(text: str) -> list[tuple[int, dict[str, Any]]]:
+    parsed = []
+    for block in text.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines())
+        assert fields["event"] == "status"
+        parsed.append((int(fields["id"]), json.loads(fields["data"])))
+    return parsed
+
+
+def test_status_stream_replays_and_follows(any_client: TestClient) -> None:
+    engine = engine_of(any_client)
+    add_drone(engine)
+    backend_id = connect(any_client, spawn_body())["backend_id"]
+    record(engine, backend_id, BackendStatus.LOADING)
+    record(engine, backend_id, BackendStatus.READY)
+    finish = threading.Timer(0.3, record, (engine, backend_id, BackendStatus.TERMINATED),
+                             {"reason": TerminationReason.EXTERNAL})
+    finish.start()
+    try:
+        response = any_client.get(f"/pub/b/{backend_id}/status-stream")
+    finally:
+        finish.join()
+    assert response.headers["content-type"].startswith("text/event-stream")
+    history = events(response.text)
+    assert [e["status"] for _, e in history] == ["scheduled", "loading", "ready", "terminated"]
+    assert history[-1][1]["reason"] == "external"
+    ids = [event_id for event_id, _ in history]
+    assert ids == sorted(ids)
+
+    resumed = any_client.get(f"/pub/b/{backend_id}/status-stream",
+                             headers={"last-event-id": str(ids[1])})
+    assert events(resumed.text) == history[2:]
+
+
+def test_drain_stops_scheduling(live: TestClient) -> None:
+    assert live.post("/ctrl/d/d1/drain").json() == {"draining": True}
+    body = error(live.post("/ctrl/connect", json=spawn_body()), 503, "no_drone_available")
+    assert "draining" in body["message"]
+    assert live.get("/ctrl/drones").json()[0]["draining"] is True
+    error(live.post("/ctrl/d/nobody/drain"), 404, "not_found")
+    add_drone(engine_of(live), "d2")
+    assert connect(live, spawn_body())["drone"] == "d2"
+
+
+def test_terminate_queues_once(live: TestClient) -> None:
+    backend_id = connect(live, spawn_body())["backend_id"]
+    assert live.post(f"/ctrl/b/{backend_id}/soft-terminate").json() == {"requested": True}
+    assert live.post(f"/ctrl/b/{backend_id}/soft-terminate").json() == {"requested": False}
+    assert live.post(f"/ctrl/b/{backend_id}/hard-terminate").json() == {"requested": True}
+    assert live.post(f"/ctrl/b/{backend_id}/hard-terminate").json() == {"requested": False}
+    kinds = [(a["type"], a.get("hard")) for a in drones.pending_actions(engine_of(live), "d1")]
+    assert kinds == [("spawn", None), ("terminate", False), ("terminate", True)]
+
+
+def terminations(engine: Engine) -> list[tuple[str, str]]:
+    return [(a["backend_id"], a["reason"]) for a in drones.pending_actions(engine, "d1")
+            if a["type"] == "terminate"]
+
+
+def test_sweep_lifetime(live: TestClient) -> None:
+    engine = engine_of(live)
+    backend_id = connect(live, spawn_body(lifetime_limit_seconds=60))["backend_id"]
+    assert sweep_once(engine, now_ms(), NEVER_LOST) == []
+    assert sweep_once(engine, now_ms() + 61_000, NEVER_LOST) == ["d1"]
+    assert terminations(engine) == [(backend_id, "lifetime")]
+    assert sweep_once(engine, now_ms() + 61_000, NEVER_LOST) == []  # asked once
+
+
+def test_sweep_idle_counts_from_ready(live: TestClient) -> None:
+    engine = engine_of(live)
+    backend_id = connect(live, spawn_body(max_idle_seconds=5))["backend_id"]
+    assert sweep_once(engine, now_ms() + 60_000, NEVER_LOST) == []  # not ready: not idle
+    record(engine, backend_id, BackendStatus.READY)
+    assert sweep_once(engine, now_ms() + 1_000, NEVER_LOST) == []
+    assert sweep_once(engine, now_ms() + 6_000, NEVER_LOST) == ["d1"]
+    assert terminations(engine) == [(backend_id, "swept")]
+
+
+def test_mark_lost_releases_the_key(any_client: TestClient) -> None:
+    engine = engine_of(any_client)
+    add_drone(engine)
+    first = connect(any_client, spawn_body())
+    assert drones.mark_lost(engine, now_ms() - 60_000) == []
+    assert drones.mark_lost(engine, now_ms() + 1_000) == [first["backend_id"]]
+    status = any_client.get(f"/pub/b/{first['backend_id']}/status").json()
+    assert (status["status"], status["reason"]) == ("terminated", "lost")
+    error(any_client.post("/ctrl/connect", json={"key": {"name": "doc-1"}}), 404, "not_found")
+    add_drone(engine)  # the drone says hello again
+    again = connect(any_client, spawn_body())
+    assert again["spawned"] is True
+    assert again["backend_id"] != first["backend_id"]
+
+
+def test_terminated_releases_the_key(live: TestClient) -> None:
+    first = connect(live, spawn_body(tag="v1"))
+    record(live_engine := engine_of(live), first["backend_id"], BackendStatus.TERMINATED,
+           reason=TerminationReason.EXITED, exit_code=0)
+    second = connect(live, spawn_body(tag="v2"))  # the old tag no longer holds the key
+    assert second["spawned"] is True
+    assert len(backends.list_backends(live_engine, live_only=True)) == 1
