@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request, WebSocket
@@ -39,6 +39,7 @@ _STATUS_BY_ERROR: dict[type[SailplaneError], int] = {
     MountRefused: 400, BackendNotFound: 404, KeyTagMismatch: 409, NoDroneAvailable: 503,
 }
 STREAM_POLL_SECONDS = 0.5
+SocketServer = Callable[[WebSocket, Engine, Notifier], Awaitable[None]]
 
 
 def create_app(config: ControllerConfig, engine: Engine | None = None) -> FastAPI:
@@ -61,8 +62,11 @@ def create_app(config: ControllerConfig, engine: Engine | None = None) -> FastAP
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
 
+    def authorized(header: str | None) -> bool:
+        return not config.ctrl_token or header == f"Bearer {config.ctrl_token}"
+
     def authorize(authorization: Annotated[str | None, Header()] = None) -> None:
-        if config.ctrl_token and authorization != f"Bearer {config.ctrl_token}":
+        if not authorized(authorization):
             raise HTTPException(401, "a valid bearer token is required for /ctrl")
 
     app = FastAPI(title="Sailplane controller", lifespan=lifespan)
@@ -126,21 +130,16 @@ def create_app(config: ControllerConfig, engine: Engine | None = None) -> FastAP
         await asyncio.to_thread(drones.drain, engine, drone_id)
         return {"draining": True}
 
-    @app.websocket("/ctrl/drone-socket")
-    async def drone_socket(websocket: WebSocket) -> None:
-        token = websocket.headers.get("authorization")
-        if config.ctrl_token and token != f"Bearer {config.ctrl_token}":
-            await websocket.close(code=1008)
-            return
-        await serve_drone(websocket, engine, notifier)
+    def socket_route(serve: SocketServer) -> Callable[[WebSocket], Awaitable[None]]:
+        async def route(websocket: WebSocket) -> None:
+            if not authorized(websocket.headers.get("authorization")):
+                await websocket.close(code=1008)
+                return
+            await serve(websocket, engine, notifier)
+        return route
 
-    @app.websocket("/ctrl/proxy-socket")
-    async def proxy_socket(websocket: WebSocket) -> None:
-        token = websocket.headers.get("authorization")
-        if config.ctrl_token and token != f"Bearer {config.ctrl_token}":
-            await websocket.close(code=1008)
-            return
-        await serve_proxy(websocket, engine, notifier)
+    app.add_api_websocket_route("/ctrl/drone-socket", socket_route(serve_drone))
+    app.add_api_websocket_route("/ctrl/proxy-socket", socket_route(serve_proxy))
 
     @app.get("/pub/b/{backend_id}/status")
     async def backend_status(backend_id: str) -> StatusResponse:
