@@ -1,34 +1,45 @@
-"""Cold spawn to ``ready`` through the drone's executor, against raw Docker, in one run.
+"""Cold spawn to ``ready`` through the drone's executor, against each runtime's raw client.
 
     .venv/bin/python bench/spawn.py [--n 20] [--image sailplane/static:latest]
-                                    [--budget 300] [--check]
+                                    [--runtime docker|containerd|both] [--budget 300] [--check]
 
-Each round spawns one new backend through :class:`~sailplane.drone.executor.Executor` on
-:class:`~sailplane.runtime.docker.runtime.DockerRuntime` (store writes, mount planning, image
-check, create, start, readiness polling) and one raw baseline with the Docker SDK alone
-(``containers.create`` + ``start`` + inspect for the port, then the first HTTP answer), each
-timed from the request to the first answer. The two alternate, and which goes first swaps every
-round, so both see the same machine. The baseline waits for its answer with the executor's own
+For each runtime (both by default, one after the other in the same run), each round spawns one
+new backend through :class:`~sailplane.drone.executor.Executor` (store writes, mount planning,
+image check, create, start, readiness polling) and one raw baseline without Sailplane, each timed
+from the request to the first HTTP answer:
+
+- ``docker``: :class:`~sailplane.runtime.docker.runtime.DockerRuntime` against the Docker SDK
+  alone (``containers.create`` + ``start`` + inspect for the port);
+- ``containerd``: :class:`~sailplane.runtime.containerd.runtime.ContainerdRuntime` against one
+  raw ``ctr run --detach --net-host`` with the same flags, on a free port, in a namespace of the
+  bench's own (``sailplane-bench``) into which the image is imported from ``docker save``.
+
+The two alternate, and which goes first swaps every round, so both see the same machine. The
+baseline waits for its answer with the executor's own
 :func:`~sailplane.drone.readiness.wait_until_ready`, so both poll on the same schedule
 (``timing.READY_POLL_*``). Containers are removed between rounds, outside the timings.
 
-Target: the executor's median at most 1.15x the baseline's. ``--check`` exits 1 when missed.
-The run stops early, with what it has measured, once ``--budget`` seconds have passed.
+Target: the executor's median at most 1.15x the baseline's, for each runtime. ``--check`` exits
+1 when missed. A runtime's run stops early, with what it has measured, once ``--budget``
+seconds have passed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import docker
 import docker.errors
@@ -39,6 +50,8 @@ from sailplane.drone.store import DroneStore
 from sailplane.mounts.policy import MountPolicy
 from sailplane.protocol import SpawnBackend
 from sailplane.runtime.base import BACKEND_LABEL, BACKEND_PORT, DRONE_LABEL, BackendAddress
+from sailplane.runtime.containerd.ctr import Ctr, CtrError, default_address, normalize_image
+from sailplane.runtime.containerd.runtime import ContainerdRuntime
 from sailplane.runtime.docker.runtime import DockerRuntime
 from sailplane.spec import ExecutorConfig, KeyConfig, PullPolicy
 from sailplane.state import BackendStatus, TerminationReason
@@ -49,40 +62,46 @@ SPAWN_TIMEOUT_SECONDS = 30.0
 REMOVAL_TIMEOUT_SECONDS = 30.0
 BENCH_LABEL = "dev.sailplane.bench"
 PORT_KEY = f"{BACKEND_PORT}/tcp"
+CONTAINERD_NAMESPACE = "sailplane-bench"
+NAMESPACE_GC_WAIT_SECONDS = 10.0
 
 Timed = Callable[[], Awaitable[float]]
 
 
-class Bench:
+class Bench(Protocol):
+    """One runtime's pair: an executor of its own (a unique drone id) and a raw client."""
+
+    name: str
+    image: str
+    baseline: str
+    executor: Executor
+    store: DroneStore
+    phases: list[dict[str, int]]
+
+    async def executor_spawn(self) -> float: ...
+
+    async def raw_spawn(self) -> float: ...
+
+    async def remove_everything(self) -> None: ...
+
+
+class DockerBench:
     """One run: an executor of its own (a unique drone id) and a raw client beside it."""
 
-    def __init__(self, image: str, store_path: Path) -> None:
+    name = "docker"
+    baseline = "raw Docker SDK"
+
+    def __init__(self, image: str, state_dir: Path) -> None:
         self.image = image
         self.run_id = uuid.uuid4().hex[:10]
         self.drone_id = f"bench-{self.run_id}"
         self.client = docker.from_env()
-        self.store = DroneStore(store_path)
+        self.store = DroneStore(state_dir / "drone.sqlite3")
         self.executor = Executor(DockerRuntime(self.drone_id), MountPolicy(), self.store)
         self.phases: list[dict[str, int]] = []  # ms spent in each executor state, per spawn
 
     async def executor_spawn(self) -> float:
-        backend_id = f"b-{uuid.uuid4().hex[:16]}"
-        spawn = SpawnBackend(
-            backend_id=backend_id,
-            key=KeyConfig(name=f"k-{backend_id}"),
-            executable=ExecutorConfig(image=self.image, pull_policy=PullPolicy.IF_NOT_PRESENT),
-            secret_token="bench",
-        )
-        started = time.perf_counter()
-        self.executor.spawn(spawn)
-        await self.executor.wait_for(backend_id, BackendStatus.READY, SPAWN_TIMEOUT_SECONDS)
-        elapsed = time.perf_counter() - started
-        if self.executor.status(backend_id) is not BackendStatus.READY:
-            raise RuntimeError(f"backend {backend_id} ended {self.executor.status(backend_id)}")
-        self._note_phases(backend_id)
-        await self.executor.terminate(backend_id, hard=True, reason=TerminationReason.EXTERNAL)
-        await self._until_removed(f"{BACKEND_LABEL}={backend_id}")
-        return elapsed
+        return await executor_spawn(self, self._until_removed)
 
     async def raw_spawn(self) -> float:
         """What the executor does for a backend, with nothing of Sailplane but the polling."""
@@ -105,16 +124,6 @@ class Bench:
         self.client.api.remove_container(name, force=True)
         return elapsed
 
-    def _note_phases(self, backend_id: str) -> None:
-        times = {event.state.status: event.state.time for event in self.store.pending()
-                 if event.backend_id == backend_id}
-        order = [BackendStatus.LOADING, BackendStatus.STARTING, BackendStatus.WAITING,
-                 BackendStatus.READY]
-        self.phases.append({
-            order[i].value: times[order[i + 1]] - times[order[i]] for i in range(len(order) - 1)
-        })
-        self.store.ack(self.store.pending()[-1].seq)
-
     async def _until_removed(self, label: str) -> None:
         deadline = time.monotonic() + REMOVAL_TIMEOUT_SECONDS
         while self.client.api.containers(all=True, quiet=True, filters={"label": label}):
@@ -122,7 +131,7 @@ class Bench:
                 raise RuntimeError(f"containers labelled {label} were not removed")
             await asyncio.sleep(0.02)
 
-    def remove_everything(self) -> None:
+    async def remove_everything(self) -> None:
         for label in (f"{DRONE_LABEL}={self.drone_id}", f"{BENCH_LABEL}={self.run_id}"):
             for found in self.client.api.containers(all=True, quiet=True,
                                                     filters={"label": label}):
@@ -133,35 +142,153 @@ class Bench:
                 except docker.errors.APIError as exc:
                     if exc.status_code != 409:  # 409: a removal is already under way
                         raise
+        self.client.close()
 
 
-async def run(image: str, n: int, budget: float) -> tuple[list[float], list[float], Bench]:
-    with tempfile.TemporaryDirectory(prefix="sailplane-bench-") as tmp:
-        bench = Bench(image, Path(tmp) / "drone.sqlite3")
-        deadline = time.monotonic() + budget
-        executor_times: list[float] = []
-        raw_times: list[float] = []
+class ContainerdBench:
+    """The same for containerd: ContainerdRuntime against raw ``ctr run``, in the bench's own
+    namespace, with the image imported from ``docker save`` (nothing is pulled)."""
+
+    name = "containerd"
+    baseline = "raw ctr run"
+
+    def __init__(self, image: str, state_dir: Path, address: str) -> None:
+        self.image = image
+        self.ref = normalize_image(image)
+        self.run_id = uuid.uuid4().hex[:10]
+        self.drone_id = f"bench-{self.run_id}"
+        self.ctr = Ctr(address, CONTAINERD_NAMESPACE)
+        self.state_dir = state_dir
+        self.store = DroneStore(state_dir / "drone.sqlite3")
+        runtime = ContainerdRuntime(self.drone_id, state_dir / "containerd", address,
+                                    CONTAINERD_NAMESPACE)
+        self.executor = Executor(runtime, MountPolicy(), self.store)
+        self.phases: list[dict[str, int]] = []
+        self.raw_logs = state_dir / "raw-logs"
+        self.raw_logs.mkdir()
+
+    def import_image(self) -> None:
+        saved = subprocess.run(["docker", "save", self.image], capture_output=True, check=True)
+        subprocess.run(self.ctr.argv("images", "import", "-"), input=saved.stdout,
+                       capture_output=True, check=True)
+
+    async def executor_spawn(self) -> float:
+        return await executor_spawn(self, self._until_removed)
+
+    async def raw_spawn(self) -> float:
+        """One ``ctr run`` with the flags ContainerdRuntime gives, then the first answer."""
+        name = f"sailplane-bench-raw-{uuid.uuid4().hex[:12]}"
+        started = time.perf_counter()
+        with socket.socket() as probe:  # as the runtime picks a port
+            probe.bind(("0.0.0.0", 0))
+            port = probe.getsockname()[1]
+        await self.ctr(
+            "run", "--detach", "--net-host", "--seccomp",
+            "--log-uri", f"file://{self.raw_logs / name}.log",
+            "--label", f"{BENCH_LABEL}={self.run_id}", "--env", f"PORT={port}",
+            self.ref, name,
+        )
+        address = BackendAddress("127.0.0.1", port)
+        await asyncio.wait_for(wait_until_ready(address), SPAWN_TIMEOUT_SECONDS)
+        elapsed = time.perf_counter() - started
+        if not await answers_http(address):
+            raise RuntimeError(f"raw container {name} stopped answering")
+        await self.ctr("tasks", "delete", "--force", name)
+        await self.ctr("containers", "delete", name)
+        return elapsed
+
+    async def _listed(self, label: str) -> list[str]:
+        key, _, value = label.partition("=")
+        return (await self.ctr("containers", "ls", "-q",
+                               f'labels."{key}"=={json.dumps(value)}')).split()
+
+    async def _until_removed(self, label: str) -> None:
+        deadline = time.monotonic() + REMOVAL_TIMEOUT_SECONDS
+        while await self._listed(label):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"containers labelled {label} were not removed")
+            await asyncio.sleep(0.02)
+
+    async def remove_everything(self) -> None:
+        for label in (f"{DRONE_LABEL}={self.drone_id}", f"{BENCH_LABEL}={self.run_id}"):
+            for cid in await self._listed(label):
+                for args in (("tasks", "delete", "--force", cid), ("containers", "delete", cid)):
+                    try:
+                        await self.ctr(*args)
+                    except CtrError as exc:
+                        if not exc.not_found:
+                            raise
         try:
-            await bench.executor.start()
-            await bench.executor_spawn()  # warm-up of both paths, not counted
-            await bench.raw_spawn()
-            bench.phases.clear()
-            for round_ in range(n):
-                pairs: list[tuple[Timed, list[float]]] = [
-                    (bench.executor_spawn, executor_times), (bench.raw_spawn, raw_times),
-                ]
-                for spawn, times in pairs if round_ % 2 == 0 else reversed(pairs):
-                    times.append(await spawn())
-                if time.monotonic() > deadline:
-                    print(f"budget of {budget:.0f} s spent after {round_ + 1} rounds",
-                          file=sys.stderr)
-                    break
-        finally:
-            await bench.executor.close()
-            bench.store.close()
-            bench.remove_everything()
-            bench.client.close()
-        return executor_times, raw_times, bench
+            await self.ctr("images", "rm", "--sync", self.ref)
+        except CtrError as exc:
+            if not exc.not_found:
+                raise
+        deadline = time.monotonic() + NAMESPACE_GC_WAIT_SECONDS
+        while time.monotonic() < deadline:  # refused until containerd has collected
+            try:
+                await self.ctr("namespaces", "rm", CONTAINERD_NAMESPACE)
+                break
+            except CtrError:
+                await asyncio.sleep(0.2)
+
+
+async def executor_spawn(
+    bench: Bench, until_removed: Callable[[str], Awaitable[None]]
+) -> float:
+    backend_id = f"b-{uuid.uuid4().hex[:16]}"
+    spawn = SpawnBackend(
+        backend_id=backend_id,
+        key=KeyConfig(name=f"k-{backend_id}"),
+        executable=ExecutorConfig(image=bench.image, pull_policy=PullPolicy.IF_NOT_PRESENT),
+        secret_token="bench",
+    )
+    started = time.perf_counter()
+    bench.executor.spawn(spawn)
+    await bench.executor.wait_for(backend_id, BackendStatus.READY, SPAWN_TIMEOUT_SECONDS)
+    elapsed = time.perf_counter() - started
+    if bench.executor.status(backend_id) is not BackendStatus.READY:
+        raise RuntimeError(f"backend {backend_id} ended {bench.executor.status(backend_id)}")
+    note_phases(bench, backend_id)
+    await bench.executor.terminate(backend_id, hard=True, reason=TerminationReason.EXTERNAL)
+    await until_removed(f"{BACKEND_LABEL}={backend_id}")
+    return elapsed
+
+
+def note_phases(bench: Bench, backend_id: str) -> None:
+    times = {event.state.status: event.state.time for event in bench.store.pending()
+             if event.backend_id == backend_id}
+    order = [BackendStatus.LOADING, BackendStatus.STARTING, BackendStatus.WAITING,
+             BackendStatus.READY]
+    bench.phases.append({
+        order[i].value: times[order[i + 1]] - times[order[i]] for i in range(len(order) - 1)
+    })
+    bench.store.ack(bench.store.pending()[-1].seq)
+
+
+async def run(bench: Bench, n: int, budget: float) -> tuple[list[float], list[float]]:
+    deadline = time.monotonic() + budget
+    executor_times: list[float] = []
+    raw_times: list[float] = []
+    try:
+        await bench.executor.start()
+        await bench.executor_spawn()  # warm-up of both paths, not counted
+        await bench.raw_spawn()
+        bench.phases.clear()
+        for round_ in range(n):
+            pairs: list[tuple[Timed, list[float]]] = [
+                (bench.executor_spawn, executor_times), (bench.raw_spawn, raw_times),
+            ]
+            for spawn, times in pairs if round_ % 2 == 0 else reversed(pairs):
+                times.append(await spawn())
+            if time.monotonic() > deadline:
+                print(f"{bench.name}: budget of {budget:.0f} s spent after {round_ + 1} rounds",
+                      file=sys.stderr)
+                break
+    finally:
+        await bench.executor.close()
+        bench.store.close()
+        await bench.remove_everything()
+    return executor_times, raw_times
 
 
 def p90(values: list[float]) -> float:
@@ -170,10 +297,10 @@ def p90(values: list[float]) -> float:
     return ordered[max(0, math.ceil(0.9 * len(ordered)) - 1)]
 
 
-def report(image: str, executor_times: list[float], raw_times: list[float], bench: Bench) -> float:
-    rows = [("executor (sailplane)", executor_times), ("raw Docker SDK", raw_times)]
-    print(f"cold spawn to first HTTP answer, {image}, {len(executor_times)} + "
-          f"{len(raw_times)} spawns, alternating")
+def report(bench: Bench, executor_times: list[float], raw_times: list[float]) -> float:
+    rows = [(f"executor ({bench.name})", executor_times), (bench.baseline, raw_times)]
+    print(f"{bench.name}: cold spawn to first HTTP answer, {bench.image}, "
+          f"{len(executor_times)} + {len(raw_times)} spawns, alternating")
     print(f"{'':22} {'median':>9} {'p90':>9} {'min':>9} {'max':>9}")
     for name, times in rows:
         ms = [t * 1000 for t in times]
@@ -192,14 +319,31 @@ def report(image: str, executor_times: list[float], raw_times: list[float], benc
     return ratio
 
 
+def measure(runtime: str, image: str, n: int, budget: float, address: str) -> float:
+    with tempfile.TemporaryDirectory(prefix="sailplane-bench-") as tmp:
+        bench: Bench
+        if runtime == "docker":
+            bench = DockerBench(image, Path(tmp))
+        else:
+            containerd = ContainerdBench(image, Path(tmp), address)
+            containerd.import_image()
+            bench = containerd
+        executor_times, raw_times = asyncio.run(run(bench, n, budget))
+        return report(bench, executor_times, raw_times)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20, help="spawns of each kind (default 20)")
     parser.add_argument("--image", default=IMAGE, help=f"a local image (default {IMAGE})")
+    parser.add_argument("--runtime", choices=["docker", "containerd", "both"], default="both",
+                        help="which runtime to measure (default both, one after the other)")
+    parser.add_argument("--containerd-address", default=None,
+                        help="containerd socket (default: Docker's, else the system one)")
     parser.add_argument("--budget", type=float, default=300.0,
-                        help="stop after this many seconds (default 300)")
+                        help="stop each runtime after this many seconds (default 300)")
     parser.add_argument("--check", action="store_true",
-                        help=f"exit 1 if the median ratio is above {MAX_RATIO}")
+                        help=f"exit 1 if a median ratio is above {MAX_RATIO}")
     args = parser.parse_args()
     if args.n < 1:
         parser.error("--n must be at least 1")
@@ -212,9 +356,15 @@ def main() -> int:
         return 2
     finally:
         client.close()
-    executor_times, raw_times, bench = asyncio.run(run(args.image, args.n, args.budget))
-    ratio = report(args.image, executor_times, raw_times, bench)
-    return 1 if args.check and ratio > MAX_RATIO else 0
+    runtimes = ["docker", "containerd"] if args.runtime == "both" else [args.runtime]
+    address = args.containerd_address or default_address()
+    missed = False
+    for index, runtime in enumerate(runtimes):
+        if index:
+            print()
+        ratio = measure(runtime, args.image, args.n, args.budget, address)
+        missed = missed or ratio > MAX_RATIO
+    return 1 if args.check and missed else 0
 
 
 if __name__ == "__main__":

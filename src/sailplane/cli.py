@@ -21,6 +21,7 @@ from sailplane.client import ApiError, ControllerClient
 from sailplane.errors import PolicyError
 from sailplane.mounts.policy import MountPolicy, Platform
 from sailplane.mounts.report import plan_document
+from sailplane.runtime.base import RUNTIMES, RuntimeName
 from sailplane.runtime.containerd.mounts import DEFAULT_VOLUME_ROOT
 from sailplane.state import BackendStatus
 from sailplane.timing import DEFAULT_GRACE_SECONDS, DEFAULT_STARTUP_TIMEOUT_SECONDS
@@ -41,6 +42,17 @@ HostVolumeFlags = Annotated[
 ]
 PolicyFile = Annotated[
     Path | None, typer.Option("--policy", help="TOML policy file with host volumes.")
+]
+RuntimeOption = Annotated[
+    str, typer.Option("--runtime", help="Container runtime: docker or containerd.")
+]
+ContainerdAddress = Annotated[
+    str | None,
+    typer.Option(help="containerd socket (containerd runtime); default: Docker's containerd "
+                      "under /run/docker if there, else /run/containerd/containerd.sock."),
+]
+ContainerdNamespace = Annotated[
+    str, typer.Option(help="containerd namespace for the backends (containerd runtime).")
 ]
 
 
@@ -145,12 +157,16 @@ def drone(
     ctrl_token: Annotated[
         str | None, typer.Option(envvar="SAILPLANE_CTRL_TOKEN", help="Bearer token for /ctrl.")
     ] = None,
+    runtime: RuntimeOption = "docker",
+    containerd_address: ContainerdAddress = None,
+    containerd_namespace: ContainerdNamespace = "sailplane",
 ) -> None:
-    """Run a drone: start backends on this machine's Docker engine for a controller."""
+    """Run a drone: start backends on this machine's Docker engine or containerd."""
     from sailplane.drone.config import DroneConfig, run_drone
     from sailplane.drone.executor import ExecutorSettings
 
     _logging()
+    runtime_name = _runtime_name(runtime)
     try:
         mount_policy = load_policy(mount_base, host_volume, policy)
     except PolicyError as exc:
@@ -159,6 +175,8 @@ def drone(
     config = DroneConfig(
         drone_id=drone_id or socket.gethostname(), controller_url=controller, pool=pool,
         policy=mount_policy, state_dir=state_dir, ctrl_token=ctrl_token,
+        runtime=runtime_name, containerd_address=containerd_address,
+        containerd_namespace=containerd_namespace,
         settings=ExecutorSettings(grace_seconds=grace_seconds,
                                   startup_timeout_seconds=startup_timeout,
                                   keep_containers=keep_containers),
@@ -195,6 +213,9 @@ def dev(
         Path | None, typer.Option(help="Host volume 'default'; {data-dir}/volumes/default.")
     ] = None,
     host_volume: HostVolumeFlags = None,
+    runtime: RuntimeOption = "docker",
+    containerd_address: ContainerdAddress = None,
+    containerd_namespace: ContainerdNamespace = "sailplane",
 ) -> None:
     """Run controller, drone and proxy in one process (Ctrl-C stops every backend)."""
     from sailplane.dev import DevConfig, run_dev
@@ -202,10 +223,13 @@ def dev(
     _logging()
     config = DevConfig(controller_port=controller_port, proxy_port=proxy_port,
                        data_dir=data_dir, mount_base=mount_base,
-                       host_volumes=host_volume or [])
+                       host_volumes=host_volume or [], runtime=_runtime_name(runtime),
+                       containerd_address=containerd_address,
+                       containerd_namespace=containerd_namespace)
     console = Console(stderr=True)
     console.print(f"[bold]Sailplane dev[/bold]  controller {config.controller_url}  "
-                  f"proxy {config.proxy_url}  default volume {config.default_mount_base()}")
+                  f"proxy {config.proxy_url}  default volume {config.default_mount_base()}  "
+                  f"runtime {config.runtime}")
     try:
         asyncio.run(run_dev(config))
     except PolicyError as exc:
@@ -423,6 +447,14 @@ def _describe(state: dict[str, Any]) -> str:
         text += f", exit code {state['exit_code']})" if state.get("exit_code") is not None \
             else ")"
     return text
+
+
+def _runtime_name(runtime: str) -> RuntimeName:
+    """--runtime's value, or exit 2 naming the choices."""
+    for name in RUNTIMES:
+        if runtime == name:
+            return name
+    _fail(f"--runtime {runtime!r}: choose {' or '.join(RUNTIMES)}")
 
 
 def _print_json(value: Any) -> None:

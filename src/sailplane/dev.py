@@ -17,6 +17,8 @@ from sailplane.controller.run import run_controller
 from sailplane.drone.config import DroneConfig, run_drone
 from sailplane.mounts.policy import MountPolicy
 from sailplane.proxy.run import ProxyConfig, run_proxy
+from sailplane.runtime.base import RuntimeName
+from sailplane.runtime.containerd.ctr import DEFAULT_NAMESPACE
 
 DEV_DRONE_ID = "dev"
 
@@ -27,6 +29,9 @@ class DevConfig(BaseModel):
     data_dir: Path = Path(".sailplane")
     mount_base: Path | None = None  # default: {data_dir}/volumes/default
     host_volumes: list[str] = []
+    runtime: RuntimeName = "docker"
+    containerd_address: str | None = None
+    containerd_namespace: str = DEFAULT_NAMESPACE
 
     @property
     def controller_url(self) -> str:
@@ -52,7 +57,9 @@ def dev_parts(config: DevConfig) -> tuple[ControllerConfig, DroneConfig, ProxyCo
     drone = DroneConfig(
         drone_id=DEV_DRONE_ID, controller_url=config.controller_url,
         policy=MountPolicy.from_flags(str(mount_base), config.host_volumes),
-        state_dir=data_dir / "drone", terminate_on_exit=True,
+        state_dir=data_dir / "drone", terminate_on_exit=True, runtime=config.runtime,
+        containerd_address=config.containerd_address,
+        containerd_namespace=config.containerd_namespace,
     )
     proxy = ProxyConfig(controller_url=config.controller_url, port=config.proxy_port)
     return controller, drone, proxy

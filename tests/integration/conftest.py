@@ -1,5 +1,9 @@
 """Fixtures for tests against the real Docker engine (and the containerd it runs).
 
+The drone tests run on both runtimes: the ``runtime`` fixture (ids ``docker``, ``containerd``)
+chooses an :class:`Engine`, and the containerd one gets the image imported into its own
+namespace (``sailplane-test-drone``) once per session.
+
 Nothing is pulled: the image is ``sailplane/static:latest`` built by ``images/build`` (DESIGN 6),
 or, where that script is missing, an equivalent built here from the host's static busybox.
 Every container a test starts carries the label ``dev.sailplane.test=1`` and is removed when
@@ -10,10 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import shutil
 import subprocess
 import tarfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -32,8 +38,16 @@ from sailplane.mounts.plan import plan_mounts
 from sailplane.mounts.policy import Access, HostVolume, MountPolicy
 from sailplane.mounts.resolved import ResolvedMount
 from sailplane.mounts.validate import TemplateValues
-from sailplane.runtime.base import DRONE_LABEL
-from sailplane.runtime.docker.runtime import DockerRuntime
+from sailplane.runtime.base import BACKEND_LABEL, DRONE_LABEL, Runtime
+from sailplane.runtime.containerd.ctr import (
+    DOCKER_CONTAINERD_ADDRESS,
+    SYSTEM_CONTAINERD_ADDRESS,
+    Ctr,
+    normalize_image,
+)
+from sailplane.runtime.containerd.runtime import ContainerdRuntime
+from sailplane.runtime.containerd.runtime import container_id as ctr_container_id
+from sailplane.runtime.docker.runtime import DockerRuntime, container_name
 from sailplane.spec import ExecutorConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -189,7 +203,7 @@ def plan(roots: dict[str, Path]) -> Plan:
     return resolve
 
 
-# -- the drone's executor on the real engine (tests/integration/test_drone_docker.py) ---------
+# -- the drone's executor on either runtime (tests/integration/test_drone_docker.py) ----------
 
 
 @pytest.fixture(scope="session")
@@ -213,12 +227,252 @@ def backend_image(docker_client: docker.DockerClient) -> str:
     return IMAGE
 
 
+@dataclass(frozen=True)
+class Found:
+    """A backend's container as its engine lists it, in the same terms for both runtimes."""
+
+    labels: dict[str, str]
+    running: bool
+
+
+class Engine:
+    """One runtime's engine, as the drone tests see it: runtimes for a drone, and direct
+    looks and changes that go around Sailplane (a container killed while the drone is down)."""
+
+    name: str
+
+    def runtime(self, drone_id: str) -> Runtime:
+        raise NotImplementedError
+
+    def containers(self, backend_id: str) -> list[Found]:
+        raise NotImplementedError
+
+    def drone_containers(self, drone_id: str) -> list[Found]:
+        raise NotImplementedError
+
+    def identity(self, backend_id: str) -> tuple[Any, ...]:
+        """What changes if the backend's process is restarted or replaced."""
+        raise NotImplementedError
+
+    def kill(self, backend_id: str) -> None:
+        raise NotImplementedError
+
+    def delete(self, backend_id: str) -> None:
+        raise NotImplementedError
+
+    def run_stray(self, image: str, backend_id: str, drone_id: str) -> None:
+        """A running container labelled as one of ``drone_id``'s, that no drone started."""
+        raise NotImplementedError
+
+    def volume_labels(self, name: str) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def cleanup(self, drone_id: str, volumes: list[str]) -> None:
+        raise NotImplementedError
+
+
+class DockerEngine(Engine):
+    name = "docker"
+
+    def __init__(self, client: docker.DockerClient) -> None:
+        self.client = client
+
+    def runtime(self, drone_id: str) -> Runtime:
+        return DockerRuntime(drone_id)
+
+    def _list(self, label: str) -> list[Found]:
+        # One call: no inspect that could race with a removal under way.
+        listed = self.client.api.containers(all=True, filters={"label": label})
+        return [Found(dict(c["Labels"]), c["State"] == "running") for c in listed]
+
+    def containers(self, backend_id: str) -> list[Found]:
+        return self._list(f"{BACKEND_LABEL}={backend_id}")
+
+    def drone_containers(self, drone_id: str) -> list[Found]:
+        return self._list(f"{DRONE_LABEL}={drone_id}")
+
+    def identity(self, backend_id: str) -> tuple[Any, ...]:
+        state = self.client.api.inspect_container(container_name(backend_id))
+        return state["Id"], state["State"]["StartedAt"], state["State"]["Running"]
+
+    def kill(self, backend_id: str) -> None:
+        self.client.api.kill(container_name(backend_id), signal="SIGKILL")
+
+    def delete(self, backend_id: str) -> None:
+        self.client.api.remove_container(container_name(backend_id), force=True)
+
+    def run_stray(self, image: str, backend_id: str, drone_id: str) -> None:
+        self.client.containers.run(
+            image, ["sleep", "60"], detach=True, name=container_name(backend_id),
+            labels={BACKEND_LABEL: backend_id, DRONE_LABEL: drone_id},
+        )
+
+    def volume_labels(self, name: str) -> dict[str, Any] | None:
+        try:
+            labels: dict[str, Any] = self.client.volumes.get(name).attrs["Labels"]
+        except docker.errors.NotFound:
+            return None
+        return labels
+
+    def cleanup(self, drone_id: str, volumes: list[str]) -> None:
+        remove_drone_containers(self.client, drone_id)
+        for name in volumes:
+            with contextlib.suppress(docker.errors.NotFound):
+                self.client.api.remove_volume(name, force=True)
+
+
+# Not `sailplane`, so the tests never touch what a real drone runs on this machine.
+CONTAINERD_TEST_NAMESPACE = "sailplane-test-drone"
+CONTAINERD_SOCKETS = (DOCKER_CONTAINERD_ADDRESS, SYSTEM_CONTAINERD_ADDRESS)
+NAMESPACE_GC_WAIT_SECONDS = 10
+
+
+@dataclass(frozen=True)
+class SyncCtr:
+    """``ctr`` for the tests: blocking, bound to the test namespace."""
+
+    ctr: Ctr
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            self.ctr.argv(*args), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=CONTAINER_TIMEOUT_SECONDS, check=False,
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(f"ctr {' '.join(args)} failed: {done.stderr.strip()}")
+        return done
+
+
+class ContainerdEngine(Engine):
+    name = "containerd"
+
+    def __init__(self, ctr: SyncCtr, state_dir: Path) -> None:
+        self.ctr = ctr
+        self.state_dir = state_dir
+
+    def runtime(self, drone_id: str) -> Runtime:
+        return ContainerdRuntime(drone_id, self.state_dir, self.ctr.ctr.address,
+                                 self.ctr.ctr.namespace)
+
+    def _list(self, label: str, value: str) -> list[Found]:
+        ids = self.ctr("containers", "ls", "-q", f'labels."{label}"=={json.dumps(value)}')
+        tasks = {fields[0]: fields[2] for line in self.ctr("tasks", "ls").stdout.splitlines()[1:]
+                 if len(fields := line.split()) >= 3}
+        found = []
+        for cid in ids.stdout.split():
+            info = self.ctr("containers", "info", cid, check=False)
+            if info.returncode == 0:  # else removed since it was listed
+                labels = json.loads(info.stdout).get("Labels") or {}
+                found.append(Found(labels, tasks.get(cid) == "RUNNING"))
+        return found
+
+    def containers(self, backend_id: str) -> list[Found]:
+        return self._list(BACKEND_LABEL, backend_id)
+
+    def drone_containers(self, drone_id: str) -> list[Found]:
+        return self._list(DRONE_LABEL, drone_id)
+
+    def identity(self, backend_id: str) -> tuple[Any, ...]:
+        cid = ctr_container_id(backend_id)
+        listed = self.ctr("tasks", "ls").stdout.splitlines()[1:]
+        [task] = [line.split() for line in listed if line.split()[0] == cid]
+        return tuple(task)  # id, pid, status
+
+    def kill(self, backend_id: str) -> None:
+        self.ctr("tasks", "kill", "--signal", "SIGKILL", ctr_container_id(backend_id))
+
+    def delete(self, backend_id: str) -> None:
+        self.ctr("tasks", "delete", "--force", ctr_container_id(backend_id))
+        self.ctr("containers", "delete", ctr_container_id(backend_id))
+
+    def run_stray(self, image: str, backend_id: str, drone_id: str) -> None:
+        self.ctr("run", "--detach", "--null-io", "--label", f"{BACKEND_LABEL}={backend_id}",
+                 "--label", f"{DRONE_LABEL}={drone_id}", normalize_image(image),
+                 ctr_container_id(backend_id), "sleep", "60")
+
+    def volume_labels(self, name: str) -> dict[str, Any] | None:
+        runtime = ContainerdRuntime("-", self.state_dir, self.ctr.ctr.address)
+        return runtime.volume_labels(name)
+
+    def cleanup(self, drone_id: str, volumes: list[str]) -> None:
+        """Named volumes are directories in the state dir, which goes with tmp_path."""
+        value = json.dumps(drone_id)
+        listed = self.ctr("containers", "ls", "-q", f'labels."{DRONE_LABEL}"=={value}')
+        for cid in listed.stdout.split():
+            self.ctr("tasks", "delete", "--force", cid, check=False)
+            self.ctr("containers", "delete", cid, check=False)
+
+
+@pytest.fixture(scope="session")
+def drone_ctr() -> SyncCtr:
+    """``ctr`` on the containerd that dockerd runs (or a system one), in the test namespace."""
+    ctr = Ctr(os.environ.get("SAILPLANE_CONTAINERD_SOCKET") or next(
+        (path for path in CONTAINERD_SOCKETS if os.path.exists(path)), CONTAINERD_SOCKETS[0]
+    ), CONTAINERD_TEST_NAMESPACE)
+    if not ctr.available():
+        pytest.skip("no ctr binary (it comes with Debian's containerd, a dependency of docker.io)")
+    client = SyncCtr(ctr)
+    version = client("version", check=False)
+    if version.returncode != 0:
+        pytest.skip(f"containerd at {ctr.address} does not answer: {version.stderr.strip()}")
+    return client
+
+
+@pytest.fixture(scope="session")
+def containerd_image(
+    drone_ctr: SyncCtr, docker_client: docker.DockerClient, backend_image: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[str]:
+    """``sailplane/static:latest`` imported once per session from ``docker save``; nothing is
+    pulled. Removed afterwards, and the namespace with it once containerd has collected."""
+    archive = tmp_path_factory.mktemp("containerd-image") / "image.tar"
+    with archive.open("wb") as out:
+        for chunk in docker_client.images.get(backend_image).save(named=True):
+            out.write(chunk)
+    drone_ctr("images", "import", str(archive))
+    archive.unlink()
+    ref = normalize_image(backend_image)
+    assert ref in drone_ctr("images", "ls", "-q").stdout.split()
+    yield backend_image
+    drone_ctr("images", "rm", "--sync", ref, check=False)
+    deadline = time.monotonic() + NAMESPACE_GC_WAIT_SECONDS
+    while drone_ctr("namespaces", "rm", CONTAINERD_TEST_NAMESPACE, check=False).returncode:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+
+
+RUNTIME_PARAMS = [
+    pytest.param("docker", id="docker"),
+    pytest.param("containerd", id="containerd", marks=pytest.mark.containerd),
+]
+
+
+@pytest.fixture(params=RUNTIME_PARAMS)
+def runtime(request: pytest.FixtureRequest) -> str:
+    """The runtime a drone test runs on; every such test runs once on each."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def engine(
+    runtime: str, docker_client: docker.DockerClient, backend_image: str,
+    request: pytest.FixtureRequest, tmp_path: Path,
+) -> Engine:
+    if runtime == "docker":
+        return DockerEngine(docker_client)
+    request.getfixturevalue("containerd_image")
+    return ContainerdEngine(request.getfixturevalue("drone_ctr"), tmp_path / "state")
+
+
 @dataclass
 class DroneHarness:
     """One test's drone: a unique id, a store file, a mount policy, and executors over them.
 
-    :meth:`running` gives a started :class:`Executor` on a new :class:`DockerRuntime` and a
-    new :class:`DroneStore` over the same file each time, so two in a row are a drone restart.
+    :meth:`running` gives a started :class:`Executor` on a new runtime of the test's engine
+    and a new :class:`DroneStore` over the same file each time, so two in a row are a drone
+    restart.
     """
 
     drone_id: str
@@ -227,13 +481,14 @@ class DroneHarness:
     policy: MountPolicy
     image: str
     settings: ExecutorSettings
+    engine: Engine
     volumes: list[str] = field(default_factory=list)  # named volumes to remove afterwards
 
     @asynccontextmanager
     async def running(self, settings: ExecutorSettings | None = None) -> AsyncIterator[Executor]:
         store = DroneStore(self.store_path)
         executor = Executor(
-            DockerRuntime(self.drone_id), self.policy, store, settings or self.settings
+            self.engine.runtime(self.drone_id), self.policy, store, settings or self.settings
         )
         try:
             await executor.start()
@@ -249,8 +504,7 @@ TEST_SETTINGS = ExecutorSettings(grace_seconds=2.0, startup_timeout_seconds=15.0
 
 @pytest.fixture
 def drone(
-    docker_client: docker.DockerClient, backend_image: str, roots: dict[str, Path],
-    tmp_path: Path,
+    engine: Engine, backend_image: str, roots: dict[str, Path], tmp_path: Path,
 ) -> Iterator[DroneHarness]:
     """A drone of its own for one test; afterwards every container labelled with its id (and
     every volume the test named) is force-removed, whatever the test's outcome."""
@@ -261,15 +515,12 @@ def drone(
     ])
     harness = DroneHarness(
         drone_id=drone_id, store_path=tmp_path / "drone.sqlite3", roots=roots, policy=policy,
-        image=backend_image, settings=TEST_SETTINGS,
+        image=backend_image, settings=TEST_SETTINGS, engine=engine,
     )
     try:
         yield harness
     finally:
-        remove_drone_containers(docker_client, drone_id)
-        for name in harness.volumes:
-            with contextlib.suppress(docker.errors.NotFound):
-                docker_client.api.remove_volume(name, force=True)
+        engine.cleanup(drone_id, harness.volumes)
 
 
 def remove_drone_containers(client: docker.DockerClient, drone_id: str) -> None:

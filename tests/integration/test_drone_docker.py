@@ -1,4 +1,9 @@
-"""The drone's executor against the real Docker engine (DESIGN 2, 4, 5, 6; issue #3).
+"""The drone's executor against the real Docker engine and containerd (DESIGN 2, 4, 5, 6;
+issues #3 and #7).
+
+Every test runs once per runtime (the ``runtime`` fixture: ids ``docker`` and ``containerd``),
+with the same assertions; looks at the engine go through ``drone.engine``, which answers in the
+same terms for both.
 
 Every backend is ``sailplane/static`` (busybox, built offline by ``images/build``) and every
 check goes through the backend's published port with HTTP: ``/cgi-bin/read?path=P`` and
@@ -17,18 +22,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import docker
-import docker.errors
 import httpx
 import pytest
 
 from sailplane.drone.executor import Executor, ExecutorSettings
 from sailplane.drone.store import DroneStore
 from sailplane.protocol import SpawnBackend
-from sailplane.runtime.base import BACKEND_LABEL, DRONE_LABEL, VOLUME_LABEL
-from sailplane.runtime.docker.runtime import container_name
+from sailplane.runtime.base import DRONE_LABEL, VOLUME_LABEL
 from sailplane.spec import ExecutorConfig, KeyConfig, PullPolicy
 from sailplane.state import BackendState, BackendStatus, TerminationReason
+from tests.integration.conftest import Engine
 
 pytestmark = pytest.mark.docker
 
@@ -107,19 +110,10 @@ def history(store: DroneStore, backend_id: str) -> list[BackendStatus]:
     return [state.status for state in events(store, backend_id)]
 
 
-def containers_of(client: docker.DockerClient, backend_id: str) -> list[dict[str, Any]]:
-    """The backend's containers as the engine lists them (one call: no inspect that could
-    race with a removal under way)."""
-    found: list[dict[str, Any]] = client.api.containers(
-        all=True, filters={"label": f"{BACKEND_LABEL}={backend_id}"}
-    )
-    return found
-
-
-async def until_removed(client: docker.DockerClient, backend_id: str) -> None:
+async def until_removed(engine: Engine, backend_id: str) -> None:
     """The container is removed in the background after ``terminated``; wait for it."""
     deadline = time.monotonic() + 10
-    while containers_of(client, backend_id):
+    while engine.containers(backend_id):
         assert time.monotonic() < deadline, f"the container of {backend_id} was not removed"
         await asyncio.sleep(0.05)
 
@@ -131,7 +125,7 @@ def tree(root: Path) -> list[str]:
 # -- the lifecycle ---------------------------------------------------------------------------
 
 
-def test_lifecycle_serves_a_host_file_and_reports_every_state_in_order(drone, docker_client):
+def test_lifecycle_serves_a_host_file_and_reports_every_state_in_order(drone):
     site = drone.roots["config"] / "site"
     site.mkdir()
     (site / "hello.txt").write_text("hello from the host\n")
@@ -148,15 +142,15 @@ def test_lifecycle_serves_a_host_file_and_reports_every_state_in_order(drone, do
             response = await get(executor, backend_id, "/hello.txt")
             assert response.status_code == 200
             assert response.text == "hello from the host\n"
-            [container] = containers_of(docker_client, backend_id)
-            assert container["Labels"][DRONE_LABEL] == drone.drone_id
+            [container] = drone.engine.containers(backend_id)
+            assert container.labels[DRONE_LABEL] == drone.drone_id
 
             started = time.monotonic()
             await executor.terminate(backend_id, hard=False, reason=TerminationReason.EXTERNAL)
             last = await terminated(executor, backend_id)
             assert time.monotonic() - started < drone.settings.grace_seconds  # SIGTERM honoured
             assert (last.reason, last.exit_code) == (TerminationReason.EXTERNAL, 0)
-            await until_removed(docker_client, backend_id)
+            await until_removed(drone.engine, backend_id)
 
             outbox = executor.store.pending()
             assert [event.state.status for event in outbox] == [
@@ -175,7 +169,7 @@ def test_lifecycle_serves_a_host_file_and_reports_every_state_in_order(drone, do
     asyncio.run(scenario())
 
 
-def test_a_backend_that_exits_by_itself_is_terminated_with_its_exit_code(drone, docker_client):
+def test_a_backend_that_exits_by_itself_is_terminated_with_its_exit_code(drone):
     at_once = spawn_of(drone.image, command=shell("exit 3"))
     # Serves until the test creates /data/stop on the host, then exits with 7.
     later = spawn_of(
@@ -197,13 +191,13 @@ def test_a_backend_that_exits_by_itself_is_terminated_with_its_exit_code(drone, 
             last = await terminated(executor, later.backend_id)
             assert (last.reason, last.exit_code) == (TerminationReason.EXITED, 7)
             assert history(executor.store, later.backend_id)[-2:] == [S.READY, S.TERMINATED]
-            await until_removed(docker_client, at_once.backend_id)
-            await until_removed(docker_client, later.backend_id)
+            await until_removed(drone.engine, at_once.backend_id)
+            await until_removed(drone.engine, later.backend_id)
 
     asyncio.run(scenario())
 
 
-def test_startup_timeout_kills_a_backend_that_never_answers(drone, docker_client):
+def test_startup_timeout_kills_a_backend_that_never_answers(drone):
     spawn = spawn_of(drone.image, command=["sleep", "60"])  # never listens
     settings = ExecutorSettings(grace_seconds=1.0, startup_timeout_seconds=1.0)
 
@@ -219,7 +213,7 @@ def test_startup_timeout_kills_a_backend_that_never_answers(drone, docker_client
             assert history(executor.store, spawn.backend_id)[-3:] == [
                 S.WAITING, S.HARD_TERMINATING, S.TERMINATED,
             ]
-            await until_removed(docker_client, spawn.backend_id)
+            await until_removed(drone.engine, spawn.backend_id)
 
     asyncio.run(scenario())
 
@@ -245,7 +239,7 @@ def test_sigterm_ignored_gets_sigkill_after_the_grace_period(drone):
     asyncio.run(scenario())
 
 
-def test_hard_termination_kills_at_once(drone, docker_client):
+def test_hard_termination_kills_at_once(drone):
     spawn = spawn_of(drone.image, command=shell(f"trap '' TERM; {SERVE_SRV} & wait"))
 
     async def scenario() -> None:
@@ -260,12 +254,12 @@ def test_hard_termination_kills_at_once(drone, docker_client):
             assert history(executor.store, backend_id)[-3:] == [
                 S.READY, S.HARD_TERMINATING, S.TERMINATED,
             ]
-            await until_removed(docker_client, backend_id)
+            await until_removed(drone.engine, backend_id)
 
     asyncio.run(scenario())
 
 
-def test_keep_containers_leaves_the_stopped_container(drone, docker_client):
+def test_keep_containers_leaves_the_stopped_container(drone):
     spawn = spawn_of(drone.image, command=shell("exit 4"))
 
     async def scenario() -> None:
@@ -278,11 +272,11 @@ def test_keep_containers_leaves_the_stopped_container(drone, docker_client):
         # says `exited`, hence the wait.)
         deadline = time.monotonic() + 5
         while True:
-            [container] = containers_of(docker_client, spawn.backend_id)
-            if container["State"] == "exited" or time.monotonic() > deadline:
+            [container] = drone.engine.containers(spawn.backend_id)
+            if not container.running or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.05)
-        assert container["State"] == "exited"
+        assert not container.running
 
     asyncio.run(scenario())
 
@@ -290,9 +284,7 @@ def test_keep_containers_leaves_the_stopped_container(drone, docker_client):
 # -- mounts, through the backend's port ------------------------------------------------------
 
 
-def test_read_only_mount_refuses_writes_and_writes_persist_for_the_next_backend(
-    drone, docker_client,
-):
+def test_read_only_mount_refuses_writes_and_writes_persist_for_the_next_backend(drone):
     (drone.roots["config"] / "app.conf").write_text("mode=prod\n")
     key = f"doc-{uuid.uuid4().hex[:8]}"
     mounts: list[dict[str, Any]] = [
@@ -329,7 +321,7 @@ def test_read_only_mount_refuses_writes_and_writes_persist_for_the_next_backend(
     asyncio.run(scenario())
 
 
-def test_config_replaced_on_the_host_is_seen_without_a_restart(drone, docker_client):
+def test_config_replaced_on_the_host_is_seen_without_a_restart(drone):
     config = drone.roots["config"]
     (config / "app.conf").write_text("version=1\n")
     spawn = spawn_of(drone.image, volume_mounts=[
@@ -339,10 +331,9 @@ def test_config_replaced_on_the_host_is_seen_without_a_restart(drone, docker_cli
     async def scenario() -> None:
         async with drone.running() as executor:
             backend_id = await spawn_ready(executor, spawn)
-            [container] = containers_of(docker_client, backend_id)
+            identity = drone.engine.identity(backend_id)
             response = await read(executor, backend_id, "/etc/app/app.conf")
             assert response.text == "version=1\n"
-            started_at = docker_client.api.inspect_container(container["Id"])["State"]["StartedAt"]
 
             # As editors save: write a temporary file beside it, then rename over it. A
             # single-file bind mount would keep showing the old inode; a directory shows this.
@@ -353,15 +344,12 @@ def test_config_replaced_on_the_host_is_seen_without_a_restart(drone, docker_cli
             response = await read(executor, backend_id, "/etc/app/app.conf")
             assert response.text == "version=2\n"
             assert executor.status(backend_id) is S.READY
-            [still] = containers_of(docker_client, backend_id)
-            state = docker_client.api.inspect_container(still["Id"])["State"]
-            assert still["Id"] == container["Id"]
-            assert (state["Running"], state["StartedAt"]) == (True, started_at)
+            assert drone.engine.identity(backend_id) == identity  # the same process, running
 
     asyncio.run(scenario())
 
 
-def test_named_volume_is_created_labelled_and_tmpfs_is_mounted(drone, docker_client):
+def test_named_volume_is_created_labelled_and_tmpfs_is_mounted(drone):
     key = f"doc-{uuid.uuid4().hex[:8]}"
     volume = f"cache-{key}"
     drone.volumes.append(volume)
@@ -371,11 +359,11 @@ def test_named_volume_is_created_labelled_and_tmpfs_is_mounted(drone, docker_cli
     ])
 
     async def scenario() -> None:
-        with pytest.raises(docker.errors.NotFound):
-            docker_client.volumes.get(volume)
+        assert drone.engine.volume_labels(volume) is None
         async with drone.running() as executor:
             backend_id = await spawn_ready(executor, spawn)
-            assert docker_client.volumes.get(volume).attrs["Labels"] == {VOLUME_LABEL: "true"}
+            labels = drone.engine.volume_labels(volume)
+            assert labels is not None and labels[VOLUME_LABEL] == "true"
 
             assert (await write(executor, backend_id, "/cache/x", "cached")).status_code == 200
             assert (await read(executor, backend_id, "/cache/x")).text == "cached"
@@ -387,7 +375,7 @@ def test_named_volume_is_created_labelled_and_tmpfs_is_mounted(drone, docker_cli
     asyncio.run(scenario())
 
 
-def test_a_refused_mount_leaves_no_container_and_no_directory(drone, docker_client):
+def test_a_refused_mount_leaves_no_container_and_no_directory(drone):
     data, config = drone.roots["data"], drone.roots["config"]
     outside = data.parent / "outside"
     outside.mkdir()
@@ -403,7 +391,7 @@ def test_a_refused_mount_leaves_no_container_and_no_directory(drone, docker_clie
          "target": "/a", "read_only": False},
         {"type": "host", "volume": "data", "sub_path": "trap/{key}", "target": "/b"},
     ])
-    # Mounts resolved, then the engine refuses the container (under Docker's 6 MB minimum).
+    # Mounts resolved, then the runtime refuses the container (under the 6 MB minimum).
     by_runtime = spawn_of(
         drone.image,
         volume_mounts=[{"type": "host", "volume": "data", "sub_path": "{namespace}/{key}",
@@ -432,7 +420,7 @@ def test_a_refused_mount_leaves_no_container_and_no_directory(drone, docker_clie
             assert last.message is not None and "6MB" in last.message
 
             for spawn in (by_policy, on_disk, by_runtime):
-                assert containers_of(docker_client, spawn.backend_id) == []
+                assert drone.engine.containers(spawn.backend_id) == []
         assert tree(config) == []
         assert tree(data) == ["trap"]
         assert list(outside.iterdir()) == []
@@ -443,7 +431,7 @@ def test_a_refused_mount_leaves_no_container_and_no_directory(drone, docker_clie
 # -- images without a registry ---------------------------------------------------------------
 
 
-def test_missing_image_ends_the_backend_with_an_error_naming_it(drone, docker_client):
+def test_missing_image_ends_the_backend_with_an_error_naming_it(drone):
     missing = f"sailplane/missing-{uuid.uuid4().hex[:8]}:latest"
     # IfNotPresent pulls a missing image; this name points the pull at a port on loopback
     # where nothing listens, so it fails at once and no traffic leaves the machine.
@@ -464,13 +452,13 @@ def test_missing_image_ends_the_backend_with_an_error_naming_it(drone, docker_cl
                 assert last.reason is TerminationReason.ERROR
                 assert last.message is not None and spawn.executable.image in last.message
                 assert history(executor.store, spawn.backend_id) == [S.LOADING, S.TERMINATED]
-                assert containers_of(docker_client, spawn.backend_id) == []
+                assert drone.engine.containers(spawn.backend_id) == []
             assert time.monotonic() - started < 10
 
     asyncio.run(scenario())
 
 
-def test_twenty_spawns_at_once_all_become_ready(drone, docker_client):
+def test_twenty_spawns_at_once_all_become_ready(drone):
     # A present image starts under every pull policy that does not force a pull.
     policies = [PullPolicy.NEVER, PullPolicy.IF_NOT_PRESENT, None]
     spawns = [spawn_of(drone.image, pull_policy=policies[i % 3]) for i in range(20)]
@@ -494,10 +482,8 @@ def test_twenty_spawns_at_once_all_become_ready(drone, docker_client):
                 for backend_id in ids
             ))
             assert all(executor.status(backend_id) is S.TERMINATED for backend_id in ids)
-        left = docker_client.api.containers(
-            all=True, filters={"label": f"{DRONE_LABEL}={drone.drone_id}"}
-        )
-        assert left == []  # close() waited for the removals
+        # close() waited for the removals
+        assert drone.engine.drone_containers(drone.drone_id) == []
 
     asyncio.run(scenario())
 
@@ -505,7 +491,7 @@ def test_twenty_spawns_at_once_all_become_ready(drone, docker_client):
 # -- a drone restart -------------------------------------------------------------------------
 
 
-def test_drone_restart_adopts_live_backends_and_cleans_up_the_rest(drone, docker_client):
+def test_drone_restart_adopts_live_backends_and_cleans_up_the_rest(drone):
     live = spawn_of(drone.image, command=shell(f"trap '' TERM; {SERVE_SRV} & wait"))
     killed = spawn_of(drone.image)  # its container is killed while the drone is down
     vanished = spawn_of(drone.image)  # its container is removed while the drone is down
@@ -518,7 +504,7 @@ def test_drone_restart_adopts_live_backends_and_cleans_up_the_rest(drone, docker
 
     async def after() -> None:
         async with drone.running(ExecutorSettings(grace_seconds=1.0)) as executor:
-            assert containers_of(docker_client, stray_id) == []  # removed by start()
+            assert drone.engine.containers(stray_id) == []  # removed by start()
             assert executor.status(live.backend_id) is S.READY
             assert (await get(executor, live.backend_id, "/")).status_code == 200
 
@@ -537,16 +523,13 @@ def test_drone_restart_adopts_live_backends_and_cleans_up_the_rest(drone, docker
                 S.TERMINATING, S.HARD_TERMINATING, S.TERMINATED,
             ]
             for spawn in (live, killed, vanished):
-                await until_removed(docker_client, spawn.backend_id)
+                await until_removed(drone.engine, spawn.backend_id)
 
     asyncio.run(before())
     # While the drone is down: one backend dies, one disappears, and a container appears that
     # carries this drone's label but that its store has never heard of.
-    docker_client.api.kill(container_name(killed.backend_id), signal="SIGKILL")
-    docker_client.api.remove_container(container_name(vanished.backend_id), force=True)
-    docker_client.containers.run(
-        drone.image, ["sleep", "60"], detach=True, name=f"sailplane-{stray_id}",
-        labels={BACKEND_LABEL: stray_id, DRONE_LABEL: drone.drone_id},
-    )
+    drone.engine.kill(killed.backend_id)
+    drone.engine.delete(vanished.backend_id)
+    drone.engine.run_stray(drone.image, stray_id, drone.drone_id)
     asyncio.run(after())
 

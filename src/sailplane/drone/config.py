@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -14,7 +13,8 @@ from sailplane.drone.executor import Executor, ExecutorSettings
 from sailplane.drone.store import DroneStore
 from sailplane.mounts.policy import MountPolicy
 from sailplane.protocol import Hello, HostVolumeOffer
-from sailplane.runtime.base import Runtime
+from sailplane.runtime.base import Runtime, RuntimeName
+from sailplane.runtime.containerd.ctr import DEFAULT_NAMESPACE
 from sailplane.state import TerminationReason
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,10 @@ class DroneConfig(BaseModel):
     drone_id: str
     controller_url: str
     pool: str = ""
-    runtime: Literal["docker"] = "docker"
+    runtime: RuntimeName = "docker"
+    # containerd only: its socket (default_address() when None) and the namespace to use.
+    containerd_address: str | None = None
+    containerd_namespace: str = DEFAULT_NAMESPACE
     policy: MountPolicy
     state_dir: Path
     ctrl_token: str | None = None
@@ -36,6 +39,15 @@ class DroneConfig(BaseModel):
 
 
 def make_runtime(config: DroneConfig) -> Runtime:
+    """The runtime the config names; each runtime's library is imported only when chosen."""
+    if config.runtime == "containerd":
+        from sailplane.runtime.containerd.ctr import default_address
+        from sailplane.runtime.containerd.runtime import ContainerdRuntime
+
+        return ContainerdRuntime(
+            config.drone_id, config.state_dir.absolute(),
+            config.containerd_address or default_address(), config.containerd_namespace,
+        )
     from sailplane.runtime.docker.runtime import DockerRuntime
 
     return DockerRuntime(config.drone_id)

@@ -13,9 +13,14 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Literal
 
 from sailplane.mounts.resolved import ResolvedMount
 from sailplane.spec import PullPolicy, ResourceLimits
+
+# The runtimes shipped (DESIGN 5), as ``sailplane drone --runtime`` names them.
+RuntimeName = Literal["docker", "containerd"]
+RUNTIMES: tuple[RuntimeName, ...] = ("docker", "containerd")
 
 BACKEND_LABEL = "dev.sailplane.backend"
 DRONE_LABEL = "dev.sailplane.drone"

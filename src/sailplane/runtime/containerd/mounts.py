@@ -36,3 +36,21 @@ def to_oci_mounts(
     """Parents before nested targets: runc mounts in list order (Docker's daemon sorts)."""
     ordered = sorted(mounts, key=lambda mount: mount.target.count("/"))
     return [to_oci_mount(mount, volume_root) for mount in ordered]
+
+
+def to_ctr_mount_flag(mount: dict[str, Any]) -> str:
+    """An OCI mount as ``ctr run --mount`` takes it; ValueError for what the flag cannot carry
+    (its fields are split at ``,`` and its options at ``:``).
+
+    >>> to_ctr_mount_flag({"destination": "/d", "type": "bind", "source": "/s",
+    ...                    "options": ["rbind", "ro"]})
+    'type=bind,src=/s,dst=/d,options=rbind:ro'
+    """
+    for value in (mount["type"], mount["source"], mount["destination"]):
+        if "," in value:
+            raise ValueError(f"a path with ',' cannot be given to ctr --mount: {value!r}")
+    for option in mount["options"]:
+        if ":" in option or "," in option:
+            raise ValueError(f"ctr --mount cannot carry the option {option!r}")
+    return (f"type={mount['type']},src={mount['source']},dst={mount['destination']},"
+            f"options={':'.join(mount['options'])}")

@@ -1,0 +1,120 @@
+"""``ctr``, containerd's own client, run as asyncio subprocesses (never blocking the loop).
+
+Every call is bound to one socket and one namespace. A failed call raises :class:`CtrError`
+with ctr's own message (its last ``ctr: ...`` line), which callers translate into
+:class:`~sailplane.errors.RuntimeFailure` where they know what was being done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import stat
+from dataclasses import dataclass
+
+# dockerd started without systemd runs its own containerd here; a system containerd is below.
+DOCKER_CONTAINERD_ADDRESS = "/run/docker/containerd/containerd.sock"
+SYSTEM_CONTAINERD_ADDRESS = "/run/containerd/containerd.sock"
+DEFAULT_NAMESPACE = "sailplane"
+CTR_TIMEOUT_SECONDS = 60.0
+
+_NOT_FOUND = re.compile(r"not found|no such", re.IGNORECASE)
+
+
+def default_address() -> str:
+    """Docker's containerd if its socket is there, else the system one."""
+    try:
+        if stat.S_ISSOCK(os.stat(DOCKER_CONTAINERD_ADDRESS).st_mode):
+            return DOCKER_CONTAINERD_ADDRESS
+    except OSError:
+        pass
+    return SYSTEM_CONTAINERD_ADDRESS
+
+
+class CtrError(Exception):
+    """A ``ctr`` call failed; ``message`` is ctr's explanation."""
+
+    def __init__(self, args: tuple[str, ...], returncode: int, message: str) -> None:
+        super().__init__(f"ctr {' '.join(args[:2])} failed ({returncode}): {message}")
+        self.returncode = returncode
+        self.message = message
+
+    @property
+    def not_found(self) -> bool:
+        return bool(_NOT_FOUND.search(self.message))
+
+
+@dataclass(frozen=True)
+class Ctr:
+    """``ctr --address ADDRESS --namespace NAMESPACE``."""
+
+    address: str
+    namespace: str = DEFAULT_NAMESPACE
+    binary: str = "ctr"
+
+    def argv(self, *args: str) -> list[str]:
+        return [self.binary, "--address", self.address, "--namespace", self.namespace, *args]
+
+    async def __call__(self, *args: str, timeout: float = CTR_TIMEOUT_SECONDS) -> str:
+        """Run ``ctr ARGS``; its stdout, or CtrError (also on a timeout, after killing it)."""
+        stdout, _ = await self.output(*args, timeout=timeout)
+        return stdout
+
+    async def output(
+        self, *args: str, timeout: float = CTR_TIMEOUT_SECONDS
+    ) -> tuple[str, str]:
+        """Run ``ctr ARGS``; its stdout and stderr (ctr logs warnings there), or CtrError."""
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *self.argv(*args), stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as exc:
+            raise CtrError(args, -1, f"cannot run {self.binary}: {exc.strerror}") from exc
+        try:
+            async with asyncio.timeout(timeout):
+                stdout, stderr = await process.communicate()
+        except BaseException as exc:  # a timeout or a cancellation: leave no ctr behind
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            if isinstance(exc, TimeoutError):
+                raise CtrError(args, -1, f"no answer within {timeout:.0f} s") from exc
+            raise
+        if process.returncode != 0:
+            raise CtrError(args, process.returncode or -1, explanation(stderr.decode()))
+        return stdout.decode(), stderr.decode()
+
+    def available(self) -> bool:
+        return shutil.which(self.binary) is not None
+
+
+def explanation(stderr: str) -> str:
+    """ctr's own error line (``ctr: ...``), else the last line it wrote."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("ctr: "):
+            return line.removeprefix("ctr: ")
+    return lines[-1] if lines else "no message"
+
+
+def normalize_image(image: str) -> str:
+    """A Docker-style image name as containerd stores it (Docker's normalization).
+
+    >>> normalize_image("sailplane/static")
+    'docker.io/sailplane/static:latest'
+    >>> normalize_image("busybox:1.36")
+    'docker.io/library/busybox:1.36'
+    >>> normalize_image("127.0.0.1:5000/x/y@sha256:ab")
+    '127.0.0.1:5000/x/y@sha256:ab'
+    """
+    first, slash, _ = image.partition("/")
+    has_domain = bool(slash) and ("." in first or ":" in first or first == "localhost")
+    if not has_domain:
+        image = f"docker.io/{image}" if slash else f"docker.io/library/{image}"
+    name = image.split("@", 1)[0]
+    if "@" not in image and ":" not in name.rsplit("/", 1)[-1]:
+        image += ":latest"
+    return image

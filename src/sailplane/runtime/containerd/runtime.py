@@ -1,0 +1,476 @@
+"""The containerd runtime, through ``ctr`` in a namespace of its own (DESIGN 5).
+
+- Images come from the namespace's image store: import a local archive (``docker save IMAGE |
+  ctr -n sailplane images import -``); a missing one is pulled only if the pull policy says so.
+- A backend is one ``ctr run --detach`` with host networking: the drone picks a free port, gives
+  it as env ``PORT`` and the backend is reached at ``127.0.0.1:PORT``. The port, the backend id
+  and the drone id are container labels, so a restarted drone finds and adopts its own.
+- Mounts are the OCI mounts of DESIGN 4.4 as ``--mount`` flags; a named volume is a directory
+  ``{state_dir}/volumes/{name}`` (mode 0750), made on first use and kept, recorded in
+  ``{state_dir}/volumes/.labels/{name}.json``.
+- Exits come from one ``ctr events`` process filtered to ``/tasks/exit`` in the namespace, never
+  from polling. Watching counts as started once an event we cause ourselves (a namespace label)
+  has come back through that stream, and :meth:`start`/:meth:`owned` wait for that moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from sailplane.errors import RuntimeFailure
+from sailplane.mounts.resolved import ResolvedVolumeMount
+from sailplane.runtime.base import (
+    BACKEND_LABEL,
+    DRONE_LABEL,
+    VOLUME_LABEL,
+    BackendAddress,
+    BackendExit,
+    BackendMetrics,
+    BackendSpec,
+    OwnedBackend,
+    Runtime,
+)
+from sailplane.runtime.containerd.ctr import DEFAULT_NAMESPACE, Ctr, CtrError, normalize_image
+from sailplane.runtime.containerd.mounts import to_ctr_mount_flag, to_oci_mounts
+from sailplane.spec import PullPolicy, ResourceLimits
+
+log = logging.getLogger(__name__)
+
+PORT_LABEL = "dev.sailplane.port"
+EXIT_CODE_LABEL = "dev.sailplane.exit-code"  # recorded when the drone reaps a task itself
+WATCH_LABEL_PREFIX = "dev.sailplane.watch."  # a namespace label, set to see the stream live
+DEFAULT_CPU_PERIOD_US = 100_000
+# Docker's minimum, so a spec is refused the same way by both runtimes.
+MIN_MEMORY_LIMIT_BYTES = 6 * 1024 * 1024
+VOLUME_MODE = 0o750
+PULL_TIMEOUT_SECONDS = 300.0
+SUBSCRIBE_TIMEOUT_SECONDS = 15.0
+PROBE_INTERVAL_SECONDS = 0.2
+RESUBSCRIBE_DELAY_SECONDS = 1.0
+# An image seen in the store is trusted this long (a removed one makes `ctr run` fail clearly).
+IMAGE_SEEN_SECONDS = 10.0
+FREE_PORT_ATTEMPTS = 20
+_RUNNING = frozenset({"RUNNING", "PAUSED", "PAUSING"})
+_EVENT = re.compile(r" (?P<topic>/\S+) (?P<body>\{.*\})\s*$")
+_REAPED_CODE = re.compile(r"exit with non-zero exit code (\d+)")
+
+
+def container_id(backend_id: str) -> str:
+    return f"sailplane-{backend_id}"
+
+
+class ContainerdRuntime(Runtime):
+    def __init__(
+        self, drone_id: str, state_dir: Path, address: str, namespace: str = DEFAULT_NAMESPACE,
+    ) -> None:
+        self.drone_id = drone_id
+        self.ctr = Ctr(address, namespace)
+        self.volume_root = state_dir / "volumes"
+        self.log_dir = state_dir / "logs"
+        self._backends: dict[str, str] = {}  # container id -> backend id, of this drone
+        self._ports: dict[str, int] = {}  # backend id -> its port, while it may run
+        self._images_seen: dict[str, float] = {}
+        self._exits: asyncio.Queue[BackendExit] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+        self._warned_disk = False
+        self._runs: set[asyncio.Future[str]] = set()  # `ctr run`s under way
+
+    # -- images ----------------------------------------------------------------------------
+
+    async def prepare(self, image: str, pull_policy: PullPolicy) -> None:
+        ref = normalize_image(image)
+        if pull_policy is not PullPolicy.ALWAYS:
+            if await self._has_image(ref):
+                return
+            if pull_policy is PullPolicy.NEVER:
+                raise RuntimeFailure(
+                    f"image {image!r} is not present in containerd namespace "
+                    f"{self.ctr.namespace!r} and pull_policy is Never (import it: "
+                    f"docker save {image} | ctr -n {self.ctr.namespace} images import -)"
+                )
+        try:
+            await self.ctr("images", "pull", ref, timeout=PULL_TIMEOUT_SECONDS)
+        except CtrError as exc:
+            raise RuntimeFailure(f"image {image!r} could not be pulled: {exc.message}") from exc
+        self._images_seen[ref] = time.monotonic()
+
+    async def _has_image(self, ref: str) -> bool:
+        seen = self._images_seen.get(ref)
+        if seen is not None and time.monotonic() - seen < IMAGE_SEEN_SECONDS:
+            return True
+        try:
+            listed = await self.ctr("images", "ls", "-q", f"name=={ref}")
+        except CtrError as exc:
+            raise RuntimeFailure(f"cannot inspect image {ref!r}: {exc.message}") from exc
+        if ref not in listed.split():
+            return False
+        self._images_seen[ref] = time.monotonic()
+        return True
+
+    # -- containers ------------------------------------------------------------------------
+
+    async def start(self, spec: BackendSpec) -> BackendAddress:
+        await self._watching()
+        limits = self._limit_flags(spec.resource_limits)
+        try:
+            mounts = [
+                flag for mount in to_oci_mounts(spec.mounts, str(self.volume_root))
+                for flag in ("--mount", to_ctr_mount_flag(mount))
+            ]
+        except ValueError as exc:
+            raise RuntimeFailure(f"cannot mount: {exc}") from exc
+        for mount in spec.mounts:
+            if isinstance(mount, ResolvedVolumeMount):
+                await asyncio.to_thread(self._ensure_volume, mount.name)
+        await asyncio.to_thread(self.log_dir.mkdir, mode=0o750, parents=True, exist_ok=True)
+        cid = container_id(spec.backend_id)
+        port = self._free_port()
+        env = {**spec.env, "PORT": str(port)}
+        args = [
+            "run", "--detach", "--net-host", "--seccomp",
+            "--log-uri", f"file://{quote(str(self._log_path(cid)))}",
+            "--label", f"{BACKEND_LABEL}={spec.backend_id}",
+            "--label", f"{DRONE_LABEL}={self.drone_id}",
+            "--label", f"{PORT_LABEL}={port}",
+            *(flag for name, value in env.items() for flag in ("--env", f"{name}={value}")),
+            *mounts, *limits, normalize_image(spec.image), cid, *(spec.command or []),
+        ]
+        self._backends[cid] = spec.backend_id
+        self._ports[spec.backend_id] = port
+        # Shielded: a backend that exits at once is reported (and this call cancelled by the
+        # executor) before ctr returns; ctr is then left to finish rather than killed half-way,
+        # and the container is the executor's to remove like that of any exited backend.
+        run = asyncio.ensure_future(self.ctr(*args))
+        self._runs.add(run)
+        run.add_done_callback(self._runs.discard)
+        try:
+            await asyncio.shield(run)
+        except CtrError as exc:
+            await self.remove(spec.backend_id)  # whatever ctr made before it failed
+            raise RuntimeFailure(f"cannot start the container: {exc.message}") from exc
+        return BackendAddress("127.0.0.1", port)
+
+    def _limit_flags(self, limits: ResourceLimits) -> list[str]:
+        unsupported = [name for name in ("cpu_time_limit", "pids_limit")
+                       if getattr(limits, name) is not None]
+        if unsupported:
+            raise RuntimeFailure(
+                f"the containerd runtime cannot apply {' and '.join(unsupported)} "
+                "(ctr run has no flag for it); use the docker runtime for such backends"
+            )
+        flags: list[str] = []
+        memory = limits.memory_limit_bytes
+        if memory is not None:
+            if memory < MIN_MEMORY_LIMIT_BYTES:
+                raise RuntimeFailure(
+                    f"memory_limit_bytes {memory}: the minimum memory limit allowed is 6MB"
+                )
+            flags += ["--memory-limit", str(memory)]
+        if limits.cpu_period_percent is not None:
+            period = limits.cpu_period or DEFAULT_CPU_PERIOD_US
+            quota = period * limits.cpu_period_percent // 100
+            flags += ["--cpu-period", str(period), "--cpu-quota", str(quota)]
+        if limits.disk_limit_bytes is not None and not self._warned_disk:
+            # As Docker's overlay2 off xfs: the snapshotter has no size; say so once.
+            log.warning("disk limits are not supported by the containerd runtime; ignored")
+            self._warned_disk = True
+        return flags
+
+    def _ensure_volume(self, name: str) -> None:
+        """Dynamic provisioning: ``{volume_root}/{name}``, mode 0750, recorded on first use.
+
+        ``name`` passed DESIGN 4.3 (letters, digits, ``_.-``, no leading dot), so it is one
+        path component that never collides with the hidden ``.labels`` record directory."""
+        self.volume_root.mkdir(mode=VOLUME_MODE, parents=True, exist_ok=True)
+        path = self.volume_root / name
+        try:
+            path.mkdir(mode=VOLUME_MODE)
+        except FileExistsError:
+            if path.is_symlink() or not path.is_dir():
+                raise RuntimeFailure(f"volume {name!r} exists but is not a directory") from None
+            return
+        except OSError as exc:
+            raise RuntimeFailure(f"cannot create volume {name!r}: {exc.strerror}") from exc
+        path.chmod(VOLUME_MODE)  # whatever the umask
+        labels = self.volume_root / ".labels"
+        labels.mkdir(mode=VOLUME_MODE, exist_ok=True)
+        record = {VOLUME_LABEL: "true", DRONE_LABEL: self.drone_id,
+                  "created_ms": int(time.time() * 1000)}
+        (labels / f"{name}.json").write_text(json.dumps(record) + "\n")
+
+    def volume_labels(self, name: str) -> dict[str, Any] | None:
+        """The record of a named volume this runtime provisioned, or None."""
+        try:
+            record: dict[str, Any] = json.loads(
+                (self.volume_root / ".labels" / f"{name}.json").read_text()
+            )
+        except FileNotFoundError:
+            return None
+        return record
+
+    def _free_port(self) -> int:
+        """A port free on every interface now (the backend binds the host's), not one a
+        backend of ours was given."""
+        taken = set(self._ports.values())
+        for _ in range(FREE_PORT_ATTEMPTS):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                probe.bind(("0.0.0.0", 0))
+                port: int = probe.getsockname()[1]
+            if port not in taken:
+                return port
+        raise RuntimeFailure("cannot find a free port for the backend")
+
+    def _log_path(self, cid: str) -> Path:
+        return self.log_dir / f"{cid}.log"
+
+    async def signal(self, backend_id: str, hard: bool) -> None:
+        signal = "SIGKILL" if hard else "SIGTERM"
+        try:
+            await self.ctr("tasks", "kill", "--signal", signal, container_id(backend_id))
+        except CtrError as exc:
+            if not (exc.not_found or "already finished" in exc.message):
+                raise RuntimeFailure(f"cannot signal backend {backend_id}: {exc.message}") \
+                    from exc
+
+    async def remove(self, backend_id: str) -> None:
+        """Delete the task (killing it if it still runs), then the container and its
+        snapshot, then its log."""
+        cid = container_id(backend_id)
+        self._ports.pop(backend_id, None)
+        for args in (("tasks", "delete", "--force", cid), ("containers", "delete", cid)):
+            try:
+                await self.ctr(*args)
+            except CtrError as exc:
+                if not exc.not_found:
+                    raise RuntimeFailure(
+                        f"cannot remove backend {backend_id}: {exc.message}"
+                    ) from exc
+        self._backends.pop(cid, None)
+        self._log_path(cid).unlink(missing_ok=True)
+
+    # -- watching --------------------------------------------------------------------------
+
+    def exits(self) -> AsyncIterator[BackendExit]:
+        if self._exits is None:
+            self._exits = asyncio.Queue()
+            self._watcher = asyncio.create_task(self._watch(self._exits))
+        return _drain(self._exits)
+
+    async def _watching(self) -> None:
+        """Once :meth:`exits` was called, wait until its stream is live."""
+        if self._watcher is None or self._subscribed.is_set():
+            return
+        subscribed = asyncio.create_task(self._subscribed.wait())
+        try:
+            await asyncio.wait({subscribed, self._watcher}, timeout=SUBSCRIBE_TIMEOUT_SECONDS,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            subscribed.cancel()
+        if not self._subscribed.is_set():
+            raise RuntimeFailure(f"containerd at {self.ctr.address} sends no events")
+
+    async def _watch(self, queue: asyncio.Queue[BackendExit]) -> None:
+        """Follow the event stream for as long as the runtime lives; after a break, follow
+        it again and report the exits that happened meanwhile."""
+        first = True
+        while True:
+            try:
+                await self._follow(queue, reconcile=not first)
+            except (OSError, CtrError, RuntimeFailure) as exc:
+                log.warning("containerd event stream failed: %s", exc)
+            first = False
+            await asyncio.sleep(RESUBSCRIBE_DELAY_SECONDS)
+
+    async def _follow(self, queue: asyncio.Queue[BackendExit], reconcile: bool) -> None:
+        namespace = json.dumps(self.ctr.namespace)
+        process = await asyncio.create_subprocess_exec(
+            *self.ctr.argv("events", f'topic=="/tasks/exit",namespace=={namespace}',
+                           f'topic=="/namespaces/update",namespace=={namespace}'),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        assert process.stdout is not None
+        key, token = f"{WATCH_LABEL_PREFIX}{self.drone_id}", uuid.uuid4().hex
+        probe = asyncio.create_task(self._probe(key, token))
+        live = False
+        try:
+            async for line in process.stdout:
+                event = _parse_event(line.decode(errors="replace"))
+                if event is None:
+                    continue
+                topic, body = event
+                if topic == "/namespaces/update":
+                    if not live and str(body.get("labels", {}).get(key, "")).startswith(token):
+                        live = True
+                        probe.cancel()
+                        self._subscribed.set()
+                        with contextlib.suppress(CtrError):
+                            await self.ctr("namespaces", "label", self.ctr.namespace, f"{key}=")
+                        if reconcile:
+                            await self._reconcile(queue)
+                elif body.get("id") == body.get("container_id"):  # not an exec'd process
+                    await self._report(queue, str(body["container_id"]),
+                                       int(body.get("exit_status", 0)))
+        finally:
+            probe.cancel()
+            if process.returncode is None:
+                process.kill()
+            await process.wait()
+        log.warning("containerd event stream ended (%s)", process.returncode)
+
+    async def _probe(self, key: str, token: str) -> None:
+        """Set a namespace label until its update event comes back through the stream."""
+        for attempt in range(int(SUBSCRIBE_TIMEOUT_SECONDS / PROBE_INTERVAL_SECONDS)):
+            with contextlib.suppress(CtrError):
+                await self.ctr("namespaces", "label", self.ctr.namespace,
+                               f"{key}={token}-{attempt}")
+            await asyncio.sleep(PROBE_INTERVAL_SECONDS)
+
+    async def _report(self, queue: asyncio.Queue[BackendExit], cid: str, code: int) -> None:
+        backend_id = self._backends.get(cid)
+        if backend_id is None:  # e.g. exited while a restarted drone had not listed it yet
+            labels = await self._labels(cid)
+            if labels is None or labels.get(DRONE_LABEL) != self.drone_id:
+                return
+            backend_id = labels.get(BACKEND_LABEL)
+            if not backend_id:
+                return
+        queue.put_nowait(BackendExit(backend_id, code))
+
+    async def _reconcile(self, queue: asyncio.Queue[BackendExit]) -> None:
+        """After a break in the stream: report the tasks of ours that stopped meanwhile."""
+        tasks = await self._tasks()
+        for cid, backend_id in list(self._backends.items()):
+            status = tasks.get(cid)
+            if status not in _RUNNING:
+                code = await self._exit_code(cid, status, await self._labels(cid) or {})
+                queue.put_nowait(BackendExit(backend_id, code))
+
+    async def owned(self) -> list[OwnedBackend]:
+        await self._watching()
+        value = json.dumps(self.drone_id)
+        try:
+            listed = await self.ctr("containers", "ls", "-q", f'labels."{DRONE_LABEL}"=={value}')
+            tasks = await self._tasks()
+        except CtrError as exc:
+            raise RuntimeFailure(f"cannot list containers: {exc.message}") from exc
+        cids = listed.split()
+        found = []
+        for cid, labels in zip(cids, await asyncio.gather(*map(self._labels, cids)),
+                               strict=True):
+            backend_id = (labels or {}).get(BACKEND_LABEL)
+            if labels is None or not backend_id:
+                continue
+            self._backends[cid] = backend_id
+            status = tasks.get(cid)
+            running = status in _RUNNING
+            port = str(labels.get(PORT_LABEL, ""))
+            address = None
+            if running and port.isdigit():
+                address = BackendAddress("127.0.0.1", int(port))
+                self._ports[backend_id] = int(port)
+            found.append(OwnedBackend(
+                backend_id=backend_id, running=running, address=address,
+                exit_code=None if running else await self._exit_code(cid, status, labels),
+            ))
+        return found
+
+    async def _tasks(self) -> dict[str, str]:
+        """Container id -> task status (RUNNING, STOPPED, ...), for every task there is."""
+        listed = await self.ctr("tasks", "ls")
+        tasks = {}
+        for line in listed.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 3:
+                tasks[fields[0]] = fields[2]
+        return tasks
+
+    async def _labels(self, cid: str) -> dict[str, str] | None:
+        try:
+            info = json.loads(await self.ctr("containers", "info", cid))
+        except CtrError as exc:
+            if exc.not_found:
+                return None
+            raise RuntimeFailure(f"cannot inspect container {cid}: {exc.message}") from exc
+        labels: dict[str, str] = info.get("Labels") or {}
+        return labels
+
+    async def _exit_code(self, cid: str, status: str | None, labels: dict[str, str]) -> int:
+        """A stopped task's exit code: reaping it (``tasks delete``) is the only way ctr
+        tells; the code is then kept as a container label for a later look."""
+        if status != "STOPPED":
+            recorded = labels.get(EXIT_CODE_LABEL, "")
+            return int(recorded) if recorded.isdigit() else -1
+        try:
+            _, stderr = await self.ctr.output("tasks", "delete", cid)
+        except CtrError as exc:
+            if exc.not_found:
+                return -1
+            raise RuntimeFailure(f"cannot read the exit of {cid}: {exc.message}") from exc
+        match = _REAPED_CODE.search(stderr)
+        code = int(match.group(1)) if match else 0
+        with contextlib.suppress(CtrError):
+            await self.ctr("containers", "label", cid, f"{EXIT_CODE_LABEL}={code}")
+        return code
+
+    async def metrics(self, backend_id: str) -> BackendMetrics:
+        try:
+            raw = await self.ctr("tasks", "metrics", "--format", "json",
+                                 container_id(backend_id))
+        except CtrError as exc:
+            raise RuntimeFailure(f"no metrics for backend {backend_id}: {exc.message}") from exc
+        return _metrics(json.loads(raw))
+
+    async def close(self) -> None:
+        await asyncio.gather(*self._runs, return_exceptions=True)  # let each container be
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+
+
+async def _drain(queue: asyncio.Queue[BackendExit]) -> AsyncIterator[BackendExit]:
+    while True:
+        yield await queue.get()
+
+
+def _parse_event(line: str) -> tuple[str, dict[str, Any]] | None:
+    """``TIME NAMESPACE TOPIC JSON`` as ``ctr events`` prints it -> (topic, body).
+
+    >>> _parse_event('2024-01-01 10:00:00.1 +0000 UTC sp /tasks/exit {"id":"a","pid":3}')
+    ('/tasks/exit', {'id': 'a', 'pid': 3})
+    """
+    match = _EVENT.search(line)
+    if match is None:
+        return None
+    try:
+        body = json.loads(match.group("body"))
+    except ValueError:
+        return None
+    return (match.group("topic"), body) if isinstance(body, dict) else None
+
+
+def _metrics(raw: dict[str, Any]) -> BackendMetrics:
+    """``ctr tasks metrics --format json``: cgroup v1 nests usage one level deeper than v2."""
+    memory = raw.get("memory") or {}
+    cpu = raw.get("cpu") or {}
+    usage = memory.get("usage")
+    memory_bytes = int(usage.get("usage", 0) if isinstance(usage, dict) else usage or 0)
+    cpu_usage = cpu.get("usage")
+    if isinstance(cpu_usage, dict):  # v1: nanoseconds
+        cpu_seconds = int(cpu_usage.get("total", 0)) / 1e9
+    else:  # v2: microseconds
+        cpu_seconds = int(cpu.get("usage_usec", 0)) / 1e6
+    return BackendMetrics(memory_bytes=memory_bytes, cpu_seconds=cpu_seconds)
