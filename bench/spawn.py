@@ -319,7 +319,11 @@ def report(bench: Bench, executor_times: list[float], raw_times: list[float]) ->
     return ratio
 
 
-def measure(runtime: str, image: str, n: int, budget: float, address: str) -> float:
+def measure(
+    runtime: str, image: str, n: int, budget: float, address: str,
+    samples: dict[str, list[float]],
+) -> float:
+    """Run one runtime's pair; its spawn times in ms go into ``samples`` by series name."""
     with tempfile.TemporaryDirectory(prefix="sailplane-bench-") as tmp:
         bench: Bench
         if runtime == "docker":
@@ -329,6 +333,8 @@ def measure(runtime: str, image: str, n: int, budget: float, address: str) -> fl
             containerd.import_image()
             bench = containerd
         executor_times, raw_times = asyncio.run(run(bench, n, budget))
+        samples[f"executor ({bench.name})"] = [t * 1000 for t in executor_times]
+        samples[bench.baseline] = [t * 1000 for t in raw_times]
         return report(bench, executor_times, raw_times)
 
 
@@ -344,6 +350,8 @@ def main() -> int:
                         help="stop each runtime after this many seconds (default 300)")
     parser.add_argument("--check", action="store_true",
                         help=f"exit 1 if a median ratio is above {MAX_RATIO}")
+    parser.add_argument("--samples", type=Path, default=None,
+                        help="write every spawn time (ms) as JSON here, for plots")
     args = parser.parse_args()
     if args.n < 1:
         parser.error("--n must be at least 1")
@@ -359,11 +367,14 @@ def main() -> int:
     runtimes = ["docker", "containerd"] if args.runtime == "both" else [args.runtime]
     address = args.containerd_address or default_address()
     missed = False
+    samples: dict[str, list[float]] = {}
     for index, runtime in enumerate(runtimes):
         if index:
             print()
-        ratio = measure(runtime, args.image, args.n, args.budget, address)
+        ratio = measure(runtime, args.image, args.n, args.budget, address, samples)
         missed = missed or ratio > MAX_RATIO
+    if args.samples is not None:
+        args.samples.write_text(json.dumps(samples))
     return 1 if args.check and missed else 0
 
 
