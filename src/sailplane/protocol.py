@@ -107,8 +107,10 @@ class RouteRequest(BaseModel):
 
 
 class ConnectionReport(BaseModel):
-    """Proxy -> controller: live connections per backend; a backend whose count dropped to 0
-    since the last report is listed once more with 0, so idle time starts when it closed."""
+    """Proxy -> controller: live connections per backend, sent every second while there is
+    any activity. A backend that had connections only between two reports is listed with 0,
+    and so is one whose count dropped to 0 since the last report (once), so idle time starts
+    when its last connection closed (``proxy.counts``)."""
 
     type: Literal["connection_report"] = "connection_report"
     counts: dict[str, int]

@@ -70,7 +70,7 @@ class Exchange:
         self.route: Route | None = None
         self.upstream: Upstream | None = None
         self.early_body: list[bytes] = []
-        self.body_bytes = 0
+        self.body_bytes = 0  # of the request body, sent or held
         self.request_complete = False
         self.counted = False
         self.retried = False
@@ -88,9 +88,9 @@ class Exchange:
 
     def request_body(self, body: bytes) -> None:
         upstream = self.upstream
+        self.body_bytes += len(body)
         if upstream is None:
             self.early_body.append(body)
-            self.body_bytes += len(body)
             if self.body_bytes > MAX_EARLY_BODY_BYTES:
                 self.client.transport.pause_reading()
             return
@@ -113,7 +113,7 @@ class Exchange:
     def _use(self, route: Route) -> None:
         self.route = route
         self.counted = True
-        self.client.proxy.connections[route.backend_id] += 1
+        self.client.proxy.counts.opened(route.backend_id)
         upstream = None if self.upgrade else self.client.proxy.pool.take(route.host, route.port)
         if upstream is not None:
             self._send(upstream)
@@ -135,6 +135,8 @@ class Exchange:
         assert self.route is not None
         self.upstream = upstream
         upstream.begin(self)
+        if self.client.write_paused:  # the client is still slow to take an earlier answer
+            self.client.hold(upstream.transport)
         path = self.url.split(b"?", 1)[0]
         _, rest = split_token(self.url)
         head = [self.method, b" ", rest, b" HTTP/1.1\r\n"]
@@ -173,12 +175,14 @@ class Exchange:
     def upgraded(self, upstream: Upstream) -> asyncio.Transport:
         """The backend agreed to switch protocols: splice the two connections from now on."""
         self.client.tunnel = upstream.transport
+        self.client.transport.resume_reading()  # paused since the upgrade request
         return self.client.transport
 
     def upstream_lost(self, upstream: Upstream) -> None:
         if not upstream.got_response and not self.retried and not self.body_bytes \
                 and self.request_complete and self.route is not None and not self.upgrade:
-            # A pooled connection the backend had closed: try once more on a fresh one.
+            # A pooled connection the backend had closed: try once more on a fresh one (only
+            # without a body, which may have gone into the dead connection already).
             self.retried = True
             self.upstream = None
             self.client.proxy.spawn(self._connect(self.route))
@@ -214,4 +218,4 @@ class Exchange:
     def _uncount(self) -> None:
         if self.counted and self.route is not None:
             self.counted = False
-            self.client.proxy.connections[self.route.backend_id] -= 1
+            self.client.proxy.counts.closed(self.route.backend_id)

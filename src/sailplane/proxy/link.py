@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
 
 import websockets
 from websockets.asyncio.client import ClientConnection
@@ -20,6 +19,7 @@ from sailplane.protocol import (
     RouteRequest,
     to_proxy,
 )
+from sailplane.proxy.counts import ConnectionCounts
 from sailplane.proxy.routes import RouteTable
 from sailplane.timing import RECONNECT_MAX_SECONDS
 
@@ -34,11 +34,10 @@ class ControllerLink:
         self.url = f"{base}/ctrl/proxy-socket"
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.routes = RouteTable(self._request)
-        self.connections: Counter[str] = Counter()  # live connections per backend id
+        self.counts = ConnectionCounts()
         self.connected = asyncio.Event()
         self._socket: ClientConnection | None = None
         self._outgoing: asyncio.Queue[str] = asyncio.Queue()
-        self._reported: set[str] = set()
 
     def _request(self, request: RouteRequest) -> bool:
         if self._socket is None:
@@ -85,11 +84,6 @@ class ControllerLink:
     async def _report(self, socket: ClientConnection) -> None:
         while True:
             await asyncio.sleep(REPORT_INTERVAL_SECONDS)
-            live = {backend: n for backend, n in self.connections.items() if n > 0}
-            for backend in [b for b, n in self.connections.items() if n <= 0]:
-                del self.connections[backend]
-            closed = {backend: 0 for backend in self._reported - live.keys()}
-            self._reported = set(live)
-            if live or closed:
-                report = ConnectionReport(counts=live | closed)
-                await socket.send(report.model_dump_json())
+            counts = self.counts.report()
+            if counts:
+                await socket.send(ConnectionReport(counts=counts).model_dump_json())

@@ -26,7 +26,7 @@ class ProxyConfig(BaseModel):
 async def run_proxy(config: ProxyConfig) -> None:
     """Serve until cancelled, in this process (one worker)."""
     link = ControllerLink(config.controller_url, config.ctrl_token)
-    proxy = Proxy(link.routes, link.connections)
+    proxy = Proxy(link.routes, link.counts)
     sock = listening_socket(config.host, config.port, reuse_port=config.workers > 1)
     server = await serve(proxy, sock)
     log.info("proxy listening on http://%s:%d", config.host, config.port)

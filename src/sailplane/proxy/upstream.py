@@ -4,6 +4,15 @@ protocol that parses a backend's responses and streams them to the client.
 One upstream connection carries one exchange at a time. It goes back to its pool only when
 the backend said keep-alive and both the request and the response were complete; anything
 else closes it.
+
+Flow control: a side that cannot write fast enough pauses reading on the other side, and the
+pause is remembered (``held``) so that it is always undone, by the drain or at the end of the
+exchange, whichever comes first: a pooled connection or a keep-alive client is never left
+paused for the next exchange.
+
+What one read from the backend yields for the client (the response head, body pieces, the
+end of a chunked body) is written to the client in one call at the end of that read: a small
+response costs one system call, not three.
 """
 
 from __future__ import annotations
@@ -68,6 +77,10 @@ class Upstream(asyncio.Protocol):
         self.chunked = False
         self.tunnel: asyncio.Transport | None = None  # the client, after a 101
         self.got_response = False
+        self.upgrade = b"websocket"  # the backend's Upgrade header, for a 101
+        self.write_paused = False  # our writes to the backend are above the high-water mark
+        self.held: asyncio.Transport | None = None  # a client paused for that reason
+        self.out: list[bytes] = []  # for the client, written at the end of each read
 
     # -- asyncio ---------------------------------------------------------------------------
 
@@ -82,16 +95,25 @@ class Upstream(asyncio.Protocol):
             self.transport.close()
             return
         self.got_response = True
+        exchange = self.exchange
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             tail = data[upgrade.args[0]:]
             if self.exchange is not None:
+                self._flush(self.exchange)
                 self.tunnel = self.exchange.upgraded(self)
                 if tail:
                     self.tunnel.write(tail)
         except httptools.HttpParserError:
+            self.out = []
             self.transport.close()
+        if self.out:
+            self._flush(exchange)
+
+    def _flush(self, exchange: Exchange) -> None:
+        out, self.out = self.out, []
+        exchange.client.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.pool.discard(self)
@@ -102,12 +124,24 @@ class Upstream(asyncio.Protocol):
             exchange.upstream_lost(self)
 
     def pause_writing(self) -> None:
+        self.write_paused = True
         if self.exchange is not None:
-            self.exchange.client.transport.pause_reading()
+            self.hold(self.exchange.client.transport)
 
     def resume_writing(self) -> None:
-        if self.exchange is not None:
-            self.exchange.client.transport.resume_reading()
+        self.write_paused = False
+        self.release()
+
+    def hold(self, client: asyncio.Transport) -> None:
+        """Stop reading the client until the backend has taken what we wrote to it."""
+        self.release()
+        self.held = client
+        client.pause_reading()
+
+    def release(self) -> None:
+        if self.held is not None:
+            self.held.resume_reading()
+            self.held = None
 
     # -- starting an exchange --------------------------------------------------------------
 
@@ -116,6 +150,8 @@ class Upstream(asyncio.Protocol):
         self.head = []
         self.chunked = False
         self.got_response = False
+        if self.write_paused:  # still draining an earlier request: this client waits too
+            self.hold(exchange.client.transport)
 
     # -- httptools callbacks ---------------------------------------------------------------
 
@@ -127,6 +163,8 @@ class Upstream(asyncio.Protocol):
         if lower == b"transfer-encoding":
             self.chunked = b"chunked" in value.lower()
         elif lower in _HOP_BY_HOP:
+            if lower == b"upgrade":
+                self.upgrade = value
             return
         self.head.append(b"%s: %s\r\n" % (name, value))
 
@@ -135,10 +173,14 @@ class Upstream(asyncio.Protocol):
         assert exchange is not None
         status = self.parser.get_status_code()
         if status == 101:
-            self.head.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+            self.head.append(b"Connection: Upgrade\r\nUpgrade: %s\r\n\r\n" % self.upgrade)
         else:
             self.head.append(b"\r\n")
-        exchange.client.transport.write(b"".join(self.head))
+            if exchange.upgrade and status >= 200:
+                # The backend refused to switch: the client's connection is in an unknown
+                # state (it may have sent bytes of the new protocol already), so it ends here.
+                exchange.keep_alive = False
+        self.out.append(b"".join(self.head))
         self.head = []
         if exchange.is_head and status >= 200:
             # httptools cannot be told the request was HEAD; a HEAD response has no body.
@@ -147,12 +189,10 @@ class Upstream(asyncio.Protocol):
             self._complete(keep_alive)
 
     def on_body(self, body: bytes) -> None:
-        assert self.exchange is not None
-        write = self.exchange.client.transport.write
         if self.chunked:
-            write(b"%x\r\n%s\r\n" % (len(body), body))
+            self.out.append(b"%x\r\n%s\r\n" % (len(body), body))
         else:
-            write(body)
+            self.out.append(body)
 
     def on_message_complete(self) -> None:
         if self.exchange is None:
@@ -163,13 +203,16 @@ class Upstream(asyncio.Protocol):
         if status == 101:
             return  # the upgrade is handled when feed_data raises HttpParserUpgrade
         if self.chunked:
-            self.exchange.client.transport.write(b"0\r\n\r\n")
+            self.out.append(b"0\r\n\r\n")
         self._complete(self.parser.should_keep_alive())
 
     def _complete(self, keep_alive: bool) -> None:
         exchange, self.exchange = self.exchange, None
         assert exchange is not None
-        reusable = keep_alive and exchange.request_complete
+        reusable = keep_alive and exchange.request_complete and not exchange.upgrade
+        if self.out:
+            self._flush(exchange)  # before the client goes on to its next request
+        self.release()
         exchange.response_complete()
         if reusable:
             self.pool.give_back(self)
