@@ -117,7 +117,7 @@ def _spawn(
             status_time_ms=now, executable=spawn_config.executable.model_dump(mode="json"),
             secret_token=secret, static_token=static, created_ms=now,
             lifetime_deadline_ms=now + lifetime * 1000 if lifetime else None,
-            max_idle_seconds=spawn_config.max_idle_seconds, last_active_ms=now, connections=0,
+            max_idle_seconds=spawn_config.max_idle_seconds, last_active_ms=now,
         ))
         conn.execute(insert(backend_keys).values(
             namespace=key.namespace, name=key.name, backend_id=backend_id,

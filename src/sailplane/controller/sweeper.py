@@ -25,17 +25,16 @@ def sweep_once(engine: Engine, now: int, lost_after_seconds: float) -> list[str]
     with engine.connect() as conn:
         rows = conn.execute(
             select(backends.c.id, backends.c.status, backends.c.lifetime_deadline_ms,
-                   backends.c.max_idle_seconds, backends.c.last_active_ms,
-                   backends.c.connections)
+                   backends.c.max_idle_seconds, backends.c.last_active_ms)
             .where(backends.c.status.in_(_ALIVE), backends.c.stop_requested.is_(None))
         ).all()
     wake: list[str] = []
-    for backend_id, status, deadline, max_idle, last_active, connections in rows:
+    for backend_id, status, deadline, max_idle, last_active in rows:
         reason = None
         if deadline is not None and now >= deadline:
             reason = TerminationReason.LIFETIME
         elif (max_idle is not None and status == BackendStatus.READY.value
-              and connections == 0 and now >= last_active + max_idle * 1000):
+              and now >= last_active + max_idle * 1000):
             reason = TerminationReason.SWEPT
         if reason is not None:
             log.info("backend %s: %s deadline reached", backend_id, reason.value)

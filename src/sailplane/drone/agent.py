@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import websockets
 from websockets.asyncio.client import ClientConnection
 
+from sailplane.controller_socket import bearer, socket_url, stay_connected
 from sailplane.drone.executor import Executor
 from sailplane.protocol import (
     ActionAck,
@@ -25,7 +25,7 @@ from sailplane.protocol import (
     to_drone,
 )
 from sailplane.state import now_ms
-from sailplane.timing import HEARTBEAT_INTERVAL_SECONDS, RECONNECT_MAX_SECONDS
+from sailplane.timing import HEARTBEAT_INTERVAL_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -35,32 +35,17 @@ class DroneAgent:
         self, controller_url: str, executor: Executor, hello: Hello, token: str | None = None,
         heartbeat_seconds: float = HEARTBEAT_INTERVAL_SECONDS,
     ) -> None:
-        base = controller_url.rstrip("/").replace("http://", "ws://").replace("https://", "wss://")
-        self.url = f"{base}/ctrl/drone-socket"
+        self.url = socket_url(controller_url, "/ctrl/drone-socket")
         self.executor = executor
         self.hello = hello
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.headers = bearer(token)
         self.heartbeat_seconds = heartbeat_seconds
         self.connected = asyncio.Event()
         self._terminations: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         """Stay connected until cancelled."""
-        delay = 0.1
-        while True:
-            try:
-                async with websockets.connect(self.url, additional_headers=self.headers,
-                                              open_timeout=5) as socket:
-                    delay = 0.1
-                    await self._session(socket)
-            # except*: a session's errors come wrapped in its TaskGroup's ExceptionGroup.
-            except* (OSError, websockets.WebSocketException, TimeoutError) as group:
-                log.warning("controller connection lost (%s); retrying in %.1fs",
-                            group.exceptions[0], delay)
-            finally:
-                self.connected.clear()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+        await stay_connected(self.url, self.headers, self._session, self.connected.clear)
 
     async def _session(self, socket: ClientConnection) -> None:
         await socket.send(self.hello.model_dump_json())

@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import websockets
 from websockets.asyncio.client import ClientConnection
 
+from sailplane.controller_socket import bearer, socket_url, stay_connected
 from sailplane.protocol import (
     ConnectionReport,
     RouteGone,
@@ -21,7 +21,6 @@ from sailplane.protocol import (
 )
 from sailplane.proxy.counts import ConnectionCounts
 from sailplane.proxy.routes import RouteTable
-from sailplane.timing import RECONNECT_MAX_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +29,8 @@ REPORT_INTERVAL_SECONDS = 1.0
 
 class ControllerLink:
     def __init__(self, controller_url: str, token: str | None = None) -> None:
-        base = controller_url.rstrip("/").replace("http://", "ws://").replace("https://", "wss://")
-        self.url = f"{base}/ctrl/proxy-socket"
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.url = socket_url(controller_url, "/ctrl/proxy-socket")
+        self.headers = bearer(token)
         self.routes = RouteTable(self._request)
         self.counts = ConnectionCounts()
         self.connected = asyncio.Event()
@@ -46,28 +44,22 @@ class ControllerLink:
         return True
 
     async def run(self) -> None:
-        delay = 0.1
-        while True:
-            try:
-                async with websockets.connect(self.url, additional_headers=self.headers,
-                                              open_timeout=5) as socket:
-                    delay = 0.1
-                    self._socket = socket
-                    self.connected.set()
-                    async with asyncio.TaskGroup() as group:
-                        group.create_task(self._receive(socket))
-                        group.create_task(self._send(socket))
-                        group.create_task(self._report(socket))
-            except* (OSError, websockets.WebSocketException, TimeoutError) as group:
-                log.warning("controller link lost (%s); retrying in %.1fs",
-                            group.exceptions[0], delay)
-            finally:
-                self._socket = None
-                self._outgoing = asyncio.Queue()
-                self.connected.clear()
-                self.routes.disconnected()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+        """Stay connected until cancelled."""
+        await stay_connected(self.url, self.headers, self._session, self._lost)
+
+    async def _session(self, socket: ClientConnection) -> None:
+        self._socket = socket
+        self.connected.set()
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._receive(socket))
+            group.create_task(self._send(socket))
+            group.create_task(self._report(socket))
+
+    def _lost(self) -> None:
+        self._socket = None
+        self._outgoing = asyncio.Queue()
+        self.connected.clear()
+        self.routes.disconnected()
 
     async def _receive(self, socket: ClientConnection) -> None:
         async for frame in socket:

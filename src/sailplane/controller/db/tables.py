@@ -50,7 +50,6 @@ backends = Table(
     Column("lifetime_deadline_ms", BigInteger, nullable=True),
     Column("max_idle_seconds", Integer, nullable=True),
     Column("last_active_ms", BigInteger, nullable=False),
-    Column("connections", Integer, nullable=False, default=0),
     Column("address", String(64), nullable=True),
     Column("stop_requested", String(32), nullable=True),
     Column("reason", String(32), nullable=True),

@@ -44,7 +44,6 @@ def upgrade() -> None:
         sa.Column("lifetime_deadline_ms", sa.BigInteger(), nullable=True),
         sa.Column("max_idle_seconds", sa.Integer(), nullable=True),
         sa.Column("last_active_ms", sa.BigInteger(), nullable=False),
-        sa.Column("connections", sa.Integer(), nullable=False),
         sa.Column("address", sa.String(length=64), nullable=True),
         sa.Column("stop_requested", sa.String(length=32), nullable=True),
         sa.Column("reason", sa.String(length=32), nullable=True),
