@@ -1,14 +1,15 @@
 """sailplane/demo: a small session backend that shows what a backend sees and can do.
 
     GET  /             the files of its mounts (env MOUNTS, space-separated; default those of
-                       /data /config /plane-data that exist), as HTML
+                       /data /config /code /plane-data that exist), as HTML, and a chat
+                       box on the WebSocket room
     GET  /counter      add one to the counter in $COUNTER_FILE (default /data/counter), return it
     GET  /headers      {"method", "path", "headers"} of this request, as JSON
     GET  /bytes?n=N    N bytes, streamed in chunks
     POST /echo         the request body, streamed back as it arrives
     POST /sink         {"bytes": length, "sha256": hex} of the request body, read as a stream
     GET  /ws           WebSocket: every message goes to every connected client (echo + chat)
-    GET  /file/PATH    the file PATH under /config, else under /data
+    GET  /file/PATH    the file PATH under /config, else /data, else /code
 
 It listens on $PORT (default 8080) and stops at once on SIGTERM.
 """
@@ -26,14 +27,25 @@ from aiohttp import WSMsgType, web
 
 CHUNK_BYTES = 64 * 1024
 MAX_LISTED_FILES = 500  # per mount, so a huge directory cannot stall the page
-FILE_ROOTS = (Path("/config"), Path("/data"))
+FILE_ROOTS = (Path("/config"), Path("/data"), Path("/code"))
 FILLER = bytes(range(256)) * (CHUNK_BYTES // 256)
+# The room, from a browser; relative URLs, so it works behind the proxy's /{token}/ prefix.
+CHAT = """<h2>room</h2><ul id=log></ul><form id=f><input id=m autofocus><button>send</button>
+</form><script>
+const url = new URL("ws", location.href); url.protocol = url.protocol.replace("http", "ws");
+const ws = new WebSocket(url), log = document.getElementById("log");
+ws.onmessage = e => { const li = document.createElement("li"); li.textContent = e.data;
+  log.append(li); };
+document.getElementById("f").onsubmit = e => { e.preventDefault();
+  ws.send(document.getElementById("m").value); document.getElementById("m").value = ""; };
+</script>"""
 
 
 def mount_dirs() -> list[Path]:
     if "MOUNTS" in os.environ:
         return [Path(p) for p in os.environ["MOUNTS"].split()]
-    return [p for p in map(Path, ("/data", "/config", "/plane-data")) if p.is_dir()]
+    candidates = ("/data", "/config", "/code", "/plane-data")
+    return [p for p in map(Path, candidates) if p.is_dir()]
 
 
 async def index(request: web.Request) -> web.Response:
@@ -44,6 +56,7 @@ async def index(request: web.Request) -> web.Response:
         more = f"<p>and {len(files) - MAX_LISTED_FILES} more</p>" \
             if len(files) > MAX_LISTED_FILES else ""
         parts.append(f"<h2>{html.escape(str(mount))}</h2><ul>{items}</ul>{more}")
+    parts.append(CHAT)
     return web.Response(text="".join(parts), content_type="text/html")
 
 

@@ -216,6 +216,7 @@ def dev(
     runtime: RuntimeOption = "docker",
     containerd_address: ContainerdAddress = None,
     containerd_namespace: ContainerdNamespace = "sailplane",
+    drone_id: Annotated[str, typer.Option(help="The built-in drone's id.")] = "dev",
 ) -> None:
     """Run controller, drone and proxy in one process (Ctrl-C stops every backend)."""
     from sailplane.dev import DevConfig, run_dev
@@ -225,7 +226,7 @@ def dev(
                        data_dir=data_dir, mount_base=mount_base,
                        host_volumes=host_volume or [], runtime=_runtime_name(runtime),
                        containerd_address=containerd_address,
-                       containerd_namespace=containerd_namespace)
+                       containerd_namespace=containerd_namespace, drone_id=drone_id)
     console = Console(stderr=True)
     console.print(f"[bold]Sailplane dev[/bold]  controller {config.controller_url}  "
                   f"proxy {config.proxy_url}  default volume {config.default_mount_base()}  "
@@ -377,15 +378,14 @@ def backends(
     if json_output:
         _print_json(rows)
         return
-    table = Table("backend", "key", "drone", "status", "address", "reason")
+    table = Table("key", "status", "drone")
+    for column in ("address", "backend"):  # for copying: never cut
+        table.add_column(column, no_wrap=True)
     for row in rows:
         key = row["key"]
         name = f"{key['namespace']}/{key['name']}" if key["namespace"] else key["name"]
-        reason = row["reason"] or ""
-        if row["exit_code"] is not None:
-            reason += f" ({row['exit_code']})"
-        table.add_row(row["backend_id"], name, row["drone"], row["status"],
-                      row["address"] or "", reason)
+        table.add_row(name, _describe(row), row["drone"], row["address"] or "",
+                      row["backend_id"])
     Console().print(table)
 
 

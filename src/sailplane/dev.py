@@ -20,12 +20,11 @@ from sailplane.proxy.run import ProxyConfig, run_proxy
 from sailplane.runtime.base import RuntimeName
 from sailplane.runtime.containerd.ctr import DEFAULT_NAMESPACE
 
-DEV_DRONE_ID = "dev"
-
 
 class DevConfig(BaseModel):
     controller_port: int = 9090
     proxy_port: int = 9091
+    drone_id: str = "dev"
     data_dir: Path = Path(".sailplane")
     mount_base: Path | None = None  # default: {data_dir}/volumes/default
     host_volumes: list[str] = []
@@ -55,7 +54,7 @@ def dev_parts(config: DevConfig) -> tuple[ControllerConfig, DroneConfig, ProxyCo
         controller_url=config.controller_url,
     )
     drone = DroneConfig(
-        drone_id=DEV_DRONE_ID, controller_url=config.controller_url,
+        drone_id=config.drone_id, controller_url=config.controller_url,
         policy=MountPolicy.from_flags(str(mount_base), config.host_volumes),
         state_dir=data_dir / "drone", terminate_on_exit=True, runtime=config.runtime,
         containerd_address=config.containerd_address,
