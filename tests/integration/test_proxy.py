@@ -20,7 +20,13 @@ import pytest
 import websockets
 
 from sailplane.runtime.docker.runtime import container_name
-from tests.integration.controller_fixtures import wait_until
+from tests.integration.controller_fixtures import (
+    SAILPLANE,
+    START_TIMEOUT,
+    Process,
+    free_port,
+    wait_until,
+)
 from tests.integration.proxy_fixtures import AUTH, USER, ProxyCluster, demo_image, proxy_cluster
 
 __all__ = ["demo_image", "proxy_cluster"]  # the fixtures, imported for pytest
@@ -382,3 +388,32 @@ def test_a_slow_reader_leaves_no_connection_paused(backend: dict[str, Any]) -> N
         for _ in range(3):
             sock.sendall(b"GET %sheaders HTTP/1.1\r\nhost: x\r\n\r\n" % url.raw_path)
             assert reader.response()[0] == b"HTTP/1.1 200 OK"
+
+
+def test_two_worker_processes_share_one_port(
+    proxy_cluster: ProxyCluster, backend: dict[str, Any],
+) -> None:
+    port = free_port()
+    workers = Process("proxy-workers", [
+        str(SAILPLANE), "proxy", "--controller", proxy_cluster.cluster.url, "--port", str(port),
+        "--workers", "2",
+    ], proxy_cluster.cluster.tmp / "proxy-workers.log")
+    workers.start()
+    try:
+        url = backend["url"].replace(str(proxy_cluster.proxy_port), str(port))
+
+        def answers() -> bool:
+            return httpx.get(url + "headers").status_code == 200
+
+        wait_until(answers, START_TIMEOUT, "the two-worker proxy to answer")
+        assert workers.popen is not None
+        children = open(f"/proc/{workers.popen.pid}/task/{workers.popen.pid}/children").read()
+        assert len(children.split()) == 1, "one worker forked beside the first"
+        for number in range(40):  # new connections each: the kernel spreads them
+            response = httpx.get(url + f"headers?n={number}")
+            assert response.json()["headers"]["x-verified-backend"] == backend["backend_id"]
+    finally:
+        workers.stop()
+    time.sleep(0.5)
+    with pytest.raises(httpx.ConnectError):  # the forked worker ended with the first
+        httpx.get(url + "headers")

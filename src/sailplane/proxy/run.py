@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import multiprocessing
+import signal
+import sys
 
 from pydantic import BaseModel
 
@@ -13,6 +16,8 @@ from sailplane.proxy.link import ControllerLink
 from sailplane.proxy.server import Proxy, listening_socket, serve
 
 log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
 
 
 class ProxyConfig(BaseModel):
@@ -50,14 +55,23 @@ def run_in_loop(config: ProxyConfig) -> None:
         uvloop.run(run_proxy(config))
 
 
+def _child_worker(config: ProxyConfig) -> None:
+    # A worker must not outlive the first process, however that one ends (even SIGKILL).
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    _worker(config)
+
+
 def run_workers(config: ProxyConfig) -> None:
     """``workers`` processes share the port with SO_REUSEPORT; the kernel spreads clients."""
-    children = [multiprocessing.Process(target=_worker, args=(config,), daemon=True)
+    children = [multiprocessing.Process(target=_child_worker, args=(config,), daemon=True)
                 for _ in range(config.workers - 1)]
     for child in children:
         child.start()
+    # SIGTERM ends the first process through its `finally`, which stops the others.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         _worker(config)
     finally:
         for child in children:
             child.terminate()
+            child.join(5)
