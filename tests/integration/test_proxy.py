@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -407,7 +408,8 @@ def test_two_worker_processes_share_one_port(
 
         wait_until(answers, START_TIMEOUT, "the two-worker proxy to answer")
         assert workers.popen is not None
-        children = open(f"/proc/{workers.popen.pid}/task/{workers.popen.pid}/children").read()
+        pid = workers.popen.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text()
         assert len(children.split()) == 1, "one worker forked beside the first"
         for number in range(40):  # new connections each: the kernel spreads them
             response = httpx.get(url + f"headers?n={number}")
