@@ -25,6 +25,7 @@ import httptools
 
 from sailplane.proxy.counts import ConnectionCounts
 from sailplane.proxy.exchange import Exchange
+from sailplane.proxy.flow import FlowControl
 from sailplane.proxy.routes import RouteTable
 from sailplane.proxy.upstream import UpstreamPool
 
@@ -50,7 +51,7 @@ class Proxy:
         task.add_done_callback(self._tasks.discard)
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(FlowControl):
     transport: asyncio.Transport
 
     def __init__(self, proxy: Proxy) -> None:
@@ -59,8 +60,6 @@ class ClientConnection(asyncio.Protocol):
         self.exchanges: deque[Exchange] = deque()  # the first is being answered
         self.tunnel: asyncio.Transport | None = None
         self.closed = False
-        self.write_paused = False  # our writes to the client are above the high-water mark
-        self.held: asyncio.Transport | None = None  # an upstream paused for that reason
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._upgrade: bytes | None = None
@@ -99,21 +98,6 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = True
         if self.exchanges and self.exchanges[0].upstream is not None:
             self.hold(self.exchanges[0].upstream.transport)
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        self.release()
-
-    def hold(self, upstream: asyncio.Transport) -> None:
-        """Stop reading the backend until the client has taken what we wrote to it."""
-        self.release()
-        self.held = upstream
-        upstream.pause_reading()
-
-    def release(self) -> None:
-        if self.held is not None:
-            self.held.resume_reading()
-            self.held = None
 
     # -- httptools callbacks ---------------------------------------------------------------
 

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
+from sailplane.proxy.flow import FlowControl
+
 if TYPE_CHECKING:
     from sailplane.proxy.exchange import Exchange
 
@@ -63,7 +65,7 @@ class UpstreamPool:
             idle.remove(upstream)
 
 
-class Upstream(asyncio.Protocol):
+class Upstream(FlowControl):
     """One connection to a backend."""
 
     transport: asyncio.Transport
@@ -78,8 +80,6 @@ class Upstream(asyncio.Protocol):
         self.tunnel: asyncio.Transport | None = None  # the client, after a 101
         self.got_response = False
         self.upgrade = b"websocket"  # the backend's Upgrade header, for a 101
-        self.write_paused = False  # our writes to the backend are above the high-water mark
-        self.held: asyncio.Transport | None = None  # a client paused for that reason
         self.out: list[bytes] = []  # for the client, written at the end of each read
 
     # -- asyncio ---------------------------------------------------------------------------
@@ -127,21 +127,6 @@ class Upstream(asyncio.Protocol):
         self.write_paused = True
         if self.exchange is not None:
             self.hold(self.exchange.client.transport)
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        self.release()
-
-    def hold(self, client: asyncio.Transport) -> None:
-        """Stop reading the client until the backend has taken what we wrote to it."""
-        self.release()
-        self.held = client
-        client.pause_reading()
-
-    def release(self) -> None:
-        if self.held is not None:
-            self.held.resume_reading()
-            self.held = None
 
     # -- starting an exchange --------------------------------------------------------------
 
