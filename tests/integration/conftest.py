@@ -535,3 +535,10 @@ def remove_drone_containers(client: docker.DockerClient, drone_id: str) -> None:
         except docker.errors.APIError as exc:
             if exc.status_code != 409:  # 409: the executor is removing it already
                 raise
+
+
+def mount_line(output: str, target: str) -> str:
+    """The /proc/mounts line of ``target`` in a container's output."""
+    lines = [line for line in output.splitlines() if line.split(" ")[1:2] == [target]]
+    assert len(lines) == 1, output
+    return lines[0]

@@ -15,7 +15,6 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import docker
@@ -23,7 +22,11 @@ import docker.errors
 import httpx
 import pytest
 
-from tests.integration.conftest import IMAGE_BUILD_TIMEOUT_SECONDS, remove_drone_containers
+from tests.integration.conftest import (
+    IMAGE_BUILD_TIMEOUT_SECONDS,
+    REPO,
+    remove_drone_containers,
+)
 from tests.integration.controller_fixtures import (
     SAILPLANE,
     START_TIMEOUT,
@@ -33,7 +36,6 @@ from tests.integration.controller_fixtures import (
     wait_until,
 )
 
-REPO = Path(__file__).resolve().parents[2]
 DEMO_IMAGE = "sailplane/demo:latest"
 USER = "alice"
 AUTH = {"role": "editor", "teams": ["blue", "green"]}

@@ -24,6 +24,7 @@ import pytest
 
 from sailplane.mounts.resolved import ResolvedHostMount, ResolvedMount
 from sailplane.runtime.containerd.mounts import to_oci_mounts
+from tests.integration.conftest import mount_line
 
 pytestmark = [pytest.mark.docker, pytest.mark.containerd]
 
@@ -146,11 +147,6 @@ def run_in_ctr(ctr: Ctr, ctr_image: str) -> Iterator[RunInCtr]:
             ctr("containers", "delete", container_id, check=False)  # and its snapshot
 
 
-def _mount_line(output: str, target: str) -> str:
-    lines = [line for line in output.splitlines() if line.split(" ")[1:2] == [target]]
-    assert len(lines) == 1, output
-    return lines[0]
-
 
 def test_read_only_host_mount_refuses_writes(
     roots: dict[str, Path], plan: Plan, run_in_ctr: RunInCtr
@@ -171,7 +167,7 @@ def test_read_only_host_mount_refuses_writes(
 
     assert ran.returncode != 0
     assert "greeting=hello" in ran.stdout
-    options = _mount_line(ran.stdout, "/etc/app").split(" ")[3].split(",")
+    options = mount_line(ran.stdout, "/etc/app").split(" ")[3].split(",")
     assert options[0] == "ro"
     assert {"nosuid", "nodev"} <= set(options)
     assert READ_ONLY_ERROR in ran.stderr
@@ -194,7 +190,7 @@ def test_read_write_host_mount_write_is_visible_on_the_host(
     )
 
     assert ran.returncode == 0, ran.stderr
-    options = _mount_line(ran.stdout, "/var/lib/app").split(" ")[3].split(",")
+    options = mount_line(ran.stdout, "/var/lib/app").split(" ")[3].split(",")
     assert options[0] == "rw"
     assert {"nosuid", "nodev"} <= set(options)
     written = roots["data"] / "editor" / "doc-42" / "sub" / "out.txt"
@@ -216,7 +212,7 @@ def test_tmpfs_gets_its_size_and_mode(
     )
 
     assert ran.returncode == 0, ran.stderr
-    line = _mount_line(ran.stdout, "/scratch")
+    line = mount_line(ran.stdout, "/scratch")
     options = line.split(" ")[3].split(",")
     assert line.split(" ")[2] == "tmpfs"
     assert f"size={size // 1024}k" in options

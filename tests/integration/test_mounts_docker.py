@@ -14,6 +14,7 @@ import pytest
 
 from sailplane.mounts.resolved import ResolvedHostMount, ResolvedMount, ResolvedVolumeMount
 from sailplane.runtime.docker.mounts import to_docker_mounts
+from tests.integration.conftest import mount_line
 
 pytestmark = pytest.mark.docker
 
@@ -23,12 +24,6 @@ Run = Callable[[str, list[dict[str, Any]]], subprocess.CompletedProcess[str]]
 
 READ_ONLY_ERROR = "Read-only file system"
 
-
-def _mount_line(output: str, target: str) -> str:
-    """The /proc/mounts line of ``target`` in a container's output."""
-    lines = [line for line in output.splitlines() if line.split(" ")[1:2] == [target]]
-    assert len(lines) == 1, output
-    return lines[0]
 
 
 def test_read_only_host_mount_refuses_writes(
@@ -50,7 +45,7 @@ def test_read_only_host_mount_refuses_writes(
 
     assert ran.returncode != 0
     assert "greeting=hello" in ran.stdout
-    assert _mount_line(ran.stdout, "/etc/app").split(" ")[3].split(",")[0] == "ro"
+    assert mount_line(ran.stdout, "/etc/app").split(" ")[3].split(",")[0] == "ro"
     assert READ_ONLY_ERROR in ran.stderr
     assert sorted(p.name for p in (roots["config"] / "editor" / "doc-42").iterdir()) == [
         "app.conf"
@@ -97,7 +92,7 @@ def test_tmpfs_gets_its_size_and_mode(
     )
 
     assert ran.returncode == 0, ran.stderr
-    line = _mount_line(ran.stdout, "/scratch")
+    line = mount_line(ran.stdout, "/scratch")
     options = line.split(" ")[3].split(",")
     assert line.split(" ")[2] == "tmpfs"
     assert f"size={size // 1024}k" in options
