@@ -81,7 +81,7 @@ def docker_client() -> Iterator[docker.DockerClient]:
 @pytest.fixture(scope="session")
 def image(docker_client: docker.DockerClient) -> str:
     """``sailplane/static:latest``, built by ``images/build`` if missing; never pulled."""
-    if _has_image(docker_client, IMAGE):
+    if has_image(docker_client, IMAGE):
         return IMAGE
     build = REPO / "images" / "build"
     if os.access(build, os.X_OK) and shutil.which("docker"):
@@ -89,14 +89,14 @@ def image(docker_client: docker.DockerClient) -> str:
             [str(build), "static"], capture_output=True, text=True,
             timeout=IMAGE_BUILD_TIMEOUT_SECONDS, check=False,
         )
-        if done.returncode != 0 or not _has_image(docker_client, IMAGE):
+        if done.returncode != 0 or not has_image(docker_client, IMAGE):
             pytest.fail(f"images/build static failed ({done.returncode}):\n"
                         f"{done.stdout}\n{done.stderr}")
         return IMAGE
     return _build_fallback(docker_client)
 
 
-def _has_image(client: docker.DockerClient, name: str) -> bool:
+def has_image(client: docker.DockerClient, name: str) -> bool:
     try:
         client.images.get(name)
     except docker.errors.ImageNotFound:

@@ -25,6 +25,7 @@ import pytest
 from tests.integration.conftest import (
     IMAGE_BUILD_TIMEOUT_SECONDS,
     REPO,
+    has_image,
     remove_drone_containers,
 )
 from tests.integration.controller_fixtures import (
@@ -48,7 +49,7 @@ def demo_image(docker_client: docker.DockerClient) -> str:
     build = REPO / "images" / "build"
     if not (os.access(build, os.X_OK) and shutil.which("docker")):
         pytest.skip("images/build or the docker CLI is missing")
-    if not shutil.which("debootstrap") and not _has_image(docker_client, DEMO_IMAGE):
+    if not shutil.which("debootstrap") and not has_image(docker_client, DEMO_IMAGE):
         pytest.skip("debootstrap is missing (scripts/setup installs it)")
     done = subprocess.run([str(build), "demo"], capture_output=True, text=True,
                           timeout=IMAGE_BUILD_TIMEOUT_SECONDS, check=False)
@@ -57,12 +58,6 @@ def demo_image(docker_client: docker.DockerClient) -> str:
     return DEMO_IMAGE
 
 
-def _has_image(client: docker.DockerClient, name: str) -> bool:
-    try:
-        client.images.get(name)
-    except docker.errors.ImageNotFound:
-        return False
-    return True
 
 
 @dataclass

@@ -44,9 +44,26 @@ def split_token(url: bytes) -> tuple[bytes, bytes]:
 
 
 class Exchange:
-    __slots__ = ("body_bytes", "chunked", "client", "content_length", "counted", "early_body",
-                 "headers", "is_head", "keep_alive", "method", "request_complete", "retried",
-                 "route", "tail", "upgrade", "upstream", "url")
+    __slots__ = (
+        "body_bytes",
+        "chunked",
+        "client",
+        "content_length",
+        "counted",
+        "early_body",
+        "headers",
+        "is_head",
+        "keep_alive",
+        "method",
+        "request_complete",
+        "rest",
+        "retried",
+        "route",
+        "tail",
+        "upgrade",
+        "upstream",
+        "url",
+    )
 
     def __init__(
         self, client: ClientConnection, method: bytes, url: bytes,
@@ -55,6 +72,7 @@ class Exchange:
         self.client = client
         self.method = method
         self.url = url
+        self.rest = b"/"  # the path the backend sees, set by start()
         self.headers = headers
         self.keep_alive = keep_alive
         self.upgrade = upgrade
@@ -79,12 +97,13 @@ class Exchange:
     # -- driven by the client connection ---------------------------------------------------
 
     def start(self) -> None:
-        token, _ = split_token(self.url)
-        route = self.client.proxy.routes.cached(token.decode("latin-1"))
+        raw_token, self.rest = split_token(self.url)
+        token = raw_token.decode("latin-1")
+        route = self.client.proxy.routes.cached(token)
         if route is not None:
             self._use(route)
         else:
-            self.client.proxy.spawn(self._lookup(token.decode("latin-1")))
+            self.client.proxy.spawn(self._lookup(token))
 
     def request_body(self, body: bytes) -> None:
         upstream = self.upstream
@@ -138,8 +157,7 @@ class Exchange:
         if self.client.write_paused:  # the client is still slow to take an earlier answer
             self.client.hold(upstream.transport)
         path = self.url.split(b"?", 1)[0]
-        _, rest = split_token(self.url)
-        head = [self.method, b" ", rest, b" HTTP/1.1\r\n"]
+        head = [self.method, b" ", self.rest, b" HTTP/1.1\r\n"]
         for name, value in self.headers:
             lower = name.lower()
             if lower in _DROPPED or lower.startswith(_VERIFIED):

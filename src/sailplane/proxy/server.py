@@ -19,7 +19,7 @@ import logging
 import socket
 from collections import deque
 from collections.abc import Coroutine
-from typing import Any, cast
+from typing import Any
 
 import httptools
 
@@ -52,7 +52,7 @@ class Proxy:
 
 
 class ClientConnection(FlowControl):
-    transport: asyncio.Transport
+    """One client connection: requests in, responses out, answered in order."""
 
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
@@ -65,9 +65,6 @@ class ClientConnection(FlowControl):
         self._upgrade: bytes | None = None
 
     # -- asyncio ---------------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import httptools
 
@@ -68,8 +68,6 @@ class UpstreamPool:
 class Upstream(FlowControl):
     """One connection to a backend."""
 
-    transport: asyncio.Transport
-
     def __init__(self, pool: UpstreamPool, address: tuple[str, int]) -> None:
         self.pool = pool
         self.address = address
@@ -83,9 +81,6 @@ class Upstream(FlowControl):
         self.out: list[bytes] = []  # for the client, written at the end of each read
 
     # -- asyncio ---------------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
