@@ -77,7 +77,9 @@ def test_design_3_request_prints_the_plan_document_of_design_4_5(drone, tmp_path
         ResolvedHostMount(host_path=f"{drone}/data/editor/doc-42", target="/var/lib/app",
                           read_only=False),
         ResolvedHostMount(host_path=f"{drone}/config", target="/etc/app", read_only=True),
-        ResolvedVolumeMount(name="cache-doc-42", target="/cache", read_only=False),
+        ResolvedVolumeMount(name="sailplane.editor.cache-doc-42", target="/cache",
+                            read_only=False, namespace="editor", requested="cache-doc-42",
+                            mount=2),
         ResolvedTmpfsMount(target="/tmp", size_bytes=67108864),
     ]
     assert document["docker"] == to_docker_mounts(resolved)

@@ -18,10 +18,12 @@ from rich.console import Console
 from rich.table import Table
 
 from sailplane.client import ApiError, ControllerClient
-from sailplane.errors import PolicyError
+from sailplane.errors import MountRefused, PolicyError, RuntimeFailure
+from sailplane.mounts.named import runtime_name
 from sailplane.mounts.policy import MountPolicy, Platform
 from sailplane.mounts.report import plan_document
-from sailplane.runtime.base import RUNTIMES, RuntimeName
+from sailplane.mounts.validate import check_volume_name
+from sailplane.runtime.base import RUNTIMES, NamedVolume, Runtime, RuntimeName
 from sailplane.runtime.containerd.mounts import DEFAULT_VOLUME_ROOT
 from sailplane.state import BackendStatus
 from sailplane.timing import DEFAULT_GRACE_SECONDS, DEFAULT_STARTUP_TIMEOUT_SECONDS
@@ -32,6 +34,11 @@ DEFAULT_CONTROLLER = "http://127.0.0.1:9090"
 app = typer.Typer(no_args_is_help=True, help="Sailplane: session backends with secure mounts.")
 mounts_app = typer.Typer(no_args_is_help=True, help="Inspect how a drone would mount things.")
 app.add_typer(mounts_app, name="mounts")
+volumes_app = typer.Typer(
+    no_args_is_help=True, help="Named volumes Sailplane created on this machine's engine.",
+)
+app.add_typer(volumes_app, name="volumes")
+
 
 MountBase = Annotated[
     str | None, typer.Option(help="Directory of the host volume 'default' (Plane's mount).")
@@ -54,6 +61,27 @@ ContainerdAddress = Annotated[
 ContainerdNamespace = Annotated[
     str, typer.Option(help="containerd namespace for the backends (containerd runtime).")
 ]
+# The operator's caps (sailplane.drone.limits); absent: the default, 0: no cap.
+MaxTmpfsBytes = Annotated[
+    int | None, typer.Option(min=0, help="Largest tmpfs one mount may ask for (default: a "
+                                         "quarter of this machine's memory; 0: no cap).")
+]
+DefaultMemoryBytes = Annotated[
+    int | None, typer.Option(min=0, help="Each backend's memory limit, which a request may "
+                                         "lower but not raise (default: 512 MiB; 0: none).")
+]
+DefaultPidsLimit = Annotated[
+    int | None, typer.Option(min=0, help="Each backend's pids limit, which a request may "
+                                         "lower but not raise (default: 512; 0: none).")
+]
+NamedVolumesFlag = Annotated[
+    bool, typer.Option("--named-volumes/--no-named-volumes",
+                       help="Allow named volumes (each scoped to the key's namespace).")
+]
+MaxNamedVolumes = Annotated[
+    int | None, typer.Option("--max-named-volumes-per-namespace", min=0, metavar="N",
+                             help="Most named volumes one namespace may hold; no cap if unset.")
+]
 
 
 def _emit(document: dict[str, Any], status: int) -> None:
@@ -63,14 +91,21 @@ def _emit(document: dict[str, Any], status: int) -> None:
 
 def load_policy(
     mount_base: str | None, host_volumes: list[str] | None, policy_file: Path | None,
-    platform: Platform = "posix",
+    platform: Platform = "posix", *, named_volumes: bool = True,
+    max_named_volumes_per_namespace: int | None = None,
 ) -> MountPolicy:
-    """The drone's mount policy from its flags, or from a TOML file (not both)."""
+    """The drone's mount policy from its flags, or from a TOML file (not both); the named
+    volume switch and cap come from flags either way."""
     if policy_file is not None:
         if mount_base or host_volumes:
             raise PolicyError("give either --policy or --mount-base/--host-volume, not both")
-        return MountPolicy.from_toml(policy_file)
-    return MountPolicy.from_flags(mount_base, host_volumes or (), platform)
+        policy = MountPolicy.from_toml(policy_file)
+    else:
+        policy = MountPolicy.from_flags(mount_base, host_volumes or (), platform)
+    return policy.model_copy(update={
+        "named_volumes": named_volumes,
+        "max_named_volumes_per_namespace": max_named_volumes_per_namespace,
+    })
 
 
 @mounts_app.command("plan")
@@ -88,13 +123,17 @@ def mounts_plan(
     volume_root: Annotated[
         str, typer.Option(help="Where containerd-style named volumes live.")
     ] = DEFAULT_VOLUME_ROOT,
+    named_volumes: NamedVolumesFlag = True,
+    max_named_volumes_per_namespace: MaxNamedVolumes = None,
 ) -> None:
     """Print, as JSON, what a drone with this policy would mount (DESIGN 4.5)."""
     if platform not in ("posix", "windows"):
         _emit({"error": {"code": "bad_policy", "message": "--platform: posix or windows"}}, 2)
     try:
         mount_policy = load_policy(
-            mount_base, host_volume, policy, "windows" if platform == "windows" else "posix"
+            mount_base, host_volume, policy, "windows" if platform == "windows" else "posix",
+            named_volumes=named_volumes,
+            max_named_volumes_per_namespace=max_named_volumes_per_namespace,
         )
     except PolicyError as exc:
         _emit({"error": {"code": exc.code, "message": exc.message}}, 2)
@@ -160,6 +199,8 @@ def drone(
     runtime: RuntimeOption = "docker",
     containerd_address: ContainerdAddress = None,
     containerd_namespace: ContainerdNamespace = "sailplane",
+    named_volumes: NamedVolumesFlag = True,
+    max_named_volumes_per_namespace: MaxNamedVolumes = None,
 ) -> None:
     """Run a drone: start backends on this machine's Docker engine or containerd."""
     from sailplane.drone.config import DroneConfig, run_drone
@@ -168,7 +209,10 @@ def drone(
     _logging()
     runtime_name = _runtime_name(runtime)
     try:
-        mount_policy = load_policy(mount_base, host_volume, policy)
+        mount_policy = load_policy(
+            mount_base, host_volume, policy, named_volumes=named_volumes,
+            max_named_volumes_per_namespace=max_named_volumes_per_namespace,
+        )
     except PolicyError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from exc
@@ -217,6 +261,8 @@ def dev(
     containerd_address: ContainerdAddress = None,
     containerd_namespace: ContainerdNamespace = "sailplane",
     drone_id: Annotated[str, typer.Option(help="The built-in drone's id.")] = "dev",
+    named_volumes: NamedVolumesFlag = True,
+    max_named_volumes_per_namespace: MaxNamedVolumes = None,
 ) -> None:
     """Run controller, drone and proxy in one process (Ctrl-C stops every backend)."""
     from sailplane.dev import DevConfig, run_dev
@@ -226,7 +272,9 @@ def dev(
                        data_dir=data_dir, mount_base=mount_base,
                        host_volumes=host_volume or [], runtime=_runtime_name(runtime),
                        containerd_address=containerd_address,
-                       containerd_namespace=containerd_namespace, drone_id=drone_id)
+                       containerd_namespace=containerd_namespace, drone_id=drone_id,
+                       named_volumes=named_volumes,
+                       max_named_volumes_per_namespace=max_named_volumes_per_namespace)
     console = Console(stderr=True)
     console.print(f"[bold]Sailplane dev[/bold]  controller {config.controller_url}  "
                   f"proxy {config.proxy_url}  default volume {config.default_mount_base()}  "
@@ -407,6 +455,111 @@ def drones(
         table.add_row(row["drone_id"], row["pool"], str(row["connected"]),
                       str(row["draining"]), str(row["load"]), volumes)
     Console().print(table)
+
+
+StateDir = Annotated[
+    Path, typer.Option(help="The drone's state directory (containerd keeps volumes there).")
+]
+
+
+@volumes_app.command("ls")
+def volumes_ls(
+    namespace: Annotated[
+        str | None, typer.Option(help="Only this key namespace's volumes ('' for none).")
+    ] = None,
+    json_output: JsonOutput = False,
+    runtime: RuntimeOption = "docker",
+    state_dir: StateDir = Path(".sailplane/drone"),
+    containerd_address: ContainerdAddress = None,
+    containerd_namespace: ContainerdNamespace = "sailplane",
+) -> None:
+    """List the named volumes Sailplane created (volumes without its labels are not shown)."""
+    engine = _local_runtime(runtime, state_dir, containerd_address, containerd_namespace)
+    found = asyncio.run(_volumes(engine))
+    rows = [volume for volume in found if namespace is None or volume.namespace == namespace]
+    if json_output:
+        _print_json([{
+            "name": volume.name, "namespace": volume.namespace, "requested": volume.requested,
+            "created_at": volume.created_at.isoformat() if volume.created_at else None,
+        } for volume in rows])
+        return
+    table = Table("namespace", "requested", "created")
+    table.add_column("name", no_wrap=True)  # for copying into `volumes rm`
+    for volume in rows:
+        created = volume.created_at.strftime("%Y-%m-%d %H:%M:%S") if volume.created_at else ""
+        table.add_row(volume.namespace or "-", volume.requested, created, volume.name)
+    Console().print(table)
+
+
+@volumes_app.command("rm")
+def volumes_rm(
+    names: Annotated[list[str], typer.Argument(
+        help="Runtime names as `volumes ls` shows them, or with --namespace the names the "
+             "requests asked for.")],
+    namespace: Annotated[
+        str | None, typer.Option(help="NAMES are requested names in this key namespace.")
+    ] = None,
+    runtime: RuntimeOption = "docker",
+    state_dir: StateDir = Path(".sailplane/drone"),
+    containerd_address: ContainerdAddress = None,
+    containerd_namespace: ContainerdNamespace = "sailplane",
+) -> None:
+    """Remove named volumes and their data. Only volumes carrying Sailplane's labels are
+    removed; one a container still uses (even stopped) is refused. Exits 1 if any failed."""
+    try:
+        targets = names if namespace is None else [
+            runtime_name(namespace, check_volume_name(name, name, name), name) for name in names
+        ]
+    except MountRefused as exc:
+        _fail(exc.message)
+    engine = _local_runtime(runtime, state_dir, containerd_address, containerd_namespace)
+    failures = asyncio.run(_remove_volumes(engine, targets))
+    for failure in failures:
+        typer.echo(f"error: {failure}", err=True)
+    if failures:
+        raise typer.Exit(1)
+
+
+def _local_runtime(
+    runtime: str, state_dir: Path, containerd_address: str | None, containerd_namespace: str,
+) -> Runtime:
+    """A runtime on this machine's engine, as a drone with that state directory has it."""
+    from sailplane.drone.config import DroneConfig, make_runtime
+
+    config = DroneConfig(
+        drone_id="sailplane-cli", controller_url=DEFAULT_CONTROLLER, policy=MountPolicy(),
+        state_dir=state_dir, runtime=_runtime_name(runtime),
+        containerd_address=containerd_address, containerd_namespace=containerd_namespace,
+    )
+    try:
+        return make_runtime(config)
+    except RuntimeFailure as exc:
+        _fail(exc.message)
+
+
+async def _volumes(engine: Runtime) -> list[NamedVolume]:
+    try:
+        return await engine.volumes()
+    except RuntimeFailure as exc:
+        _fail(exc.message)
+    finally:
+        await engine.close()
+
+
+async def _remove_volumes(engine: Runtime, names: list[str]) -> list[str]:
+    """Remove each in turn; the messages of those that could not be."""
+    failures = []
+    try:
+        for name in names:
+            try:
+                await engine.remove_volume(name)
+            except RuntimeFailure as exc:
+                failures.append(exc.message)
+            else:
+                typer.echo(name)
+    finally:
+        await engine.close()
+    return failures
 
 
 @contextlib.contextmanager

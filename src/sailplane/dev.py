@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from sailplane.controller.config import ControllerConfig
 from sailplane.controller.run import run_controller
@@ -31,6 +31,8 @@ class DevConfig(BaseModel):
     runtime: RuntimeName = "docker"
     containerd_address: str | None = None
     containerd_namespace: str = DEFAULT_NAMESPACE
+    named_volumes: bool = True
+    max_named_volumes_per_namespace: int | None = Field(default=None, ge=0)
 
     @property
     def controller_url(self) -> str:
@@ -55,7 +57,10 @@ def dev_parts(config: DevConfig) -> tuple[ControllerConfig, DroneConfig, ProxyCo
     )
     drone = DroneConfig(
         drone_id=config.drone_id, controller_url=config.controller_url,
-        policy=MountPolicy.from_flags(str(mount_base), config.host_volumes),
+        policy=MountPolicy.from_flags(str(mount_base), config.host_volumes).model_copy(update={
+            "named_volumes": config.named_volumes,
+            "max_named_volumes_per_namespace": config.max_named_volumes_per_namespace,
+        }),
         state_dir=data_dir / "drone", terminate_on_exit=True, runtime=config.runtime,
         containerd_address=config.containerd_address,
         containerd_namespace=config.containerd_namespace,

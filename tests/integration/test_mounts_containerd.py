@@ -232,8 +232,9 @@ def test_named_volume_directory_persists_across_containers(
         [{"type": "volume", "name": "cache-{key}", "target": "/cache", "read_only": False}]
     )
     mounts = to_oci_mounts(writable, str(volume_root))
-    assert mounts[0]["source"] == str(volume_root / "cache-doc-42")
-    (volume_root / "cache-doc-42").mkdir(parents=True)  # what the runtime provisions
+    # The runtime's name is namespaced (the ``plan`` fixture's namespace is ``editor``).
+    assert mounts[0]["source"] == str(volume_root / "sailplane.editor.cache-doc-42")
+    (volume_root / "sailplane.editor.cache-doc-42").mkdir(parents=True)  # as provisioned
 
     first = run_in_ctr(f"echo {token} > /cache/token", mounts)
     assert first.returncode == 0, first.stderr

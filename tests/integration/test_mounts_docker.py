@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import docker
+import docker.errors
 import pytest
 
 from sailplane.mounts.resolved import ResolvedHostMount, ResolvedMount, ResolvedVolumeMount
@@ -104,20 +106,39 @@ def test_tmpfs_gets_its_size_and_mode(
     assert "dd=1" in ran.stdout.splitlines()
 
 
+@pytest.fixture
+def namespaced_volume(docker_client: docker.DockerClient) -> Iterator[str]:
+    """A key whose volume ``cache-{key}`` in namespace ``editor`` (the ``plan`` fixture's)
+    is unique; that volume and the containers holding it are removed afterwards."""
+    key = f"t{uuid.uuid4().hex[:12]}"
+    yield key
+    name = f"sailplane.editor.cache-{key}"
+    holders = docker_client.api.containers(
+        all=True, quiet=True, filters={"volume": name, "label": "dev.sailplane.test=1"}
+    )
+    for holder in holders:
+        docker_client.api.remove_container(holder["Id"], force=True)
+    with contextlib.suppress(docker.errors.NotFound):
+        docker_client.api.remove_volume(name, force=True)
+
+
 def test_named_volume_is_created_on_first_use_and_persists(
     docker_client: docker.DockerClient,
     plan: Plan,
     run_in_docker: Run,
-    docker_volume_name: str,
+    namespaced_volume: str,
 ) -> None:
-    key = docker_volume_name
-    name = f"cache-{key}"
+    key = namespaced_volume
+    name = f"sailplane.editor.cache-{key}"  # the runtime's name is namespaced
     token = uuid.uuid4().hex
     writable: list[dict[str, Any]] = [
         {"type": "volume", "name": "cache-{key}", "target": "/cache", "read_only": False}
     ]
     resolved = plan(writable, key=key)
-    assert resolved == [ResolvedVolumeMount(name=name, target="/cache", read_only=False)]
+    assert resolved == [ResolvedVolumeMount(
+        name=name, target="/cache", read_only=False, namespace="editor",
+        requested=f"cache-{key}", mount=0,
+    )]
     assert name not in {volume.name for volume in docker_client.volumes.list()}
 
     first = run_in_docker(f"echo {token} > /cache/token", to_docker_mounts(resolved))

@@ -69,6 +69,7 @@ def design_4_5_mounts(data_root: str) -> list[dict[str, object]]:
     return [
         {"type": "host", "host_path": f"{data_root}/editor/doc-42", "target": "/var/lib/app",
          "read_only": False},
-        {"type": "volume", "name": "cache-doc-42", "target": "/cache", "read_only": False},
+        {"type": "volume", "name": "sailplane.editor.cache-doc-42", "target": "/cache",
+         "read_only": False},
         {"type": "tmpfs", "target": "/tmp", "size_bytes": 67108864},
     ]

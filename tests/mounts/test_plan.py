@@ -7,7 +7,7 @@ import pytest
 from sailplane.errors import MountRefused
 from sailplane.mounts.plan import check_mounts, plan_mounts
 from sailplane.mounts.policy import HostVolume, MountPolicy
-from sailplane.mounts.resolved import ResolvedHostMount, ResolvedTmpfsMount
+from sailplane.mounts.resolved import ResolvedHostMount, ResolvedTmpfsMount, ResolvedVolumeMount
 from sailplane.mounts.validate import TemplateValues
 from sailplane.spec import ConnectRequest
 
@@ -204,3 +204,47 @@ def test_a_posix_drone_accepts_what_only_windows_reads_differently(volumes):
 def test_plane_mount_empty_string_is_refused_rather_than_mounting_every_keys_data(volumes):
     with refused("mount", "mount: an empty path would mount the whole default volume"):
         plan_mounts(executor(mount=""), volumes.policy(), VALUES, apply=False)
+
+
+# --- named volumes: namespaced runtime names, the operator's switch and cap -----------------
+
+
+def named(name: str = "cache-{key}", target: str = "/cache") -> dict[str, object]:
+    return {"type": "volume", "name": name, "target": target, "read_only": False}
+
+
+def test_a_named_volume_gets_the_runtime_name_of_its_namespace():
+    other = TemplateValues(key="doc-42", namespace="viewer", backend="b-1")
+    bare = TemplateValues(key="doc-42", namespace="", backend="b-1")
+    names = [
+        check_mounts(executor(host("data", "x", "/d"), named()), None, values)[1]
+        for values in (VALUES, other, bare)
+    ]
+    assert names == [
+        ResolvedVolumeMount(name=f"sailplane.{namespace}.cache-doc-42", target="/cache",
+                            read_only=False, namespace=ns, requested="cache-doc-42", mount=1)
+        for namespace, ns in (("editor", "editor"), ("viewer", "viewer"), ("-", ""))
+    ]
+    # The plan's summary shows the runtime name and nothing of the labels.
+    assert names[0].model_dump() == {"type": "volume", "name": "sailplane.editor.cache-doc-42",
+                                     "target": "/cache", "read_only": False}
+
+
+def test_named_volumes_disabled_by_the_operator_are_refused(volumes):
+    policy = volumes.policy().model_copy(update={"named_volumes": False})
+    with refused(0, "volume_mounts[0].name: named volumes are disabled on this drone"):
+        plan_mounts(executor(named()), policy, VALUES, apply=True)
+    # Without a drone's policy (the controller) only the shape is checked.
+    assert len(check_mounts(executor(named()), None, VALUES)) == 1
+
+
+def test_the_operators_cap_travels_with_the_mount_to_the_runtime(volumes):
+    policy = volumes.policy().model_copy(update={"max_named_volumes_per_namespace": 3})
+    [mount] = plan_mounts(executor(named()), policy, VALUES, apply=False)
+    assert isinstance(mount, ResolvedVolumeMount) and mount.max_per_namespace == 3
+
+
+def test_a_namespace_that_cannot_name_a_volume_is_refused_at_check_time():
+    values = TemplateValues(key="doc-42", namespace="team.a", backend="b-1")
+    with refused(0, "volume_mounts[0].name: namespace 'team.a' cannot own named volumes"):
+        check_mounts(executor(named()), None, values)

@@ -14,7 +14,9 @@ from sailplane.cli import app
 from sailplane.dev import DevConfig, dev_parts
 from sailplane.drone.config import DroneConfig, make_runtime
 from sailplane.errors import RuntimeFailure
+from sailplane.mounts.named import NAME_LABEL, NAMESPACE_LABEL, runtime_name
 from sailplane.mounts.policy import MountPolicy
+from sailplane.mounts.resolved import ResolvedVolumeMount
 from sailplane.runtime.containerd.ctr import explanation, normalize_image
 from sailplane.runtime.containerd.mounts import to_ctr_mount_flag
 from sailplane.runtime.containerd.runtime import (
@@ -97,24 +99,33 @@ def test_limits_ctr_cannot_apply_are_refused_not_dropped(
         runtime(tmp_path)._limit_flags(limits)
 
 
+def volume(name: str, namespace: str = "editor") -> ResolvedVolumeMount:
+    return ResolvedVolumeMount(name=runtime_name(namespace, name, 0), target="/v",
+                               read_only=False, namespace=namespace, requested=name, mount=0)
+
+
 def test_named_volumes_are_directories_recorded_with_a_label(tmp_path: Path) -> None:
-    made = runtime(tmp_path)
-    assert made.volume_labels("cache-1") is None
-    made._ensure_volume("cache-1")
-    path = tmp_path / "volumes" / "cache-1"
+    made, cache = runtime(tmp_path), volume("cache-1")
+    assert made.volume_labels(cache.name) is None
+    made._ensure_volumes([cache])
+    path = tmp_path / "volumes" / "sailplane.editor.cache-1"
     (path / "kept").write_text("x")
-    made._ensure_volume("cache-1")  # second use: the same directory, untouched
+    made._ensure_volumes([cache])  # second use: the same directory, untouched
     assert (path.stat().st_mode & 0o777, (path / "kept").read_text()) == (0o750, "x")
-    labels = made.volume_labels("cache-1")
+    labels = made.volume_labels(cache.name)
     assert labels is not None and labels["dev.sailplane.volume"] == "true"
+    assert (labels[NAMESPACE_LABEL], labels[NAME_LABEL]) == ("editor", "cache-1")
     assert labels["dev.sailplane.drone"] == "d1"
 
 
 def test_a_volume_path_that_is_not_a_directory_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "volumes").mkdir()
-    (tmp_path / "volumes" / "v").symlink_to(tmp_path)
+    made, cache = runtime(tmp_path), volume("v")
+    made._ensure_volumes([cache])
+    path = tmp_path / "volumes" / cache.name
+    path.rmdir()
+    path.symlink_to(tmp_path)
     with pytest.raises(RuntimeFailure, match="not a directory"):
-        runtime(tmp_path)._ensure_volume("v")
+        made._ensure_volumes([cache])
 
 
 def test_drone_config_chooses_the_runtime(tmp_path: Path) -> None:

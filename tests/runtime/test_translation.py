@@ -20,7 +20,12 @@ from ..mounts.conftest import VALUES, executor, host
 HOST_RO = ResolvedHostMount(host_path="/srv/config", target="/etc/app", read_only=True)
 HOST_RW = ResolvedHostMount(host_path="/srv/data/editor/doc-42", target="/var/lib/app",
                             read_only=False)
-VOLUME = ResolvedVolumeMount(name="cache-doc-42", target="/cache", read_only=False)
+# A named volume's runtime name is namespaced (``sailplane.mounts.named``).
+VOLUME = ResolvedVolumeMount(name="sailplane.editor.cache-doc-42", target="/cache",
+                             read_only=False, namespace="editor", requested="cache-doc-42",
+                             mount=0)
+VOLUME_RO = ResolvedVolumeMount(name="sailplane.-.v", target="/v", read_only=True,
+                                namespace="", requested="v", mount=1)
 TMPFS = ResolvedTmpfsMount(target="/tmp", size_bytes=67108864)
 
 
@@ -32,10 +37,10 @@ TMPFS = ResolvedTmpfsMount(target="/tmp", size_bytes=67108864)
         (HOST_RW, {"Type": "bind", "Source": "/srv/data/editor/doc-42",
                    "Target": "/var/lib/app", "ReadOnly": False,
                    "BindOptions": {"Propagation": "rprivate"}}),
-        (VOLUME, {"Type": "volume", "Source": "cache-doc-42", "Target": "/cache",
-                  "ReadOnly": False}),
-        (ResolvedVolumeMount(name="v", target="/v", read_only=True),
-         {"Type": "volume", "Source": "v", "Target": "/v", "ReadOnly": True}),
+        (VOLUME, {"Type": "volume", "Source": "sailplane.editor.cache-doc-42",
+                  "Target": "/cache", "ReadOnly": False}),
+        (VOLUME_RO,
+         {"Type": "volume", "Source": "sailplane.-.v", "Target": "/v", "ReadOnly": True}),
         (TMPFS, {"Type": "tmpfs", "Target": "/tmp",
                  "TmpfsOptions": {"SizeBytes": 67108864, "Mode": 0o1777}}),
         (ResolvedTmpfsMount(target="/s", size_bytes=1, mode=0o700),
@@ -61,7 +66,7 @@ def test_docker_tmpfs_mode_is_the_integer_1777_octal():
                    "source": "/srv/data/editor/doc-42",
                    "options": ["rbind", "rprivate", "rw", "nosuid", "nodev"]}),
         (VOLUME, {"destination": "/cache", "type": "bind",
-                  "source": f"{DEFAULT_VOLUME_ROOT}/cache-doc-42",
+                  "source": f"{DEFAULT_VOLUME_ROOT}/sailplane.editor.cache-doc-42",
                   "options": ["rbind", "rprivate", "rw", "nosuid", "nodev"]}),
         (TMPFS, {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
                  "options": ["nosuid", "nodev", "size=67108864", "mode=1777"]}),
@@ -76,9 +81,9 @@ def test_oci_translation_matches_the_design_table(mount, oci):
 
 
 def test_oci_named_volume_is_a_directory_under_the_given_volume_root():
-    assert to_oci_mount(VOLUME, "/var/lib/other")["source"] == "/var/lib/other/cache-doc-42"
-    read_only = ResolvedVolumeMount(name="v", target="/v", read_only=True)
-    assert to_oci_mount(read_only)["options"] == ["rbind", "rprivate", "ro", "nosuid", "nodev"]
+    assert (to_oci_mount(VOLUME, "/var/lib/other")["source"]
+            == "/var/lib/other/sailplane.editor.cache-doc-42")
+    assert to_oci_mount(VOLUME_RO)["options"] == ["rbind", "rprivate", "ro", "nosuid", "nodev"]
 
 
 def test_lists_translate_in_order_and_oci_puts_shallower_targets_first():

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import PureWindowsPath
 
 from sailplane.errors import MountRefused
+from sailplane.mounts.named import runtime_name
 from sailplane.mounts.policy import DEFAULT_VOLUME, HostVolume, MountPolicy
 from sailplane.mounts.resolve import CreatedDirectories, Method, resolve_beneath
 from sailplane.mounts.resolved import (
@@ -158,8 +159,14 @@ def _check_one(
         return HostMountPlan(index, field, spec.volume, volume, parts, target, spec.read_only)
     if isinstance(spec, VolumeMountSpec):
         field = f"{where}.name"
+        if policy is not None and not policy.named_volumes:
+            raise MountRefused(index, f"{field}: named volumes are disabled on this drone")
         name = check_volume_name(expand(spec.name, values, index, field), index, field)
-        return ResolvedVolumeMount(name=name, target=target, read_only=spec.read_only)
+        return ResolvedVolumeMount(
+            name=runtime_name(values.namespace, name, index), target=target,
+            read_only=spec.read_only, namespace=values.namespace, requested=name, mount=index,
+            max_per_namespace=None if policy is None else policy.max_named_volumes_per_namespace,
+        )
     return ResolvedTmpfsMount(target=target, size_bytes=spec.size_bytes, mode=int(spec.mode, 8))
 
 

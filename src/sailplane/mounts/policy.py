@@ -70,6 +70,10 @@ class MountPolicy(BaseModel):
 
     host_volumes: dict[str, HostVolume] = Field(default_factory=dict)
     platform: Platform = "posix"
+    # Named volumes (runtime-managed, scoped to the key's namespace): allowed at all, and how
+    # many one namespace may hold on this drone (None: no cap).
+    named_volumes: bool = True
+    max_named_volumes_per_namespace: int | None = Field(default=None, ge=0)
 
     @classmethod
     def build(cls, volumes: Iterable[HostVolume], platform: Platform = "posix") -> MountPolicy:

@@ -26,9 +26,15 @@ class ResolvedVolumeMount(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     type: Literal["volume"] = "volume"
-    name: str
+    name: str  # the runtime's name, from the namespace and the requested name (mounts.named)
     target: str
     read_only: bool
+    # What the runtime labels the volume with and checks an existing one against, the entry
+    # to name in a refusal, and the operator's cap; kept out of the plan's summary.
+    namespace: str = Field(exclude=True)
+    requested: str = Field(exclude=True)
+    mount: int = Field(exclude=True)
+    max_per_namespace: int | None = Field(default=None, exclude=True)
 
 
 class ResolvedTmpfsMount(BaseModel):

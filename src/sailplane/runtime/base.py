@@ -13,8 +13,11 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Literal
 
+from sailplane.errors import RuntimeFailure
+from sailplane.mounts.named import VOLUME_LABEL as VOLUME_LABEL  # re-exported: the runtimes use it
 from sailplane.mounts.resolved import ResolvedMount
 from sailplane.spec import PullPolicy, ResourceLimits
 
@@ -24,7 +27,6 @@ RUNTIMES: tuple[RuntimeName, ...] = ("docker", "containerd")
 
 BACKEND_LABEL = "dev.sailplane.backend"
 DRONE_LABEL = "dev.sailplane.drone"
-VOLUME_LABEL = "dev.sailplane.volume"
 # The port a backend listens on inside its container, given to it as env PORT.
 BACKEND_PORT = 8080
 
@@ -73,6 +75,16 @@ class BackendMetrics:
     cpu_seconds: float
 
 
+@dataclass(frozen=True)
+class NamedVolume:
+    """A named volume Sailplane created (it carries our labels), as ``volumes ls`` shows it."""
+
+    name: str  # the runtime's name
+    namespace: str
+    requested: str  # the name the requests ask for
+    created_at: datetime | None  # None where the engine does not say
+
+
 class Runtime(abc.ABC):
     """One container engine, used by exactly one drone (identified by ``drone_id``)."""
 
@@ -84,6 +96,9 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     async def start(self, spec: BackendSpec) -> BackendAddress:
         """Create and start the backend's container; provision named volumes on first use.
+
+        A named volume that exists but is not Sailplane's for the mount's namespace, or one
+        more than the namespace's cap, raises MountRefused before anything is created.
 
         On failure nothing of the container is left behind and RuntimeFailure is raised. A
         backend that exits before its address can be read raises BackendExited with its exit
@@ -111,6 +126,18 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     async def metrics(self, backend_id: str) -> BackendMetrics:
         """Memory and CPU used by a running backend."""
+
+    async def volumes(self) -> list[NamedVolume]:
+        """Every named volume of this engine that carries Sailplane's labels; a volume made
+        by anyone else is never listed. Runtimes without named volumes raise RuntimeFailure."""
+        raise RuntimeFailure(f"{type(self).__name__} has no named volumes")
+
+    async def remove_volume(self, name: str) -> None:
+        """Remove the named volume of runtime name ``name`` and its data.
+
+        Raises RuntimeFailure, removing nothing, when it does not exist, does not carry
+        Sailplane's labels, or a container (running or not) still uses it."""
+        raise RuntimeFailure(f"{type(self).__name__} has no named volumes")
 
     @abc.abstractmethod
     async def close(self) -> None:

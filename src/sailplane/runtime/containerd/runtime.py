@@ -6,8 +6,8 @@
   it as env ``PORT`` and the backend is reached at ``127.0.0.1:PORT``. The port, the backend id
   and the drone id are container labels, so a restarted drone finds and adopts its own.
 - Mounts are the OCI mounts of DESIGN 4.4 as ``--mount`` flags; a named volume is a directory
-  ``{state_dir}/volumes/{name}`` (mode 0750), made on first use and kept, recorded in
-  ``{state_dir}/volumes/.labels/{name}.json``.
+  ``{state_dir}/volumes/{name}`` (mode 0750, ``name`` its namespaced runtime name), made on
+  first use and kept, its labels recorded in ``{state_dir}/volumes/.labels/{name}.json``.
 - Exits come from one ``ctr events`` process filtered to ``/tasks/exit`` in the namespace, never
   from polling. Watching counts as started once an event we cause ourselves (a namespace label)
   has come back through that stream, and :meth:`start`/:meth:`owned` wait for that moment.
@@ -19,25 +19,31 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import re
+import shutil
 import socket
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from sailplane.errors import RuntimeFailure
+from sailplane.mounts.named import check_mountable, check_room, owner_of, volume_labels
 from sailplane.mounts.resolved import ResolvedVolumeMount
 from sailplane.runtime.base import (
     BACKEND_LABEL,
     DRONE_LABEL,
-    VOLUME_LABEL,
     BackendAddress,
     BackendExit,
     BackendMetrics,
     BackendSpec,
+    NamedVolume,
     OwnedBackend,
     Runtime,
 )
@@ -86,6 +92,7 @@ class ContainerdRuntime(Runtime):
         self._subscribed = asyncio.Event()
         self._warned_disk = False
         self._runs: set[asyncio.Future[str]] = set()  # `ctr run`s under way
+        self._volumes_lock = threading.Lock()
 
     # -- images ----------------------------------------------------------------------------
 
@@ -131,9 +138,9 @@ class ContainerdRuntime(Runtime):
             ]
         except ValueError as exc:
             raise RuntimeFailure(f"cannot mount: {exc}") from exc
-        for mount in spec.mounts:
-            if isinstance(mount, ResolvedVolumeMount):
-                await asyncio.to_thread(self._ensure_volume, mount.name)
+        await asyncio.to_thread(
+            self._ensure_volumes, [m for m in spec.mounts if isinstance(m, ResolvedVolumeMount)]
+        )
         await asyncio.to_thread(self.log_dir.mkdir, mode=0o750, parents=True, exist_ok=True)
         cid = container_id(spec.backend_id)
         port = self._free_port()
@@ -188,37 +195,142 @@ class ContainerdRuntime(Runtime):
             self._warned_disk = True
         return flags
 
-    def _ensure_volume(self, name: str) -> None:
+    def _ensure_volumes(self, mounts: list[ResolvedVolumeMount]) -> None:
         """Dynamic provisioning: ``{volume_root}/{name}``, mode 0750, recorded on first use.
 
-        ``name`` passed DESIGN 4.3 (letters, digits, ``_.-``, no leading dot), so it is one
-        path component that never collides with the hidden ``.labels`` record directory."""
-        self.volume_root.mkdir(mode=VOLUME_MODE, parents=True, exist_ok=True)
-        path = self.volume_root / name
-        try:
-            path.mkdir(mode=VOLUME_MODE)
-        except FileExistsError:
-            if path.is_symlink() or not path.is_dir():
-                raise RuntimeFailure(f"volume {name!r} exists but is not a directory") from None
+        An existing directory without a record saying Sailplane made it for the mount's
+        namespace, or one volume more than the namespace's cap, raises MountRefused. Every
+        check runs before the first directory is made, so a refused start creates nothing.
+        Runtime names (``mounts.named``) are one path component that never starts with a dot,
+        so never the hidden ``.labels`` record directory."""
+        if not mounts:
             return
-        except OSError as exc:
-            raise RuntimeFailure(f"cannot create volume {name!r}: {exc.strerror}") from exc
-        path.chmod(VOLUME_MODE)  # whatever the umask
-        labels = self.volume_root / ".labels"
-        labels.mkdir(mode=VOLUME_MODE, exist_ok=True)
-        record = {VOLUME_LABEL: "true", DRONE_LABEL: self.drone_id,
+        with self._volumes_lock:  # one count and create at a time, for the cap
+            missing: dict[str, ResolvedVolumeMount] = {}
+            for mount in mounts:
+                path = self.volume_root / mount.name
+                if not os.path.lexists(path):
+                    missing.setdefault(mount.name, mount)
+                    continue
+                check_mountable(mount.name, self.volume_labels(mount.name), mount.namespace,
+                                mount.mount)
+                if path.is_symlink() or not path.is_dir():
+                    raise RuntimeFailure(f"volume {mount.name!r} exists but is not a directory")
+            if any(mount.max_per_namespace is not None for mount in missing.values()):
+                held = Counter(volume.namespace for volume in self._volumes())
+                for mount in missing.values():
+                    check_room(held[mount.namespace], mount.max_per_namespace, mount.name,
+                               mount.namespace, mount.mount)
+                    held[mount.namespace] += 1
+            created: list[str] = []
+            try:
+                for mount in missing.values():
+                    self._create_volume(mount)
+                    created.append(mount.name)
+            except BaseException:
+                for name in created:
+                    with contextlib.suppress(RuntimeFailure):
+                        self._delete_volume(name)
+                raise
+
+    def _create_volume(self, mount: ResolvedVolumeMount) -> None:
+        """The record first, then the directory: a directory never exists without one."""
+        record = {**volume_labels(mount.namespace, mount.requested), DRONE_LABEL: self.drone_id,
                   "created_ms": int(time.time() * 1000)}
-        (labels / f"{name}.json").write_text(json.dumps(record) + "\n")
+        try:
+            self._labels_dir.mkdir(mode=VOLUME_MODE, parents=True, exist_ok=True)
+            written = self._labels_dir / f".{mount.name}.json.new"
+            written.write_text(json.dumps(record) + "\n")
+            written.replace(self._record_path(mount.name))
+            path = self.volume_root / mount.name
+            path.mkdir(mode=VOLUME_MODE)
+            path.chmod(VOLUME_MODE)  # whatever the umask
+        except OSError as exc:
+            self._record_path(mount.name).unlink(missing_ok=True)
+            raise RuntimeFailure(f"cannot create volume {mount.name!r}: {exc.strerror}") from exc
+
+    @property
+    def _labels_dir(self) -> Path:
+        return self.volume_root / ".labels"
+
+    def _record_path(self, name: str) -> Path:
+        return self._labels_dir / f"{name}.json"
 
     def volume_labels(self, name: str) -> dict[str, Any] | None:
         """The record of a named volume this runtime provisioned, or None."""
         try:
-            record: dict[str, Any] = json.loads(
-                (self.volume_root / ".labels" / f"{name}.json").read_text()
-            )
+            record: dict[str, Any] = json.loads(self._record_path(name).read_text())
         except FileNotFoundError:
             return None
-        return record
+        except ValueError:  # a torn or foreign file: not a record of ours
+            return {}
+        return record if isinstance(record, dict) else {}
+
+    async def volumes(self) -> list[NamedVolume]:
+        return await asyncio.to_thread(self._volumes)
+
+    def _volumes(self) -> list[NamedVolume]:
+        try:
+            entries = sorted(self.volume_root.iterdir())
+        except FileNotFoundError:
+            return []
+        found = []
+        for path in entries:
+            if path.name.startswith(".") or path.is_symlink() or not path.is_dir():
+                continue
+            record = self.volume_labels(path.name)
+            owner = owner_of(path.name, record)
+            if owner is None or record is None:
+                continue
+            created_ms = record.get("created_ms")
+            created_at = (datetime.fromtimestamp(created_ms / 1000, UTC)
+                          if isinstance(created_ms, int) else None)
+            found.append(NamedVolume(path.name, owner.namespace, owner.name, created_at))
+        return found
+
+    async def remove_volume(self, name: str) -> None:
+        """Refused for a volume without our record, and while a container of this runtime's
+        containerd namespace still binds its directory (running or not)."""
+        path = self.volume_root / name
+        if "/" in name or name.startswith(".") or not os.path.lexists(path):
+            raise RuntimeFailure(f"there is no volume {name!r}")
+        if owner_of(name, self.volume_labels(name)) is None:
+            raise RuntimeFailure(f"volume {name!r} was not created by Sailplane; refused")
+        users = await self._containers_binding(str(path))
+        if users:
+            raise RuntimeFailure(
+                f"volume {name!r} is in use by container(s) {', '.join(users)} (running or "
+                "stopped); remove them first"
+            )
+        await asyncio.to_thread(self._delete_volume, name)
+
+    async def _containers_binding(self, source: str) -> list[str]:
+        try:
+            cids = (await self.ctr("containers", "ls", "-q")).split()
+        except CtrError as exc:
+            raise RuntimeFailure(f"cannot list containers: {exc.message}") from exc
+        users = []
+        for cid in cids:
+            try:
+                spec = json.loads(await self.ctr("containers", "info", "--spec", cid))
+            except CtrError as exc:
+                if exc.not_found:  # removed since it was listed
+                    continue
+                raise RuntimeFailure(f"cannot inspect container {cid}: {exc.message}") from exc
+            if any(mount.get("source") == source for mount in spec.get("mounts") or []):
+                users.append(cid)
+        return users
+
+    def _delete_volume(self, name: str) -> None:
+        """The directory first, then its record: a failure half-way leaves a volume that is
+        still ours, to remove again."""
+        try:
+            shutil.rmtree(self.volume_root / name)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise RuntimeFailure(f"cannot remove volume {name!r}: {exc.strerror}") from exc
+        self._record_path(name).unlink(missing_ok=True)
 
     def _free_port(self) -> int:
         """A port free on every interface now (the backend binds the host's), not one a

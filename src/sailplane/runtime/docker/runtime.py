@@ -8,9 +8,12 @@ drone's label), never from polling containers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
+from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 import docker
@@ -20,6 +23,7 @@ from docker.models.containers import Container
 from docker.types import Ulimit
 
 from sailplane.errors import BackendExited, RuntimeFailure
+from sailplane.mounts.named import check_mountable, check_room, owner_of, volume_labels
 from sailplane.mounts.resolved import ResolvedVolumeMount
 from sailplane.runtime.base import (
     BACKEND_LABEL,
@@ -30,6 +34,7 @@ from sailplane.runtime.base import (
     BackendExit,
     BackendMetrics,
     BackendSpec,
+    NamedVolume,
     OwnedBackend,
     Runtime,
 )
@@ -51,11 +56,15 @@ def container_name(backend_id: str) -> str:
 class DockerRuntime(Runtime):
     def __init__(self, drone_id: str, client: docker.DockerClient | None = None) -> None:
         self.drone_id = drone_id
-        self.client = client or docker.from_env()
+        try:
+            self.client = client or docker.from_env()
+        except docker.errors.DockerException as exc:
+            raise RuntimeFailure(f"cannot reach the Docker engine: {exc}") from exc
         self._exits: asyncio.Queue[BackendExit] | None = None
         self._stream: Any = None
         self._watcher: threading.Thread | None = None
         self._storage_opt_supported = True
+        self._volumes_lock = threading.Lock()
 
     # -- images ----------------------------------------------------------------------------
 
@@ -85,9 +94,7 @@ class DockerRuntime(Runtime):
         return await asyncio.to_thread(self._start, spec)
 
     def _start(self, spec: BackendSpec) -> BackendAddress:
-        for mount in spec.mounts:
-            if isinstance(mount, ResolvedVolumeMount):
-                self._ensure_volume(mount.name)
+        self._ensure_volumes([m for m in spec.mounts if isinstance(m, ResolvedVolumeMount)])
         try:
             container = self._create(spec)
         except docker.errors.APIError as exc:
@@ -143,15 +150,100 @@ class DockerRuntime(Runtime):
                 self._storage_opt_supported = False
         return self.client.containers.create(spec.image, **options)
 
-    def _ensure_volume(self, name: str) -> None:
-        """Dynamic provisioning: create the named volume, labelled, on its first use."""
-        try:
-            self.client.volumes.get(name)
-        except docker.errors.NotFound:
+    def _ensure_volumes(self, mounts: list[ResolvedVolumeMount]) -> None:
+        """Dynamic provisioning: create each missing named volume, labelled, on first use.
+
+        An existing volume not created by Sailplane for the mount's namespace, or one volume
+        more than the namespace's cap, raises MountRefused. Every check runs before the first
+        create, so a refused start creates nothing."""
+        if not mounts:
+            return
+        with self._volumes_lock:  # one count and create at a time, for the cap
+            missing: dict[str, ResolvedVolumeMount] = {}
+            for mount in mounts:
+                labels = self._volume_labels(mount.name)
+                if labels is None:
+                    missing.setdefault(mount.name, mount)
+                else:
+                    check_mountable(mount.name, labels, mount.namespace, mount.mount)
+            if any(mount.max_per_namespace is not None for mount in missing.values()):
+                held = Counter(volume.namespace for volume in self._volumes())
+                for mount in missing.values():
+                    check_room(held[mount.namespace], mount.max_per_namespace, mount.name,
+                               mount.namespace, mount.mount)
+                    held[mount.namespace] += 1
+            created: list[str] = []
             try:
-                self.client.volumes.create(name, labels={VOLUME_LABEL: "true"})
-            except docker.errors.APIError as exc:
-                raise RuntimeFailure(f"cannot create volume {name!r}: {exc.explanation}") from exc
+                for mount in missing.values():
+                    self._create_volume(mount)
+                    created.append(mount.name)
+            except BaseException:
+                for name in created:
+                    with contextlib.suppress(docker.errors.APIError):
+                        self.client.api.remove_volume(name)
+                raise
+
+    def _volume_labels(self, name: str) -> dict[str, str] | None:
+        """An existing volume's labels ({} for none), or None if there is no such volume."""
+        try:
+            volume = self.client.volumes.get(name)
+        except docker.errors.NotFound:
+            return None
+        except docker.errors.APIError as exc:
+            raise RuntimeFailure(f"cannot inspect volume {name!r}: {exc.explanation}") from exc
+        labels: dict[str, str] = volume.attrs.get("Labels") or {}
+        return labels
+
+    def _create_volume(self, mount: ResolvedVolumeMount) -> None:
+        try:
+            volume = self.client.volumes.create(
+                mount.name, labels=volume_labels(mount.namespace, mount.requested)
+            )
+        except docker.errors.APIError as exc:
+            raise RuntimeFailure(
+                f"cannot create volume {mount.name!r}: {exc.explanation}"
+            ) from exc
+        # The engine returns a volume of that name made meanwhile by anyone, with its labels.
+        check_mountable(mount.name, volume.attrs.get("Labels"), mount.namespace, mount.mount)
+
+    async def volumes(self) -> list[NamedVolume]:
+        return await asyncio.to_thread(self._volumes)
+
+    def _volumes(self) -> list[NamedVolume]:
+        try:
+            listed = self.client.volumes.list(filters={"label": VOLUME_LABEL})
+        except docker.errors.APIError as exc:
+            raise RuntimeFailure(f"cannot list volumes: {exc.explanation}") from exc
+        found = []
+        for volume in listed:
+            owner = owner_of(volume.name, volume.attrs.get("Labels"))
+            if owner is not None:
+                found.append(NamedVolume(volume.name, owner.namespace, owner.name,
+                                         _timestamp(volume.attrs.get("CreatedAt"))))
+        return found
+
+    async def remove_volume(self, name: str) -> None:
+        await asyncio.to_thread(self._remove_volume, name)
+
+    def _remove_volume(self, name: str) -> None:
+        labels = self._volume_labels(name)
+        if labels is None:
+            raise RuntimeFailure(f"there is no volume {name!r}")
+        if owner_of(name, labels) is None:
+            raise RuntimeFailure(f"volume {name!r} was not created by Sailplane; refused")
+        try:
+            self.client.api.remove_volume(name)
+        except docker.errors.NotFound:
+            raise RuntimeFailure(f"there is no volume {name!r}") from None
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:
+                users = self.client.api.containers(all=True, filters={"volume": name})
+                names = ", ".join(sorted(c["Names"][0].lstrip("/") for c in users)) or "?"
+                raise RuntimeFailure(
+                    f"volume {name!r} is in use by container(s) {names} (running or stopped); "
+                    "remove them first"
+                ) from exc
+            raise RuntimeFailure(f"cannot remove volume {name!r}: {exc.explanation}") from exc
 
     async def signal(self, backend_id: str, hard: bool) -> None:
         await asyncio.to_thread(self._signal, backend_id, "SIGKILL" if hard else "SIGTERM")
@@ -247,6 +339,16 @@ class DockerRuntime(Runtime):
 async def _drain(queue: asyncio.Queue[BackendExit]) -> AsyncIterator[BackendExit]:
     while True:
         yield await queue.get()
+
+
+def _timestamp(text: object) -> datetime | None:
+    """The engine's ``CreatedAt`` (RFC 3339), or None if absent or unreadable."""
+    if not isinstance(text, str):
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
 
 
 def _published(container: Container) -> BackendAddress | None:
