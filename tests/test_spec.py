@@ -6,15 +6,20 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from sailplane.spec import (
+    MAX_IMAGE_NAME_LENGTH,
     ConnectRequest,
     ExecutorConfig,
     HostMountSpec,
+    KeyConfig,
     PullPolicy,
     TmpfsMountSpec,
     VolumeMountSpec,
+    control_character,
 )
 
 from .mounts.examples import DESIGN_3_REQUEST, PLANE_CONNECT_REQUEST
@@ -271,3 +276,92 @@ def test_read_only_accepts_only_real_booleans(loose):
     with pytest.raises(ValidationError) as info:
         ExecutorConfig.model_validate({"image": "x", "volume_mounts": [entry]})
     assert info.value.errors()[0]["loc"] == ("volume_mounts", 0, "host", "read_only")
+
+
+# --- input hygiene (DESIGN 4.2) -----------------------------------------------------------
+
+CONTROLS = [chr(code) for code in (*range(0x20), *range(0x7F, 0xA0))]
+DIGEST = "sha256:" + "0123456789abcdef" * 4
+
+
+def message_of(model: type[Any], data: Any) -> tuple[tuple[str | int, ...], str]:
+    with pytest.raises(ValidationError) as info:
+        model.model_validate(data)
+    first = info.value.errors()[0]
+    return tuple(first["loc"]), first["msg"]
+
+
+@pytest.mark.parametrize("control", CONTROLS, ids=[f"U+{ord(c):04X}" for c in CONTROLS])
+@pytest.mark.parametrize("field", ["name", "namespace", "tag"])
+def test_a_control_character_in_any_part_of_the_key_is_refused(field, control):
+    key = {"name": "doc-42", field: f"doc{control}42"}
+    loc, message = message_of(ConnectRequest, {"key": key})
+    assert loc == ("key", field)
+    assert f"contains a control character (U+{ord(control):04X})" in message
+
+
+@pytest.mark.parametrize("name", ["data\n", "da\tta", "\x7f", "data\x85"])
+def test_a_control_character_in_a_host_volume_name_is_refused(name):
+    entry = {"type": "host", "volume": name, "target": "/d"}
+    loc, message = message_of(ExecutorConfig, executable(entry))
+    assert loc == ("volume_mounts", 0, "host", "volume")
+    assert "contains a control character" in message
+
+
+def test_unicode_that_is_not_a_control_character_is_a_fine_key():
+    key = KeyConfig.model_validate({"name": "dokument-é-文書", "namespace": "ü", "tag": "\u00a0"})
+    assert key.name == "dokument-é-文書"
+
+
+@given(before=st.text(max_size=20), control=st.sampled_from(CONTROLS),
+       after=st.text(max_size=20))
+def test_any_key_name_with_a_control_character_is_refused(before, control, after):
+    name = before + control + after
+    assert control_character(name) is not None
+    with pytest.raises(ValidationError):
+        KeyConfig.model_validate({"name": name})
+    with pytest.raises(ValidationError):
+        ExecutorConfig.model_validate({"image": name})
+
+
+@pytest.mark.parametrize("image", [
+    "img", "sailplane/demo:latest", "ghcr.io/drifting-in-space/demo-image-drop-four",
+    "localhost:5000/team/app:v1.2", "registry.example.com:443/a/b:1.0-rc_1",
+    "a_b__c--d.e/f-g", "busybox@" + DIGEST, "docker.io/library/busybox:1.36@" + DIGEST,
+    "[::1]:5000/img:tag", "Registry.Example.COM/app", "x:" + "t" * 128,
+    "a" * MAX_IMAGE_NAME_LENGTH,
+])
+def test_an_image_in_the_reference_grammar_is_accepted(image):
+    assert ExecutorConfig.model_validate({"image": image}).image == image
+
+
+@pytest.mark.parametrize("image", [
+    "Bad Image!!", "-foo", "--help", "Upper", "team/Upper", "a:", ":tag", "a@", "a@sha256:xyz",
+    "a@sha256:" + "0" * 31, "a//b", "a/", "/a", "a/-b", "a/b-", "a___b", "a.-b", "a:-tag",
+    "a:.tag", "x:" + "t" * 129, "a\nb", "a b", "", "host:port/a", "a" * (MAX_IMAGE_NAME_LENGTH + 1),
+    "a:b:c", "é",
+])
+def test_an_image_outside_the_reference_grammar_is_refused(image):
+    loc, message = message_of(ExecutorConfig, {"image": image})
+    assert loc == ("image",)
+    assert "image" in message
+
+
+@pytest.mark.parametrize("name", ["A", "_x", "PATH", "a1_B2", "_"])
+def test_a_portable_env_name_is_accepted(name):
+    assert ExecutorConfig.model_validate({"image": "img", "env": {name: "v"}}).env == {name: "v"}
+
+
+@pytest.mark.parametrize("name", ["", "1A", "A=B", "A\x00", "A-B", "A B", "é", "A\n"])
+def test_an_env_name_a_process_could_not_take_is_refused(name):
+    loc, message = message_of(ExecutorConfig, {"image": "img", "env": {name: "v"}})
+    assert loc[0] == "env"
+    assert "env name" in message and "[A-Za-z_][A-Za-z0-9_]*" in message
+
+
+def test_an_env_value_may_hold_a_newline_but_not_a_nul():
+    assert ExecutorConfig.model_validate(
+        {"image": "img", "env": {"PEM": "-----BEGIN\nx\n-----END\n"}}
+    ).env["PEM"].count("\n") == 3
+    loc, message = message_of(ExecutorConfig, {"image": "img", "env": {"A": "x\x00y"}})
+    assert loc == ("env", "A") and "NUL" in message

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sailplane.client import ApiError, ControllerClient
+from sailplane.drone.limits import OperatorLimits
 from sailplane.errors import MountRefused, PolicyError, RuntimeFailure
 from sailplane.mounts.named import runtime_name
 from sailplane.mounts.policy import MountPolicy, Platform
@@ -123,6 +124,7 @@ def mounts_plan(
     volume_root: Annotated[
         str, typer.Option(help="Where containerd-style named volumes live.")
     ] = DEFAULT_VOLUME_ROOT,
+    max_tmpfs_bytes: MaxTmpfsBytes = None,
     named_volumes: NamedVolumesFlag = True,
     max_named_volumes_per_namespace: MaxNamedVolumes = None,
 ) -> None:
@@ -137,6 +139,7 @@ def mounts_plan(
         )
     except PolicyError as exc:
         _emit({"error": {"code": exc.code, "message": exc.message}}, 2)
+    mount_policy = OperatorLimits.from_flags(max_tmpfs_bytes).cap_policy(mount_policy)
     try:
         text = sys.stdin.read() if file == "-" else Path(file).read_text()
     except OSError as exc:
@@ -201,6 +204,9 @@ def drone(
     containerd_namespace: ContainerdNamespace = "sailplane",
     named_volumes: NamedVolumesFlag = True,
     max_named_volumes_per_namespace: MaxNamedVolumes = None,
+    max_tmpfs_bytes: MaxTmpfsBytes = None,
+    default_memory_bytes: DefaultMemoryBytes = None,
+    default_pids_limit: DefaultPidsLimit = None,
 ) -> None:
     """Run a drone: start backends on this machine's Docker engine or containerd."""
     from sailplane.drone.config import DroneConfig, run_drone
@@ -216,14 +222,15 @@ def drone(
     except PolicyError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from exc
+    limits = OperatorLimits.from_flags(max_tmpfs_bytes, default_memory_bytes, default_pids_limit)
     config = DroneConfig(
         drone_id=drone_id or socket.gethostname(), controller_url=controller, pool=pool,
-        policy=mount_policy, state_dir=state_dir, ctrl_token=ctrl_token,
+        policy=limits.cap_policy(mount_policy), state_dir=state_dir, ctrl_token=ctrl_token,
         runtime=runtime_name, containerd_address=containerd_address,
         containerd_namespace=containerd_namespace,
         settings=ExecutorSettings(grace_seconds=grace_seconds,
                                   startup_timeout_seconds=startup_timeout,
-                                  keep_containers=keep_containers),
+                                  keep_containers=keep_containers, limits=limits),
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_drone(config))
@@ -263,6 +270,9 @@ def dev(
     drone_id: Annotated[str, typer.Option(help="The built-in drone's id.")] = "dev",
     named_volumes: NamedVolumesFlag = True,
     max_named_volumes_per_namespace: MaxNamedVolumes = None,
+    max_tmpfs_bytes: MaxTmpfsBytes = None,
+    default_memory_bytes: DefaultMemoryBytes = None,
+    default_pids_limit: DefaultPidsLimit = None,
 ) -> None:
     """Run controller, drone and proxy in one process (Ctrl-C stops every backend)."""
     from sailplane.dev import DevConfig, run_dev
@@ -273,6 +283,8 @@ def dev(
                        host_volumes=host_volume or [], runtime=_runtime_name(runtime),
                        containerd_address=containerd_address,
                        containerd_namespace=containerd_namespace, drone_id=drone_id,
+                       limits=OperatorLimits.from_flags(max_tmpfs_bytes, default_memory_bytes,
+                                                        default_pids_limit),
                        named_volumes=named_volumes,
                        max_named_volumes_per_namespace=max_named_volumes_per_namespace)
     console = Console(stderr=True)

@@ -15,6 +15,8 @@ from pydantic import BaseModel, Field
 from sailplane.controller.config import ControllerConfig
 from sailplane.controller.run import run_controller
 from sailplane.drone.config import DroneConfig, run_drone
+from sailplane.drone.executor import ExecutorSettings
+from sailplane.drone.limits import OperatorLimits
 from sailplane.mounts.policy import MountPolicy
 from sailplane.proxy.run import ProxyConfig, run_proxy
 from sailplane.runtime.base import RuntimeName
@@ -31,6 +33,7 @@ class DevConfig(BaseModel):
     runtime: RuntimeName = "docker"
     containerd_address: str | None = None
     containerd_namespace: str = DEFAULT_NAMESPACE
+    limits: OperatorLimits = Field(default_factory=OperatorLimits)  # the built-in drone's caps
     named_volumes: bool = True
     max_named_volumes_per_namespace: int | None = Field(default=None, ge=0)
 
@@ -57,13 +60,16 @@ def dev_parts(config: DevConfig) -> tuple[ControllerConfig, DroneConfig, ProxyCo
     )
     drone = DroneConfig(
         drone_id=config.drone_id, controller_url=config.controller_url,
-        policy=MountPolicy.from_flags(str(mount_base), config.host_volumes).model_copy(update={
+        policy=config.limits.cap_policy(
+            MountPolicy.from_flags(str(mount_base), config.host_volumes)
+        ).model_copy(update={
             "named_volumes": config.named_volumes,
             "max_named_volumes_per_namespace": config.max_named_volumes_per_namespace,
         }),
         state_dir=data_dir / "drone", terminate_on_exit=True, runtime=config.runtime,
         containerd_address=config.containerd_address,
         containerd_namespace=config.containerd_namespace,
+        settings=ExecutorSettings(limits=config.limits),
     )
     proxy = ProxyConfig(controller_url=config.controller_url, port=config.proxy_port)
     return controller, drone, proxy

@@ -3,6 +3,7 @@
     SailplaneError
      ├── PolicyError        the drone operator's mount policy is itself unsafe or malformed
      ├── MountRefused       a spawn request's mount was refused (validation, policy or disk)
+     ├── LimitRefused       a spawn request asked for more than the drone operator's cap
      └── RuntimeFailure     the container runtime could not do what was asked
           └── BackendExited  the backend's process ended before it could be reached
 
@@ -44,6 +45,16 @@ class MountRefused(SailplaneError):
 
     def to_json(self) -> dict[str, object]:
         return {"error": {"code": self.code, "mount": self.mount, "message": self.message}}
+
+
+class LimitRefused(SailplaneError):
+    """Raised when a request's resource limit is above the drone operator's cap (DESIGN 8.3).
+
+    A request may lower a limit, never raise it: the message names the field, the value asked
+    for and the cap, and nothing is silently lowered.
+    """
+
+    code = "limit_refused"
 
 
 class RuntimeFailure(SailplaneError):

@@ -6,20 +6,92 @@ know, so a request written for Plane keeps working. The ``volume_mounts`` entrie
 Sailplane's own and forbid unknown fields: a typo such as ``sub_paht`` must fail loudly, not
 silently mount the volume's root.
 
-Only the *shape* is checked here. Whether a mount is allowed and safe is decided by the mount
-pipeline (``sailplane.mounts``): policy -> validate -> resolve.
+Only the *shape* is checked here, and the hygiene of every name a request carries (DESIGN
+4.2): no control characters in a key, namespace, tag or host volume name, an image reference
+in the OCI grammar, env names a shell could export. Whether a mount is allowed and safe is
+decided by the mount pipeline (``sailplane.mounts``): policy -> validate -> resolve; its pure
+rules refuse control characters in paths too, and the controller runs them at connect time.
 """
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 # Plane's models ignore unknown fields; Sailplane's own mount models reject them.
 _PLANE = ConfigDict(extra="ignore")
 _STRICT = ConfigDict(extra="forbid")
+
+# C0 controls (newline, tab, NUL ...), DEL, and C1 controls: a newline cuts a `ctr --mount`
+# argument in two, and none of them belongs in a name or a path.
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+# The OCI/Docker image reference grammar (distribution's reference package), written out:
+#   reference := name [":" tag] ["@" digest]
+#   name      := [domain "/"] path-component ("/" path-component)*
+#   domain    := host [":" port], host a DNS name, or an IPv6 address in brackets
+#   path-component := [a-z0-9]+ (separator [a-z0-9]+)*, separator := [_.] | "__" | "-"+
+#   tag       := [\w][\w.-]{0,127}
+#   digest    := algorithm ":" hex, algorithm := [A-Za-z][A-Za-z0-9]* ([+._-] the same)*
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = (rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:.]+\])"
+           r"(?::[0-9]+)?")
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[_.]|__|-+)[a-z0-9]+)*"
+_IMAGE_NAME = rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+_TAG = r"[\w][\w.-]{0,127}"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+IMAGE_REFERENCE = re.compile(
+    rf"(?P<name>{_IMAGE_NAME})(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?", re.ASCII
+)
+MAX_IMAGE_NAME_LENGTH = 255  # distribution's limit on the name part
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
+
+
+def control_character(text: str) -> str | None:
+    """The first control character in ``text``, as ``U+000A``, or None if it has none.
+
+    >>> control_character("doc\\n42")
+    'U+000A'
+    """
+    found = _CONTROL_CHARACTER.search(text)
+    return None if found is None else f"U+{ord(found.group()):04X}"
+
+
+def _no_control_characters(text: str) -> str:
+    found = control_character(text)
+    if found is not None:
+        raise ValueError(f"contains a control character ({found})")
+    return text
+
+
+def _image_reference(image: str) -> str:
+    found = IMAGE_REFERENCE.fullmatch(image)
+    if found is None:
+        raise ValueError(f"{image!r} is not a valid image reference "
+                         "([registry[:port]/]path[:tag][@digest], lowercase path)")
+    if len(found.group("name")) > MAX_IMAGE_NAME_LENGTH:
+        raise ValueError(f"the image name is longer than {MAX_IMAGE_NAME_LENGTH} characters")
+    return image
+
+
+def _env_name(name: str) -> str:
+    if ENV_NAME.fullmatch(name) is None:
+        raise ValueError(f"env name {name!r} must match [A-Za-z_][A-Za-z0-9_]*")
+    return name
+
+
+def _env_value(value: str) -> str:
+    # Newlines are fine in a value; a NUL cannot be passed to a process at all.
+    if "\x00" in value:
+        raise ValueError("an env value cannot contain a NUL byte")
+    return value
+
+
+# A name a request carries: refused when it holds a control character.
+CleanName = Annotated[str, AfterValidator(_no_control_characters)]
 
 
 class KeyConfig(BaseModel):
@@ -27,9 +99,9 @@ class KeyConfig(BaseModel):
 
     model_config = _PLANE
 
-    name: str = Field(min_length=1)
-    namespace: str = ""
-    tag: str = ""
+    name: CleanName = Field(min_length=1)
+    namespace: CleanName = ""
+    tag: CleanName = ""
 
 
 class PullPolicy(StrEnum):
@@ -64,7 +136,7 @@ class HostMountSpec(BaseModel):
     model_config = _STRICT
 
     type: Literal["host"]
-    volume: str = Field(min_length=1, description="name of an operator-defined host volume")
+    volume: CleanName = Field(min_length=1, description="name of an operator-defined host volume")
     sub_path: str = Field(default="", description="relative path inside the volume; templates")
     target: str
     read_only: StrictBool = True
@@ -102,10 +174,12 @@ class ExecutorConfig(BaseModel):
 
     model_config = _PLANE
 
-    image: str = Field(min_length=1)
+    image: Annotated[str, AfterValidator(_image_reference)]
     pull_policy: PullPolicy | None = None
     credentials: RegistryCredentials | None = None
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[
+        Annotated[str, AfterValidator(_env_name)], Annotated[str, AfterValidator(_env_value)]
+    ] = Field(default_factory=dict)
     # Sailplane's extension (like Kubernetes' args): replaces the image's command.
     command: list[str] | None = Field(default=None, min_length=1)
     resource_limits: ResourceLimits = Field(default_factory=ResourceLimits)

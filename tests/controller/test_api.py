@@ -139,6 +139,41 @@ def test_wrong_types_name_the_field(live: TestClient, body: dict[str, Any], fiel
     assert field in error(live.post("/ctrl/connect", json=body), 400, "invalid_request")["message"]
 
 
+def _host(**fields: Any) -> dict[str, Any]:
+    return spawn_body(executable={"volume_mounts": [
+        {"type": "host", "volume": "data", "target": "/data", **fields},
+    ]})
+
+
+@pytest.mark.parametrize(("body", "code", "field"), [
+    (_host(target="/data\n/x"), "mount_refused", "volume_mounts[0].target: contains a control "
+     "character (U+000A)"),
+    (_host(sub_path="a\nb"), "mount_refused", "volume_mounts[0].sub_path: contains a control "
+     "character (U+000A)"),
+    (_host(volume="data\n"), "invalid_request", "spawn_config.executable.volume_mounts.0.host."
+     "volume"),
+    (spawn_body(name="doc\n1"), "invalid_request", "key.name"),
+    (spawn_body(namespace="a\tb"), "invalid_request", "key.namespace"),
+    (spawn_body(executable={"mount": "docs\x7f"}), "mount_refused", "mount: contains a control"),
+    (spawn_body(executable={"image": "Bad Image!!"}), "invalid_request",
+     "spawn_config.executable.image"),
+    (spawn_body(executable={"image": "-foo"}), "invalid_request",
+     "spawn_config.executable.image"),
+    (spawn_body(executable={"env": {"A=B": "x"}}), "invalid_request",
+     "spawn_config.executable.env"),
+    (spawn_body(executable={"env": {"A\x00": "x"}}), "invalid_request",
+     "spawn_config.executable.env"),
+    (spawn_body(executable={"env": {"A": "x\x00"}}), "invalid_request",
+     "spawn_config.executable.env.A"),
+])
+def test_control_characters_and_bad_names_are_refused_at_connect_400(
+    live: TestClient, body: dict[str, Any], code: str, field: str
+) -> None:
+    body_error = error(live.post("/ctrl/connect", json=body), 400, code)
+    assert field in body_error["message"]
+    assert backends.list_backends(engine_of(live)) == []
+
+
 def test_unknown_backend_404(live: TestClient) -> None:
     error(live.get("/pub/b/b-0000000000000000/status"), 404, "not_found")
     error(live.get("/pub/b/b-0000000000000000/status-stream"), 404, "not_found")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from sailplane.errors import MountRefused
 from sailplane.mounts.plan import check_mounts
 from sailplane.mounts.policy import HostVolume, MountPolicy
 from sailplane.mounts.validate import (
@@ -320,8 +323,7 @@ def test_a_valid_volume_name_is_returned(name):
 
 
 @pytest.mark.parametrize(
-    "name", ["", "-x", ".x", "_x", "..", "a/b", "a b", "a:b", "a\\b", "a\x00", "cache-{key}",
-             "é"],
+    "name", ["", "-x", ".x", "_x", "..", "a/b", "a b", "a:b", "a\\b", "cache-{key}", "é"],
 )
 def test_an_invalid_volume_name_is_refused(name):
     with refused(3, f"{NAME}: {name!r} is not a valid volume name"):
@@ -343,3 +345,56 @@ def test_a_volume_name_template_with_a_bad_key_is_refused_naming_the_name_field(
     request = executor({"type": "volume", "name": "cache-{key}", "target": "/cache"})
     with refused(0, "volume_mounts[0].name: template {key} = '../x'"):
         check_mounts(request, _policy(), values)
+
+
+# --- control characters -------------------------------------------------------------------
+
+# Every C0 control but NUL (which keeps its own message), DEL, and every C1 control.
+CONTROLS = [chr(code) for code in (*range(0x01, 0x20), *range(0x7F, 0xA0))]
+
+
+@pytest.mark.parametrize("control", CONTROLS, ids=[f"U+{ord(c):04X}" for c in CONTROLS])
+def test_a_control_character_is_refused_in_every_path_and_name(control):
+    code = f"U+{ord(control):04X}"
+    with refused(3, f"{SUB}: contains a control character ({code})"):
+        check_sub_path(f"a/b{control}c", 3, SUB)
+    with refused(3, f"{TARGET}: contains a control character ({code})"):
+        check_target(f"/data{control}", 3, TARGET)
+    with refused(3, f"{NAME}: contains a control character ({code})"):
+        check_volume_name(f"cache{control}x", 3, NAME)
+    assert component_problem(f"doc{control}42") == f"contains a control character ({code})"
+
+
+def test_a_trailing_newline_does_not_slip_past_the_volume_name_pattern():
+    # re's "$" matches before a final newline; the whole name must match.
+    with refused(3, f"{NAME}: contains a control character (U+000A)"):
+        check_volume_name("cache\n", 3, NAME)
+
+
+def test_a_key_with_a_newline_is_refused_when_a_template_uses_it():
+    values = TemplateValues(key="doc\n42", namespace="editor", backend="b-1")
+    with refused(3, f"{SUB}: template {{key}}", "control character (U+000A)"):
+        expand("{namespace}/{key}", values, 3, SUB)
+
+
+def test_the_controller_check_refuses_a_newline_in_a_target_or_the_mount_shorthand():
+    with refused(0, "volume_mounts[0].target: contains a control character (U+000A)"):
+        check_mounts(executor(host(target="/data\n/x")), None, VALUES)
+    with refused("mount", "mount: contains a control character (U+000A)"):
+        check_mounts(executor(mount="docs\nro"), None, VALUES)
+
+
+with_a_control_character = st.builds(
+    lambda before, control, after: before + control + after,
+    st.text(max_size=20), st.sampled_from(["\x00", *CONTROLS]), st.text(max_size=20),
+)
+
+
+@given(text=with_a_control_character)
+def test_any_string_with_a_control_character_is_refused_everywhere(text):
+    assert component_problem(text) is not None
+    for check, value, field in ((check_sub_path, text, SUB), (check_target, "/" + text, TARGET),
+                                (check_volume_name, text, NAME)):
+        with pytest.raises(MountRefused) as info:
+            check(value, 3, field)
+        assert info.value.mount == 3 and info.value.message.startswith(f"{field}: ")

@@ -89,7 +89,7 @@ def test_limits_become_ctr_flags(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("limits", "message"), [
     (ResourceLimits(memory_limit_bytes=1 << 20), "6MB"),
-    (ResourceLimits(pids_limit=10), "pids_limit"),
+    (ResourceLimits(pids_limit=10), "pids_limit 10: the containerd runtime needs at least 16"),
     (ResourceLimits(cpu_time_limit=10), "cpu_time_limit"),
 ])
 def test_limits_ctr_cannot_apply_are_refused_not_dropped(

@@ -19,16 +19,17 @@ from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from sailplane.drone.limits import OperatorLimits, effective_limits
 from sailplane.drone.readiness import wait_until_ready
 from sailplane.drone.store import BackendRecord, DroneStore
-from sailplane.errors import BackendExited, MountRefused, RuntimeFailure
+from sailplane.errors import BackendExited, LimitRefused, MountRefused, RuntimeFailure
 from sailplane.mounts.plan import check_mounts, plan_mounts
 from sailplane.mounts.policy import MountPolicy
 from sailplane.mounts.resolve import CreatedDirectories
 from sailplane.mounts.validate import TemplateValues
 from sailplane.protocol import SpawnBackend
 from sailplane.runtime.base import BackendAddress, BackendExit, BackendSpec, Runtime
-from sailplane.spec import PullPolicy
+from sailplane.spec import PullPolicy, ResourceLimits
 from sailplane.state import (
     BackendState,
     BackendStatus,
@@ -50,6 +51,7 @@ class ExecutorSettings:
     grace_seconds: float = DEFAULT_GRACE_SECONDS
     startup_timeout_seconds: float = DEFAULT_STARTUP_TIMEOUT_SECONDS
     keep_containers: bool = False  # for debugging: leave stopped containers in place
+    limits: OperatorLimits = field(default_factory=OperatorLimits)
 
 
 @dataclass
@@ -166,19 +168,20 @@ class Executor:
         values = TemplateValues(spawn.key.name, spawn.key.namespace, spawn.backend_id)
         try:
             check_mounts(spawn.executable, self.policy, values)  # fail before any work
+            limits = effective_limits(spawn.executable.resource_limits, self.settings.limits)
             if backend.status is not BackendStatus.LOADING:  # adopted while loading: it is
                 self._set(backend, BackendStatus.LOADING)
             await self.runtime.prepare(
                 spawn.executable.image, spawn.executable.pull_policy or PullPolicy.IF_NOT_PRESENT
             )
             self._set(backend, BackendStatus.STARTING)
-            await self._start_container(backend, values)
+            await self._start_container(backend, values, limits)
         except BackendExited as exc:  # ran and ended at once (unless its exit came first)
             backend.exited.set()
             self._finish(backend, backend.stop_reason or TerminationReason.EXITED,
                          exit_code=exc.exit_code)
             return
-        except (MountRefused, RuntimeFailure) as exc:
+        except (MountRefused, LimitRefused, RuntimeFailure) as exc:
             self._finish(backend, TerminationReason.ERROR, message=exc.message)
             return
         if backend.stop_reason is not None:  # terminated while the container was starting
@@ -186,7 +189,9 @@ class Executor:
             return
         await self._wait_ready(backend)
 
-    async def _start_container(self, backend: _Backend, values: TemplateValues) -> None:
+    async def _start_container(
+        self, backend: _Backend, values: TemplateValues, limits: ResourceLimits
+    ) -> None:
         spawn = backend.spawn
         created = CreatedDirectories()
         mounts = plan_mounts(spawn.executable, self.policy, values, apply=True, created=created)
@@ -199,7 +204,7 @@ class Executor:
                 "SAILPLANE_SECRET_TOKEN": spawn.secret_token,
             },
             mounts=mounts,
-            resource_limits=spawn.executable.resource_limits,
+            resource_limits=limits,
             command=spawn.executable.command,
         )
         try:

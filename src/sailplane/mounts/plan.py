@@ -167,6 +167,10 @@ def _check_one(
             read_only=spec.read_only, namespace=values.namespace, requested=name, mount=index,
             max_per_namespace=None if policy is None else policy.max_named_volumes_per_namespace,
         )
+    cap = None if policy is None else policy.max_tmpfs_bytes
+    if cap is not None and spec.size_bytes > cap:
+        raise MountRefused(index, f"{where}.size_bytes: {spec.size_bytes} is above this drone's "
+                           f"tmpfs cap of {cap}")
     return ResolvedTmpfsMount(target=target, size_bytes=spec.size_bytes, mode=int(spec.mode, 8))
 
 

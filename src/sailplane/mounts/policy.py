@@ -74,6 +74,9 @@ class MountPolicy(BaseModel):
     # many one namespace may hold on this drone (None: no cap).
     named_volumes: bool = True
     max_named_volumes_per_namespace: int | None = Field(default=None, ge=0)
+    # The largest tmpfs one mount may ask for (None: no cap); the drone sets it from its
+    # operator limits (sailplane.drone.limits), and the plan refuses a larger size_bytes.
+    max_tmpfs_bytes: int | None = Field(default=None, gt=0)
 
     @classmethod
     def build(cls, volumes: Iterable[HostVolume], platform: Platform = "posix") -> MountPolicy:

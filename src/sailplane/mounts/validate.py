@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from sailplane.errors import MountRefused
+from sailplane.spec import control_character
 
 MAX_PATH_BYTES = 4096
 MAX_COMPONENT_BYTES = 255
@@ -78,6 +79,8 @@ def component_problem(name: str) -> str | None:
         return "contains a backslash"
     if "\x00" in name:
         return "contains a NUL byte"
+    if control := control_character(name):
+        return f"contains a control character ({control})"
     size = _utf8_bytes(name)
     if size is None:
         return "not valid UTF-8"
@@ -93,6 +96,7 @@ def check_sub_path(sub_path: str, mount: int | str, field: str) -> tuple[str, ..
         raise MountRefused(mount, f"{field}: longer than {MAX_PATH_BYTES} bytes")
     if "\x00" in sub_path:
         raise MountRefused(mount, f"{field}: contains a NUL byte")
+    _check_no_control_character(sub_path, mount, field)
     if sub_path.startswith(("\\\\", "//")):
         raise MountRefused(mount, f"{field}: UNC paths are not allowed")
     if "\\" in sub_path:
@@ -123,6 +127,7 @@ def check_target(target: str, mount: int | str, field: str) -> str:
         raise MountRefused(mount, f"{field}: longer than {MAX_PATH_BYTES} bytes")
     if "\x00" in target:
         raise MountRefused(mount, f"{field}: contains a NUL byte")
+    _check_no_control_character(target, mount, field)
     if "\\" in target:
         raise MountRefused(mount, f"{field}: backslashes are not allowed")
     if not target.startswith("/"):
@@ -160,7 +165,8 @@ def check_volume_name(name: str, mount: int | str, field: str) -> str:
     _check_utf8(name, mount, field)
     if len(name.encode()) > MAX_VOLUME_NAME_BYTES:
         raise MountRefused(mount, f"{field}: longer than {MAX_VOLUME_NAME_BYTES} bytes")
-    if not _VOLUME_NAME.match(name):
+    _check_no_control_character(name, mount, field)
+    if not _VOLUME_NAME.fullmatch(name):
         raise MountRefused(
             mount, f"{field}: {name!r} is not a valid volume name "
             "(letters, digits, '_', '.', '-'; starting with a letter or digit)"
@@ -179,6 +185,13 @@ def _utf8_bytes(text: str) -> int | None:
 def _check_utf8(text: str, mount: int | str, field: str) -> None:
     if _utf8_bytes(text) is None:
         raise MountRefused(mount, f"{field}: not valid UTF-8 (a lone surrogate)")
+
+
+def _check_no_control_character(text: str, mount: int | str, field: str) -> None:
+    """A newline would cut a runtime's mount argument in two; no control character is a path."""
+    control = control_character(text)
+    if control is not None:
+        raise MountRefused(mount, f"{field}: contains a control character ({control})")
 
 
 def _name(mount: int | str) -> str:

@@ -47,6 +47,11 @@ from sailplane.runtime.base import (
     OwnedBackend,
     Runtime,
 )
+from sailplane.runtime.containerd.cgroup import (
+    MIN_PIDS_LIMIT,
+    prepare_pids_cgroup,
+    remove_pids_cgroup,
+)
 from sailplane.runtime.containerd.ctr import DEFAULT_NAMESPACE, Ctr, CtrError, normalize_image
 from sailplane.runtime.containerd.mounts import to_ctr_mount_flag, to_oci_mounts
 from sailplane.spec import PullPolicy, ResourceLimits
@@ -143,6 +148,10 @@ class ContainerdRuntime(Runtime):
         )
         await asyncio.to_thread(self.log_dir.mkdir, mode=0o750, parents=True, exist_ok=True)
         cid = container_id(spec.backend_id)
+        if spec.resource_limits.pids_limit is not None:  # ctr has no flag: a cgroup made first
+            limits += ["--cgroup", await asyncio.to_thread(
+                prepare_pids_cgroup, self.ctr.namespace, cid, spec.resource_limits.pids_limit
+            )]
         port = self._free_port()
         env = {**spec.env, "PORT": str(port)}
         args = [
@@ -170,12 +179,15 @@ class ContainerdRuntime(Runtime):
         return BackendAddress("127.0.0.1", port)
 
     def _limit_flags(self, limits: ResourceLimits) -> list[str]:
-        unsupported = [name for name in ("cpu_time_limit", "pids_limit")
-                       if getattr(limits, name) is not None]
-        if unsupported:
+        if limits.cpu_time_limit is not None:
             raise RuntimeFailure(
-                f"the containerd runtime cannot apply {' and '.join(unsupported)} "
-                "(ctr run has no flag for it); use the docker runtime for such backends"
+                "the containerd runtime cannot apply cpu_time_limit (ctr run has no flag for "
+                "it); use the docker runtime for such backends"
+            )
+        if limits.pids_limit is not None and limits.pids_limit < MIN_PIDS_LIMIT:
+            raise RuntimeFailure(
+                f"pids_limit {limits.pids_limit}: the containerd runtime needs at least "
+                f"{MIN_PIDS_LIMIT} (the container's start-up runs under it)"
             )
         flags: list[str] = []
         memory = limits.memory_limit_bytes
@@ -371,6 +383,7 @@ class ContainerdRuntime(Runtime):
                     ) from exc
         self._backends.pop(cid, None)
         self._log_path(cid).unlink(missing_ok=True)
+        await asyncio.to_thread(remove_pids_cgroup, self.ctr.namespace, cid)
 
     # -- watching --------------------------------------------------------------------------
 
