@@ -47,6 +47,7 @@ import docker.errors
 from sailplane.drone.executor import Executor
 from sailplane.drone.readiness import answers_http, wait_until_ready
 from sailplane.drone.store import DroneStore
+from sailplane.mounts.pin import StagingArea
 from sailplane.mounts.policy import MountPolicy
 from sailplane.protocol import SpawnBackend
 from sailplane.runtime.base import BACKEND_LABEL, BACKEND_PORT, DRONE_LABEL, BackendAddress
@@ -97,7 +98,8 @@ class DockerBench:
         self.drone_id = f"bench-{self.run_id}"
         self.client = docker.from_env()
         self.store = DroneStore(state_dir / "drone.sqlite3")
-        self.executor = Executor(DockerRuntime(self.drone_id), MountPolicy(), self.store)
+        self.executor = Executor(DockerRuntime(self.drone_id), MountPolicy(), self.store,
+                                 StagingArea(state_dir.resolve() / "staging"))
         self.phases: list[dict[str, int]] = []  # ms spent in each executor state, per spawn
 
     async def executor_spawn(self) -> float:
@@ -162,7 +164,8 @@ class ContainerdBench:
         self.store = DroneStore(state_dir / "drone.sqlite3")
         runtime = ContainerdRuntime(self.drone_id, state_dir / "containerd", address,
                                     CONTAINERD_NAMESPACE)
-        self.executor = Executor(runtime, MountPolicy(), self.store)
+        self.executor = Executor(runtime, MountPolicy(), self.store,
+                                 StagingArea(state_dir.resolve() / "staging"))
         self.phases: list[dict[str, int]] = []
         self.raw_logs = state_dir / "raw-logs"
         self.raw_logs.mkdir()

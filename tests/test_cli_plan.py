@@ -46,8 +46,13 @@ def drone(tmp_path: Path) -> Path:
 
 
 def policy_flags(top: Path) -> list[str]:
-    return ["--mount-base", f"{top}/default", "--host-volume", f"data={top}/data",
-            "--host-volume", f"config={top}/config:ro"]
+    return ["--mount-base", f"{top}/default", "--host-volume", f"data={top}/data:rw",
+            "--host-volume", f"config={top}/config:ro", "--state-dir", f"{top}/state"]
+
+
+def staged(top: Path, index: int) -> str:
+    """Where a drone with ``--state-dir {top}/state`` pins the index-th host mount."""
+    return f"{top}/state/staging/BACKEND/{index}"
 
 
 def request_file(tmp_path: Path, text: str) -> str:
@@ -73,10 +78,11 @@ def test_design_3_request_prints_the_plan_document_of_design_4_5(drone, tmp_path
     ]
     resolved: list[ResolvedMount] = [
         ResolvedHostMount(host_path=f"{drone}/default/doc-42", target="/plane-data",
-                          read_only=False),
+                          read_only=False, source=staged(drone, 0), staged=True),
         ResolvedHostMount(host_path=f"{drone}/data/editor/doc-42", target="/var/lib/app",
-                          read_only=False),
-        ResolvedHostMount(host_path=f"{drone}/config", target="/etc/app", read_only=True),
+                          read_only=False, source=staged(drone, 1), staged=True),
+        ResolvedHostMount(host_path=f"{drone}/config", target="/etc/app", read_only=True,
+                          source=staged(drone, 2), staged=True),
         ResolvedVolumeMount(name="sailplane.editor.cache-doc-42", target="/cache",
                             read_only=False, namespace="editor", requested="cache-doc-42",
                             mount=2),
@@ -204,3 +210,30 @@ def test_a_missing_request_file_exits_2_with_invalid_request(drone, tmp_path):
     status, document = run(*policy_flags(drone), str(tmp_path / "absent.json"))
     assert status == 2
     assert document["error"]["code"] == "invalid_request"
+
+
+@pytest.mark.parametrize("apply", [[], ["--apply"]])
+def test_a_missing_directory_in_a_read_only_volume_is_refused_and_never_created(
+    drone, apply
+):
+    executable = {"image": "i", "volume_mounts": [
+        {"type": "host", "volume": "config", "sub_path": "nothere", "target": "/c"}]}
+    before = snapshot(drone)
+    status, document = run(*policy_flags(drone), *apply, "-", stdin=json.dumps(executable))
+    assert status == 2
+    assert document["error"]["code"] == "mount_refused"
+    assert document["error"]["mount"] == 0
+    assert "nothing is created in a read-only host volume" in document["error"]["message"]
+    assert snapshot(drone) == before
+
+
+def test_a_key_scoped_volume_flag_roots_the_plan_at_the_key(drone):
+    executable = {"image": "i", "volume_mounts": [
+        {"type": "host", "volume": "data", "target": "/d", "read_only": False}]}
+    flags = ["--host-volume", f"data={drone}/data:rw:key", "--state-dir", f"{drone}/state"]
+    status, document = run(*flags, "--key", "doc-42", "--namespace", "editor", "--backend",
+                           "b-7", "-", stdin=json.dumps(executable))
+    assert status == 0, document
+    assert document["mounts"][0]["host_path"] == f"{drone}/data/editor/doc-42"
+    assert document["docker"][0]["Source"] == f"{drone}/state/staging/b-7/0"
+    assert document["oci"][0]["source"] == f"{drone}/state/staging/b-7/0"

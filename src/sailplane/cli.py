@@ -21,6 +21,7 @@ from sailplane.client import ApiError, ControllerClient
 from sailplane.drone.limits import OperatorLimits
 from sailplane.errors import MountRefused, PolicyError, RuntimeFailure
 from sailplane.mounts.named import runtime_name
+from sailplane.mounts.pin import StagingArea, staging_root
 from sailplane.mounts.policy import MountPolicy, Platform
 from sailplane.mounts.report import plan_document
 from sailplane.mounts.validate import check_volume_name
@@ -39,7 +40,6 @@ volumes_app = typer.Typer(
     no_args_is_help=True, help="Named volumes Sailplane created on this machine's engine.",
 )
 app.add_typer(volumes_app, name="volumes")
-
 
 MountBase = Annotated[
     str | None, typer.Option(help="Directory of the host volume 'default' (Plane's mount).")
@@ -117,7 +117,12 @@ def mounts_plan(
     policy: PolicyFile = None,
     key: Annotated[str | None, typer.Option(help="Key name for {key} templates.")] = None,
     namespace: Annotated[str | None, typer.Option(help="Namespace for {namespace}.")] = None,
-    backend: Annotated[str, typer.Option(help="Backend id for {backend}.")] = "",
+    backend: Annotated[
+        str, typer.Option(help="Backend id for {backend} and the staging paths.")
+    ] = "BACKEND",
+    state_dir: Annotated[
+        Path, typer.Option(help="The drone's state directory (staging paths are under it).")
+    ] = Path(".sailplane/drone"),
     apply: Annotated[bool, typer.Option(help="Create missing directories as a drone would.")]
     = False,
     platform: Annotated[str, typer.Option(help="posix or windows host paths.")] = "posix",
@@ -128,7 +133,7 @@ def mounts_plan(
     named_volumes: NamedVolumesFlag = True,
     max_named_volumes_per_namespace: MaxNamedVolumes = None,
 ) -> None:
-    """Print, as JSON, what a drone with this policy would mount (DESIGN 4.5)."""
+    """Print, as JSON, what a drone with this policy would mount, or why it refuses."""
     if platform not in ("posix", "windows"):
         _emit({"error": {"code": "bad_policy", "message": "--platform: posix or windows"}}, 2)
     try:
@@ -146,6 +151,7 @@ def mounts_plan(
         _emit({"error": {"code": "invalid_request", "message": f"{file}: {exc.strerror}"}}, 2)
     status, document = plan_document(
         text, mount_policy, key=key, namespace=namespace, backend=backend, apply=apply,
+        staging=StagingArea(staging_root(state_dir)),
         volume_root=volume_root,
     )
     _emit(document, status)

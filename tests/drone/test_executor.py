@@ -15,6 +15,7 @@ import pytest
 from sailplane.drone.executor import Executor, ExecutorSettings
 from sailplane.drone.store import DroneStore
 from sailplane.errors import BackendExited
+from sailplane.mounts.pin import StagingArea
 from sailplane.mounts.policy import MountPolicy
 from sailplane.protocol import SpawnBackend
 from sailplane.runtime.base import (
@@ -87,6 +88,11 @@ def store(tmp_path: Path) -> Iterator[DroneStore]:
     opened.close()
 
 
+@pytest.fixture
+def staging(tmp_path: Path) -> StagingArea:
+    return StagingArea(tmp_path / "staging")
+
+
 def spawn_of(backend_id: str) -> SpawnBackend:
     return SpawnBackend(backend_id=backend_id, key=KeyConfig(name="doc-42"),
                         executable=ExecutorConfig(image="sailplane/static:latest"),
@@ -118,7 +124,7 @@ async def http_server() -> tuple[asyncio.Server, BackendAddress]:
     return server, BackendAddress("127.0.0.1", port)
 
 
-def test_an_exit_reported_while_adopting_is_not_lost(store):
+def test_an_exit_reported_while_adopting_is_not_lost(store, staging):
     left_in(store, "b-live", S.LOADING, S.STARTING, S.WAITING, S.READY)
     store.set_address("b-live", BackendAddress("127.0.0.1", 9))
 
@@ -126,7 +132,7 @@ def test_an_exit_reported_while_adopting_is_not_lost(store):
         runtime = FakeRuntime()
         runtime.owned_backends = [OwnedBackend("b-live", True, runtime.address, None)]
         runtime.while_listing = lambda: runtime.exit("b-live", 5)  # listed running, then died
-        executor = Executor(runtime, MountPolicy(), store)
+        executor = Executor(runtime, MountPolicy(), store, staging)
         await executor.start()
         try:
             await executor.wait_for("b-live", S.TERMINATED, WITHIN)
@@ -139,14 +145,14 @@ def test_an_exit_reported_while_adopting_is_not_lost(store):
     asyncio.run(scenario())
 
 
-def test_a_backend_adopted_while_loading_goes_on_without_repeating_loading(store):
+def test_a_backend_adopted_while_loading_goes_on_without_repeating_loading(store, staging):
     left_in(store, "b-slow", S.LOADING)
 
     async def scenario() -> None:
         server, address = await http_server()
         runtime = FakeRuntime()
         runtime.address = address
-        executor = Executor(runtime, MountPolicy(), store)
+        executor = Executor(runtime, MountPolicy(), store, staging)
         await executor.start()
         try:
             await executor.wait_for("b-slow", S.READY, WITHIN)
@@ -159,11 +165,12 @@ def test_a_backend_adopted_while_loading_goes_on_without_repeating_loading(store
 
 
 @pytest.mark.parametrize("keep", [False, True])
-def test_a_backend_that_exits_as_it_starts_is_exited_with_its_code(store, keep):
+def test_a_backend_that_exits_as_it_starts_is_exited_with_its_code(store, staging, keep):
     async def scenario() -> None:
         runtime = FakeRuntime()
         runtime.start_error = BackendExited(3)
-        executor = Executor(runtime, MountPolicy(), store, ExecutorSettings(keep_containers=keep))
+        executor = Executor(runtime, MountPolicy(), store, staging,
+                            ExecutorSettings(keep_containers=keep))
         await executor.start()
         try:
             executor.spawn(spawn_of("b-brief"))

@@ -34,6 +34,7 @@ from docker.types import Mount
 
 from sailplane.drone.executor import Executor, ExecutorSettings
 from sailplane.drone.store import DroneStore
+from sailplane.mounts.pin import StagingArea
 from sailplane.mounts.plan import plan_mounts
 from sailplane.mounts.policy import Access, HostVolume, MountPolicy
 from sailplane.mounts.resolved import ResolvedMount
@@ -160,22 +161,6 @@ def run_in_docker(docker_client: docker.DockerClient, image: str) -> Iterator[Ru
 
 
 @pytest.fixture
-def docker_volume_name(docker_client: docker.DockerClient) -> Iterator[str]:
-    """A key whose volume name ``cache-{key}`` is unique; the volume is removed afterwards,
-    together with the test's containers that still hold it."""
-    key = f"t{uuid.uuid4().hex[:12]}"
-    yield key
-    name = f"cache-{key}"
-    holders = docker_client.api.containers(
-        all=True, quiet=True, filters={"volume": name, "label": "dev.sailplane.test=1"}
-    )
-    for holder in holders:
-        docker_client.api.remove_container(holder["Id"], force=True)
-    with contextlib.suppress(docker.errors.NotFound):
-        docker_client.api.remove_volume(name, force=True)
-
-
-@pytest.fixture
 def roots(tmp_path: Path) -> dict[str, Path]:
     """The roots of two host volumes an operator published: ``data`` (rw), ``config`` (ro)."""
     made = {name: tmp_path / name for name in ("data", "config")}
@@ -185,8 +170,10 @@ def roots(tmp_path: Path) -> dict[str, Path]:
 
 
 @pytest.fixture
-def plan(roots: dict[str, Path]) -> Plan:
-    """``plan(volume_mounts, key="doc-42")``: resolve like a drone, creating what is missing.
+def plan(roots: dict[str, Path], tmp_path: Path) -> Iterator[Plan]:
+    """``plan(volume_mounts, key="doc-42")``: resolve and pin like a drone, creating what is
+    missing in ``data`` (nothing is created in the read-only ``config``). Each call pins for a
+    backend of its own; every pin is removed afterwards.
 
     The namespace is ``editor``, so ``{namespace}/{key}`` is ``editor/doc-42`` by default.
     """
@@ -194,13 +181,18 @@ def plan(roots: dict[str, Path]) -> Plan:
         HostVolume(name="data", path=str(roots["data"]), access=Access.RW),
         HostVolume(name="config", path=str(roots["config"]), access=Access.RO),
     ])
+    staging = StagingArea(tmp_path.resolve() / "staging")
+    calls = iter(range(1_000_000))
 
     def resolve(volume_mounts: list[dict[str, Any]], key: str = "doc-42") -> list[ResolvedMount]:
         executor = ExecutorConfig.model_validate({"image": IMAGE, "volume_mounts": volume_mounts})
-        values = TemplateValues(key=key, namespace="editor", backend="b-1")
-        return plan_mounts(executor, policy, values, apply=True)
+        values = TemplateValues(key=key, namespace="editor", backend=f"b-{next(calls)}")
+        return plan_mounts(executor, policy, values, apply=True, staging=staging, pin=True)
 
-    return resolve
+    try:
+        yield resolve
+    finally:
+        staging.sweep(keep=())
 
 
 # -- the drone's executor on either runtime (tests/integration/test_drone_docker.py) ----------
@@ -267,6 +259,10 @@ class Engine:
     def volume_labels(self, name: str) -> dict[str, Any] | None:
         raise NotImplementedError
 
+    def exec(self, backend_id: str, argv: list[str], user: str = "0") -> tuple[int, str]:
+        """Run ``argv`` inside the backend's container; its exit status and output."""
+        raise NotImplementedError
+
     def cleanup(self, drone_id: str, volumes: list[str]) -> None:
         raise NotImplementedError
 
@@ -313,6 +309,12 @@ class DockerEngine(Engine):
         except docker.errors.NotFound:
             return None
         return labels
+
+    def exec(self, backend_id: str, argv: list[str], user: str = "0") -> tuple[int, str]:
+        container = self.client.containers.get(container_name(backend_id))
+        code, output = container.exec_run(argv, user=user)
+        assert isinstance(code, int) and isinstance(output, bytes)  # not streamed
+        return code, output.decode(errors="replace")
 
     def cleanup(self, drone_id: str, volumes: list[str]) -> None:
         remove_drone_containers(self.client, drone_id)
@@ -393,6 +395,11 @@ class ContainerdEngine(Engine):
     def volume_labels(self, name: str) -> dict[str, Any] | None:
         runtime = ContainerdRuntime("-", self.state_dir, self.ctr.ctr.address)
         return runtime.volume_labels(name)
+
+    def exec(self, backend_id: str, argv: list[str], user: str = "0") -> tuple[int, str]:
+        done = self.ctr("tasks", "exec", "--exec-id", f"t-{uuid.uuid4().hex[:8]}", "--user",
+                        user, ctr_container_id(backend_id), *argv, check=False)
+        return done.returncode, done.stdout + done.stderr
 
     def cleanup(self, drone_id: str, volumes: list[str]) -> None:
         """Named volumes are directories in the state dir, which goes with tmp_path."""
@@ -482,13 +489,15 @@ class DroneHarness:
     image: str
     settings: ExecutorSettings
     engine: Engine
+    staging: StagingArea
     volumes: list[str] = field(default_factory=list)  # named volumes to remove afterwards
 
     @asynccontextmanager
     async def running(self, settings: ExecutorSettings | None = None) -> AsyncIterator[Executor]:
         store = DroneStore(self.store_path)
         executor = Executor(
-            self.engine.runtime(self.drone_id), self.policy, store, settings or self.settings
+            self.engine.runtime(self.drone_id), self.policy, store, self.staging,
+            settings or self.settings,
         )
         try:
             await executor.start()
@@ -516,11 +525,13 @@ def drone(
     harness = DroneHarness(
         drone_id=drone_id, store_path=tmp_path / "drone.sqlite3", roots=roots, policy=policy,
         image=backend_image, settings=TEST_SETTINGS, engine=engine,
+        staging=StagingArea(tmp_path.resolve() / "staging"),
     )
     try:
         yield harness
     finally:
         engine.cleanup(drone_id, harness.volumes)
+        harness.staging.sweep(keep=())
 
 
 def remove_drone_containers(client: docker.DockerClient, drone_id: str) -> None:

@@ -92,7 +92,7 @@ async def write(executor: Executor, backend_id: str, path: str, text: str) -> ht
 async def spawn_ready(executor: Executor, spawn: SpawnBackend) -> str:
     executor.spawn(spawn)
     await executor.wait_for(spawn.backend_id, S.READY, READY_WITHIN)
-    assert executor.status(spawn.backend_id) is S.READY, history(executor.store, spawn.backend_id)
+    assert executor.status(spawn.backend_id) is S.READY, events(executor.store, spawn.backend_id)
     return spawn.backend_id
 
 
@@ -351,7 +351,7 @@ def test_config_replaced_on_the_host_is_seen_without_a_restart(drone):
 
 def test_named_volume_is_created_labelled_and_tmpfs_is_mounted(drone):
     key = f"doc-{uuid.uuid4().hex[:8]}"
-    volume = f"cache-{key}"
+    volume = f"sailplane.{NAMESPACE}.cache-{key}"  # the runtime name is namespaced
     drone.volumes.append(volume)
     spawn = spawn_of(drone.image, key=key, volume_mounts=[
         {"type": "volume", "name": "cache-{key}", "target": "/cache", "read_only": False},

@@ -151,6 +151,8 @@ def run_in_ctr(ctr: Ctr, ctr_image: str) -> Iterator[RunInCtr]:
 def test_read_only_host_mount_refuses_writes(
     roots: dict[str, Path], plan: Plan, run_in_ctr: RunInCtr
 ) -> None:
+    # The operator made the key's directory: nothing is created in a read-only volume.
+    (roots["config"] / "editor" / "doc-42").mkdir(parents=True)
     resolved = plan([
         {"type": "host", "volume": "config", "sub_path": "{namespace}/{key}", "target": "/etc/app"},
     ])

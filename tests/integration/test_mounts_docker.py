@@ -31,6 +31,8 @@ READ_ONLY_ERROR = "Read-only file system"
 def test_read_only_host_mount_refuses_writes(
     roots: dict[str, Path], plan: Plan, run_in_docker: Run
 ) -> None:
+    # The operator made the key's directory: nothing is created in a read-only volume.
+    (roots["config"] / "editor" / "doc-42").mkdir(parents=True)
     resolved = plan([
         {"type": "host", "volume": "config", "sub_path": "{namespace}/{key}", "target": "/etc/app"},
     ])

@@ -105,8 +105,8 @@ class Volumes:
 
     def policy(self) -> MountPolicy:
         return MountPolicy.build([
-            HostVolume(name="default", path=str(self.default)),
-            HostVolume(name="data", path=str(self.data)),
+            HostVolume(name="default", path=str(self.default), access=Access.RW),
+            HostVolume(name="data", path=str(self.data), access=Access.RW),
             HostVolume(name="config", path=str(self.config), access=Access.RO),
         ])
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from sailplane.errors import MountRefused
+from sailplane.mounts.pin import StagingArea
 from sailplane.mounts.plan import check_mounts, plan_mounts
-from sailplane.mounts.policy import HostVolume, MountPolicy
+from sailplane.mounts.policy import Access, HostVolume, MountPolicy, Scope
 from sailplane.mounts.resolved import ResolvedHostMount, ResolvedTmpfsMount, ResolvedVolumeMount
 from sailplane.mounts.validate import TemplateValues
 from sailplane.spec import ConnectRequest
@@ -63,6 +64,7 @@ def test_plane_mount_shorthand_mounts_under_the_default_volume_at_plane_data_rw(
     resolved = plan_mounts(executor(mount=mount), volumes.policy(), VALUES, apply=False)
     assert resolved == [ResolvedHostMount(
         host_path=f"{volumes.default}/{sub_dir}", target="/plane-data", read_only=False,
+        source=f"{volumes.default}/{sub_dir}",
     )]
 
 
@@ -73,7 +75,8 @@ def test_plane_mount_false_or_absent_mounts_nothing(volumes, mount):
 
 
 def test_plane_mount_without_a_default_volume_is_refused(volumes):
-    policy = MountPolicy.build([HostVolume(name="data", path=str(volumes.data))])
+    policy = MountPolicy.build([HostVolume(name="data", path=str(volumes.data),
+                                           access=Access.RW)])
     with refused("mount", "mount: this drone offers no host volume 'default'"):
         plan_mounts(executor(mount=True), policy, VALUES, apply=False)
 
@@ -116,7 +119,8 @@ def test_a_key_cannot_reach_another_keys_directory(volumes, key):
 def test_read_only_defaults_to_true_and_is_kept(volumes):
     request = executor({"type": "host", "volume": "data", "target": "/d"})
     assert plan_mounts(request, volumes.policy(), VALUES, apply=False) == [
-        ResolvedHostMount(host_path=str(volumes.data), target="/d", read_only=True)
+        ResolvedHostMount(host_path=str(volumes.data), target="/d", read_only=True,
+                          source=str(volumes.data))
     ]
 
 
@@ -127,7 +131,7 @@ def test_read_write_on_a_read_only_volume_is_refused_not_downgraded(volumes):
 
 
 def test_a_namespace_restricted_volume_refuses_other_namespaces(volumes):
-    policy = MountPolicy.build([HostVolume(name="data", path=str(volumes.data),
+    policy = MountPolicy.build([HostVolume(name="data", path=str(volumes.data), access=Access.RW,
                                            namespaces=("games",))])
     with refused(0, "not available to namespace 'editor'"):
         plan_mounts(executor(host("data", "{key}")), policy, VALUES, apply=False)
@@ -163,8 +167,9 @@ def test_a_refusal_serializes_with_its_code_mount_and_message():
 
 @pytest.fixture
 def windows() -> MountPolicy:
-    return MountPolicy.build([HostVolume(name="data", path="C:\\data"),
-                              HostVolume(name="default", path="D:\\plane")], platform="windows")
+    return MountPolicy.build([HostVolume(name="data", path="C:\\data", access=Access.RW),
+                              HostVolume(name="default", path="D:\\plane", access=Access.RW)],
+                             platform="windows")
 
 
 def test_a_windows_drone_joins_with_backslashes(windows):
@@ -226,6 +231,7 @@ def test_a_named_volume_gets_the_runtime_name_of_its_namespace():
         for namespace, ns in (("editor", "editor"), ("viewer", "viewer"), ("-", ""))
     ]
     # The plan's summary shows the runtime name and nothing of the labels.
+    assert isinstance(names[0], ResolvedVolumeMount)
     assert names[0].model_dump() == {"type": "volume", "name": "sailplane.editor.cache-doc-42",
                                      "target": "/cache", "read_only": False}
 
@@ -248,3 +254,96 @@ def test_a_namespace_that_cannot_name_a_volume_is_refused_at_check_time():
     values = TemplateValues(key="doc-42", namespace="team.a", backend="b-1")
     with refused(0, "volume_mounts[0].name: namespace 'team.a' cannot own named volumes"):
         check_mounts(executor(named()), None, values)
+
+
+# -- nothing is created in a read-only volume --------------------------------------------------
+
+
+@pytest.mark.parametrize("apply", [False, True])
+def test_a_missing_sub_path_in_a_read_only_volume_is_refused_and_nothing_is_created(
+    volumes, apply
+):
+    before = snapshot(volumes.top)
+    request = executor(host("config", "nothere/deeper", "/c", read_only=True))
+    with refused(0, "volume_mounts[0].sub_path: 'nothere' does not exist",
+                 "nothing is created in a read-only host volume"):
+        plan_mounts(request, volumes.policy(), VALUES, apply=apply)
+    assert snapshot(volumes.top) == before
+
+
+def test_a_read_only_request_in_a_read_write_volume_still_creates_the_directory(volumes):
+    [mount] = plan_mounts(executor(host("data", "{namespace}/{key}", "/d", read_only=True)),
+                          volumes.policy(), VALUES, apply=True)
+    assert mount.type == "host" and mount.read_only
+    assert (volumes.data / "editor" / "doc-42").is_dir()
+
+
+# -- key-scoped volumes ------------------------------------------------------------------------
+
+
+def key_scoped(volumes: Volumes, access: Access = Access.RW) -> MountPolicy:
+    return MountPolicy.build([
+        HostVolume(name="data", path=str(volumes.data), access=access, scope=Scope.KEY),
+        HostVolume(name="default", path=str(volumes.default), access=Access.RW, scope=Scope.KEY),
+    ])
+
+
+@pytest.mark.parametrize(("sub_path", "inside"), [
+    ("", "editor/doc-42"),
+    ("cache", "editor/doc-42/cache"),
+    ("{key}", "editor/doc-42/doc-42"),
+    ("editor/victim", "editor/doc-42/editor/victim"),  # another key's name is just a name here
+])
+def test_every_grant_in_a_key_scoped_volume_is_rooted_at_the_key(volumes, sub_path, inside):
+    [mount] = plan_mounts(executor(host("data", sub_path, "/d", read_only=False)),
+                          key_scoped(volumes), VALUES, apply=True)
+    assert mount.type == "host"
+    assert mount.host_path == f"{volumes.data}/{inside}"
+
+
+@pytest.mark.parametrize("sub_path", ["../victim", "..", "/editor/victim", "a/../../victim"])
+def test_no_sub_path_leaves_the_key_in_a_key_scoped_volume(volumes, sub_path):
+    with refused(0):
+        plan_mounts(executor(host("data", sub_path, "/d")), key_scoped(volumes), VALUES,
+                    apply=True)
+    assert not (volumes.data / "editor").exists()
+
+
+def test_a_key_scoped_volume_without_a_namespace_uses_the_key_alone(volumes):
+    values = TemplateValues(key="doc-42", namespace="", backend="b-1")
+    [mount] = plan_mounts(executor(host("data", "", "/d")), key_scoped(volumes), values,
+                          apply=False)
+    assert mount.type == "host" and mount.host_path == f"{volumes.data}/doc-42"
+
+
+def test_a_backend_without_a_key_cannot_use_a_key_scoped_volume(volumes):
+    values = TemplateValues(key="", namespace="", backend="b-1")
+    with refused(0, "host volume 'data' is key-scoped, and this backend has no key"):
+        plan_mounts(executor(host("data", "", "/d")), key_scoped(volumes), values, apply=False)
+
+
+@pytest.mark.parametrize(("mount", "inside"), [(True, "editor/doc-42"),
+                                               ("p", "editor/doc-42/p"),
+                                               ("victim/inner", "editor/doc-42/victim/inner")])
+def test_plane_mount_on_a_key_scoped_default_volume_stays_in_the_key(volumes, mount, inside):
+    [resolved] = plan_mounts(executor(mount=mount), key_scoped(volumes), VALUES, apply=False)
+    assert resolved.type == "host" and resolved.host_path == f"{volumes.default}/{inside}"
+
+
+def test_a_read_only_key_scoped_volume_refuses_a_key_that_has_no_directory(volumes):
+    request = executor(host("data", "", "/d", read_only=True))
+    with refused(0, "'editor' does not exist"):
+        plan_mounts(request, key_scoped(volumes, Access.RO), VALUES, apply=True)
+    (volumes.data / "editor" / "doc-42").mkdir(parents=True)
+    [mount] = plan_mounts(request, key_scoped(volumes, Access.RO), VALUES, apply=True)
+    assert mount.type == "host" and mount.host_path == f"{volumes.data}/editor/doc-42"
+
+
+def test_staging_paths_are_the_sources_a_dry_run_shows(volumes, tmp_path):
+    staging = StagingArea(tmp_path / "state" / "staging")
+    values = TemplateValues(key="doc-42", namespace="editor", backend="b-1")
+    request = executor(host("config", "", "/c", read_only=True), host("data", "x", "/d"))
+    mounts = plan_mounts(request, volumes.policy(), values, apply=False, staging=staging)
+    assert [(m.source, m.staged) for m in mounts if m.type == "host"] == [
+        (f"{tmp_path}/state/staging/b-1/0", True), (f"{tmp_path}/state/staging/b-1/1", True)]
+    assert not (tmp_path / "state").exists()  # a dry run pins nothing

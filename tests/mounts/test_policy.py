@@ -12,6 +12,7 @@ from sailplane.mounts.policy import (
     Access,
     HostVolume,
     MountPolicy,
+    Scope,
     check_root,
     parse_host_volume_flag,
 )
@@ -22,28 +23,32 @@ from .conftest import refused
 
 
 @pytest.mark.parametrize(
-    ("flag", "name", "path", "access"),
+    ("flag", "name", "path", "access", "scope"),
     [
-        ("data=/srv/data", "data", "/srv/data", Access.RW),
-        ("data=/srv/data:ro", "data", "/srv/data", Access.RO),
-        ("data=/srv/data:rw", "data", "/srv/data", Access.RW),
-        ("data=/srv/a:b", "data", "/srv/a:b", Access.RW),
-        ("data=/srv/a:b:ro", "data", "/srv/a:b", Access.RO),
-        ("data=/srv/a:rw:ro", "data", "/srv/a:rw", Access.RO),
-        ("data=/srv/x:", "data", "/srv/x:", Access.RW),
-        ("data=/srv/x:RO", "data", "/srv/x:RO", Access.RW),  # not a suffix: part of the path
-        ("data=/a=b", "data", "/a=b", Access.RW),
-        ("data=C:\\data:ro", "data", "C:\\data", Access.RO),
-        ("data=C:\\data", "data", "C:\\data", Access.RW),
+        ("data=/srv/data", "data", "/srv/data", Access.RO, Scope.VOLUME),  # ro unless told
+        ("data=/srv/data:ro", "data", "/srv/data", Access.RO, Scope.VOLUME),
+        ("data=/srv/data:rw", "data", "/srv/data", Access.RW, Scope.VOLUME),
+        ("data=/srv/data:rw:key", "data", "/srv/data", Access.RW, Scope.KEY),
+        ("data=/srv/data:ro:key", "data", "/srv/data", Access.RO, Scope.KEY),
+        ("data=/srv/data:key", "data", "/srv/data", Access.RO, Scope.KEY),
+        ("data=/srv/a:b", "data", "/srv/a:b", Access.RO, Scope.VOLUME),
+        ("data=/srv/a:b:ro", "data", "/srv/a:b", Access.RO, Scope.VOLUME),
+        ("data=/srv/a:rw:ro", "data", "/srv/a:rw", Access.RO, Scope.VOLUME),
+        ("data=/srv/x:", "data", "/srv/x:", Access.RO, Scope.VOLUME),
+        ("data=/srv/x:RO", "data", "/srv/x:RO", Access.RO, Scope.VOLUME),  # part of the path
+        ("data=/a=b", "data", "/a=b", Access.RO, Scope.VOLUME),
+        ("data=C:\\data:rw", "data", "C:\\data", Access.RW, Scope.VOLUME),
+        ("data=C:\\data", "data", "C:\\data", Access.RO, Scope.VOLUME),
     ],
 )
-def test_host_volume_flag_parses_name_path_and_access(flag, name, path, access):
-    assert parse_host_volume_flag(flag) == HostVolume(name=name, path=path, access=access)
+def test_host_volume_flag_parses_name_path_access_and_scope(flag, name, path, access, scope):
+    assert parse_host_volume_flag(flag) == HostVolume(name=name, path=path, access=access,
+                                                      scope=scope)
 
 
 @pytest.mark.parametrize("flag", ["data", "", "=", "=/srv/data", "data=", "/srv/data"])
 def test_a_malformed_host_volume_flag_is_refused(flag):
-    with pytest.raises(PolicyError, match=r"expected NAME=PATH\[:ro\|:rw\]") as info:
+    with pytest.raises(PolicyError, match=r"expected NAME=PATH\[:ro\|:rw\]\[:key\]") as info:
         parse_host_volume_flag(flag)
     assert repr(flag) in info.value.message
 
@@ -53,11 +58,13 @@ def test_from_flags_builds_rw_and_ro_volumes_and_the_default_from_mount_base(tmp
     (tmp_path / "data").mkdir()
     (tmp_path / "cfg").mkdir()
     policy = MountPolicy.from_flags(
-        str(tmp_path / "base"), [f"data={tmp_path}/data", f"config={tmp_path}/cfg:ro"]
+        str(tmp_path / "base"), [f"data={tmp_path}/data:rw", f"config={tmp_path}/cfg"]
     )
     assert policy.host_volumes == {
-        "default": HostVolume(name="default", path=str(tmp_path.resolve() / "base")),
-        "data": HostVolume(name="data", path=str(tmp_path.resolve() / "data")),
+        "default": HostVolume(name="default", path=str(tmp_path.resolve() / "base"),
+                              access=Access.RW),  # Plane's mount writes there
+        "data": HostVolume(name="data", path=str(tmp_path.resolve() / "data"),
+                           access=Access.RW),
         "config": HostVolume(name="config", path=str(tmp_path.resolve() / "cfg"),
                              access=Access.RO),
     }
@@ -237,17 +244,18 @@ access = "ro"
 """)
     real = roots.resolve()
     assert MountPolicy.from_toml(path).host_volumes == {
-        "default": HostVolume(name="default", path=str(real / "base")),
+        "default": HostVolume(name="default", path=str(real / "base"), access=Access.RW),
         "data": HostVolume(name="data", path=str(real / "data"), access=Access.RW,
                            namespaces=("editor", "games")),
         "config": HostVolume(name="config", path=str(real / "config"), access=Access.RO),
     }
 
 
-def test_toml_access_defaults_to_rw_and_namespaces_to_all(roots):
+def test_toml_access_defaults_to_ro_and_namespaces_to_all(roots):
     path = write_toml(roots, '[host_volumes.data]\npath = "{tmp}/data"\n')
     volume = MountPolicy.from_toml(path).host_volumes["data"]
-    assert volume.access is Access.RW
+    assert volume.access is Access.RO
+    assert volume.scope is Scope.VOLUME
     assert volume.namespaces is None
 
 
@@ -287,9 +295,10 @@ def test_a_missing_toml_policy_is_refused(tmp_path):
 @pytest.fixture
 def shared(roots: Path) -> MountPolicy:
     return MountPolicy.build([
-        HostVolume(name="data", path=str(roots / "data")),
+        HostVolume(name="data", path=str(roots / "data"), access=Access.RW),
         HostVolume(name="config", path=str(roots / "config"), access=Access.RO),
-        HostVolume(name="games-only", path=str(roots / "base"), namespaces=("games",)),
+        HostVolume(name="games-only", path=str(roots / "base"), access=Access.RW,
+                   namespaces=("games",)),
     ])
 
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from sailplane.errors import MountRefused
 from sailplane.mounts.plan import plan_mounts
-from sailplane.mounts.policy import HostVolume, MountPolicy
+from sailplane.mounts.policy import Access, HostVolume, MountPolicy
 from sailplane.mounts.resolved import ResolvedHostMount
 from sailplane.mounts.validate import TemplateValues
 
@@ -100,8 +100,8 @@ def test_a_plan_is_refused_or_stays_inside_its_root_without_symlinks(
         root.mkdir()
         (outside / "a").mkdir(parents=True)
         build_tree(root, outside, tree)
-        policy = MountPolicy.build([HostVolume(name="data", path=str(root)),
-                                    HostVolume(name="default", path=str(root))])
+        policy = MountPolicy.build([HostVolume(name="data", path=str(root), access=Access.RW),
+                                    HostVolume(name="default", path=str(root), access=Access.RW)])
         values = TemplateValues(key=key, namespace=namespace, backend="b-1")
         request = executor(host("data", sub_path, "/data"), mount=True)
         outside_before, etc_before = snapshot(outside), sorted(os.listdir("/etc"))
@@ -125,8 +125,8 @@ def test_a_plan_is_refused_or_stays_inside_its_root_without_symlinks(
 @PROPERTY_SETTINGS
 @given(sub_path=sub_paths, key=template_values, namespace=template_values)
 def test_a_windows_plan_is_refused_or_stays_inside_its_root(sub_path, key, namespace):
-    policy = MountPolicy.build([HostVolume(name="data", path="C:\\data"),
-                                HostVolume(name="default", path="C:\\plane")],
+    policy = MountPolicy.build([HostVolume(name="data", path="C:\\data", access=Access.RW),
+                                HostVolume(name="default", path="C:\\plane", access=Access.RW)],
                                platform="windows")
     values = TemplateValues(key=key, namespace=namespace, backend="b-1")
     request = executor(host("data", sub_path, "/data"), mount=True)

@@ -17,7 +17,7 @@ import pytest
 from sailplane.errors import MountRefused
 from sailplane.mounts import resolve
 from sailplane.mounts.plan import plan_mounts
-from sailplane.mounts.policy import HostVolume, MountPolicy
+from sailplane.mounts.policy import Access, HostVolume, MountPolicy
 from sailplane.mounts.resolve import CreatedDirectories, resolve_beneath
 from sailplane.mounts.resolved import ResolvedHostMount
 
@@ -198,7 +198,8 @@ def test_a_parent_of_the_root_swapped_for_a_symlink_is_refused_before_creating_a
     top = tmp_path.resolve()
     (top / "base" / "vol").mkdir(parents=True)
     (top / "evil" / "vol").mkdir(parents=True)
-    policy = MountPolicy.build([HostVolume(name="data", path=str(top / "base" / "vol"))])
+    policy = MountPolicy.build([HostVolume(name="data", path=str(top / "base" / "vol"),
+                                           access=Access.RW)])
     os.rename(top / "base", top / "base-moved")
     os.symlink(top / "evil", top / "base")
     made: list[str] = []

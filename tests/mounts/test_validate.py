@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from sailplane.errors import MountRefused
 from sailplane.mounts.plan import check_mounts
-from sailplane.mounts.policy import HostVolume, MountPolicy
+from sailplane.mounts.policy import Access, HostVolume, MountPolicy
 from sailplane.mounts.validate import (
     MAX_COMPONENT_BYTES,
     MAX_PATH_BYTES,
@@ -30,8 +30,9 @@ NAME = "volume_mounts[3].name"
 
 def _policy() -> MountPolicy:
     # Windows roots: check_mounts needs no disk, and a Windows root is never looked up.
-    return MountPolicy.build([HostVolume(name="data", path="C:\\data"),
-                              HostVolume(name="default", path="C:\\plane")], platform="windows")
+    return MountPolicy.build([HostVolume(name="data", path="C:\\data", access=Access.RW),
+                              HostVolume(name="default", path="C:\\plane", access=Access.RW)],
+                             platform="windows")
 
 
 def path_of_bytes(total: int) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sailplane.mounts.plan import plan_mounts
-from sailplane.mounts.policy import HostVolume, MountPolicy
+from sailplane.mounts.policy import Access, HostVolume, MountPolicy
 from sailplane.mounts.resolved import (
     ResolvedHostMount,
     ResolvedMount,
@@ -17,9 +17,12 @@ from sailplane.runtime.docker.mounts import to_docker_mount, to_docker_mounts
 
 from ..mounts.conftest import VALUES, executor, host
 
-HOST_RO = ResolvedHostMount(host_path="/srv/config", target="/etc/app", read_only=True)
+# Runtimes bind the staging path where the drone pinned the directory, never the host path.
+STAGING = "/var/lib/sailplane/staging/b-1"
+HOST_RO = ResolvedHostMount(host_path="/srv/config", target="/etc/app", read_only=True,
+                            source=f"{STAGING}/0", staged=True)
 HOST_RW = ResolvedHostMount(host_path="/srv/data/editor/doc-42", target="/var/lib/app",
-                            read_only=False)
+                            read_only=False, source=f"{STAGING}/1", staged=True)
 # A named volume's runtime name is namespaced (``sailplane.mounts.named``).
 VOLUME = ResolvedVolumeMount(name="sailplane.editor.cache-doc-42", target="/cache",
                              read_only=False, namespace="editor", requested="cache-doc-42",
@@ -32,9 +35,11 @@ TMPFS = ResolvedTmpfsMount(target="/tmp", size_bytes=67108864)
 @pytest.mark.parametrize(
     ("mount", "docker"),
     [
-        (HOST_RO, {"Type": "bind", "Source": "/srv/config", "Target": "/etc/app",
-                   "ReadOnly": True, "BindOptions": {"Propagation": "rprivate"}}),
-        (HOST_RW, {"Type": "bind", "Source": "/srv/data/editor/doc-42",
+        # The staging mount is read-only, nosuid, nodev; a Docker "ReadOnly" would clear the
+        # last two (docker/mounts.py), so the bind is plain.
+        (HOST_RO, {"Type": "bind", "Source": f"{STAGING}/0", "Target": "/etc/app",
+                   "ReadOnly": False, "BindOptions": {"Propagation": "rprivate"}}),
+        (HOST_RW, {"Type": "bind", "Source": f"{STAGING}/1",
                    "Target": "/var/lib/app", "ReadOnly": False,
                    "BindOptions": {"Propagation": "rprivate"}}),
         (VOLUME, {"Type": "volume", "Source": "sailplane.editor.cache-doc-42",
@@ -60,10 +65,10 @@ def test_docker_tmpfs_mode_is_the_integer_1777_octal():
 @pytest.mark.parametrize(
     ("mount", "oci"),
     [
-        (HOST_RO, {"destination": "/etc/app", "type": "bind", "source": "/srv/config",
+        (HOST_RO, {"destination": "/etc/app", "type": "bind", "source": f"{STAGING}/0",
                    "options": ["rbind", "rprivate", "ro", "nosuid", "nodev"]}),
         (HOST_RW, {"destination": "/var/lib/app", "type": "bind",
-                   "source": "/srv/data/editor/doc-42",
+                   "source": f"{STAGING}/1",
                    "options": ["rbind", "rprivate", "rw", "nosuid", "nodev"]}),
         (VOLUME, {"destination": "/cache", "type": "bind",
                   "source": f"{DEFAULT_VOLUME_ROOT}/sailplane.editor.cache-doc-42",
@@ -94,11 +99,13 @@ def test_lists_translate_in_order_and_oci_puts_shallower_targets_first():
 
 
 def test_a_windows_drone_plans_and_translates_windows_host_paths():
-    policy = MountPolicy.build([HostVolume(name="data", path="C:\\data")], platform="windows")
+    policy = MountPolicy.build([HostVolume(name="data", path="C:\\data", access=Access.RW)],
+                               platform="windows")
     [mount] = plan_mounts(executor(host("data", "editor/doc-42", "/var/lib/app")), policy,
                           VALUES, apply=False)
     assert mount == ResolvedHostMount(host_path="C:\\data\\editor\\doc-42",
-                                      target="/var/lib/app", read_only=False)
+                                      target="/var/lib/app", read_only=False,
+                                      source="C:\\data\\editor\\doc-42")
     assert to_docker_mount(mount) == {
         "Type": "bind", "Source": "C:\\data\\editor\\doc-42", "Target": "/var/lib/app",
         "ReadOnly": False, "BindOptions": {"Propagation": "rprivate"},
@@ -107,6 +114,7 @@ def test_a_windows_drone_plans_and_translates_windows_host_paths():
 
 def test_oci_mounts_list_a_parent_target_before_a_nested_one():
     nested = ResolvedTmpfsMount(target="/data/cache", size_bytes=1)
-    parent = ResolvedHostMount(host_path="/srv/d", target="/data", read_only=False)
+    parent = ResolvedHostMount(host_path="/srv/d", target="/data", read_only=False,
+                               source="/s/0")
     targets = [entry["destination"] for entry in to_oci_mounts([nested, parent])]
     assert targets.index("/data") < targets.index("/data/cache")

@@ -11,6 +11,7 @@ from sailplane import __version__
 from sailplane.drone.agent import DroneAgent
 from sailplane.drone.executor import Executor, ExecutorSettings
 from sailplane.drone.store import DroneStore
+from sailplane.mounts.pin import StagingArea, staging_root
 from sailplane.mounts.policy import MountPolicy
 from sailplane.protocol import Hello, HostVolumeOffer
 from sailplane.runtime.base import Runtime, RuntimeName
@@ -67,8 +68,10 @@ def hello_for(config: DroneConfig) -> Hello:
 async def run_drone(config: DroneConfig) -> None:
     """Run until cancelled; backends keep running and are adopted by the next start."""
     config.state_dir.mkdir(parents=True, exist_ok=True)
+    config.state_dir.chmod(0o700)  # the drone's alone: its store, and the pinned mounts below
     store = DroneStore(config.state_dir / f"drone-{config.drone_id}.db")
-    executor = Executor(make_runtime(config), config.policy, store, config.settings)
+    staging = StagingArea(staging_root(config.state_dir))
+    executor = Executor(make_runtime(config), config.policy, store, staging, config.settings)
     await executor.start()
     agent = DroneAgent(config.controller_url, executor, hello_for(config), config.ctrl_token)
     try:

@@ -23,6 +23,7 @@ from sailplane.drone.limits import OperatorLimits, effective_limits
 from sailplane.drone.readiness import wait_until_ready
 from sailplane.drone.store import BackendRecord, DroneStore
 from sailplane.errors import BackendExited, LimitRefused, MountRefused, RuntimeFailure
+from sailplane.mounts.pin import StagingArea
 from sailplane.mounts.plan import check_mounts, plan_mounts
 from sailplane.mounts.policy import MountPolicy
 from sailplane.mounts.resolve import CreatedDirectories
@@ -71,12 +72,13 @@ class _Backend:
 
 class Executor:
     def __init__(
-        self, runtime: Runtime, policy: MountPolicy, store: DroneStore,
+        self, runtime: Runtime, policy: MountPolicy, store: DroneStore, staging: StagingArea,
         settings: ExecutorSettings | None = None,
     ) -> None:
         self.runtime = runtime
         self.policy = policy
         self.store = store
+        self.staging = staging  # where host mounts are pinned for the runtime
         self.settings = settings or ExecutorSettings()
         self.new_events = asyncio.Event()  # set whenever the outbox grows
         self._backends: dict[str, _Backend] = {}
@@ -194,7 +196,8 @@ class Executor:
     ) -> None:
         spawn = backend.spawn
         created = CreatedDirectories()
-        mounts = plan_mounts(spawn.executable, self.policy, values, apply=True, created=created)
+        mounts = plan_mounts(spawn.executable, self.policy, values, apply=True, created=created,
+                             staging=self.staging, pin=True)
         spec = BackendSpec(
             backend_id=spawn.backend_id,
             image=spawn.executable.image,
@@ -213,7 +216,9 @@ class Executor:
             created.release()  # it ran: its directories stay, as after any exit
             raise
         except BaseException:
-            created.rollback()  # nothing of a backend that never ran stays behind
+            # Nothing of a backend that never ran stays behind: no pin, no new directory.
+            self.staging.release(spawn.backend_id)
+            created.rollback()
             raise
         created.release()
         backend.address = address
@@ -269,7 +274,12 @@ class Executor:
         if backend.task and backend.task is not asyncio.current_task():
             backend.task.cancel()
         if may_have_container and not self.settings.keep_containers:
-            self._in_background(self.runtime.remove(backend.backend_id))
+            self._in_background(self._remove(backend.backend_id))
+
+    async def _remove(self, backend_id: str) -> None:
+        """Remove the container, then the staging mounts it was bound from."""
+        await self.runtime.remove(backend_id)
+        self.staging.release(backend_id)
 
     def _set(
         self, backend: _Backend, status: BackendStatus, *,
@@ -301,7 +311,7 @@ class Executor:
         for backend_id in owned:
             if backend_id not in self._backends:  # unknown, or terminated in an earlier run
                 log.info("removing container of unknown or finished backend %s", backend_id)
-                await self.runtime.remove(backend_id)
+                await self._remove(backend_id)
         for backend in backends:
             if backend.status is BackendStatus.TERMINATED:
                 continue  # its exit was reported while we looked
@@ -324,6 +334,11 @@ class Executor:
             else:
                 self._finish(backend, TerminationReason.LOST,
                              message="the container vanished while the drone was down")
+        # Pins of backends this drone no longer runs (it died before removing them).
+        live = [b.backend_id for b in self._backends.values()
+                if b.status is not BackendStatus.TERMINATED]
+        for backend_id in self.staging.sweep(keep=live):
+            log.info("removed the staging mounts of finished backend %s", backend_id)
 
     def _adopted(self, record: BackendRecord) -> _Backend:
         address = BackendAddress(*record.address) if record.address else None

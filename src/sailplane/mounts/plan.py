@@ -8,13 +8,15 @@ created on disk.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import PureWindowsPath
 
 from sailplane.errors import MountRefused
 from sailplane.mounts.named import runtime_name
-from sailplane.mounts.policy import DEFAULT_VOLUME, HostVolume, MountPolicy
-from sailplane.mounts.resolve import CreatedDirectories, Method, resolve_beneath
+from sailplane.mounts.pin import StagingArea
+from sailplane.mounts.policy import DEFAULT_VOLUME, Access, HostVolume, MountPolicy, Scope
+from sailplane.mounts.resolve import CreatedDirectories, Method, open_beneath, resolve_beneath
 from sailplane.mounts.resolved import (
     ResolvedHostMount,
     ResolvedMount,
@@ -81,16 +83,25 @@ def plan_mounts(
     apply: bool,
     method: Method | None = None,
     created: CreatedDirectories | None = None,
+    staging: StagingArea | None = None,
+    pin: bool = False,
 ) -> list[ResolvedMount]:
     """Check, then resolve every host mount on disk (creating directories if ``apply``).
 
-    A refused plan removes what it created. Pass ``created`` to keep the record of new
-    directories after success, so a later failure (the container would not start) can
+    With ``staging``, each host mount's ``source`` is its staging path (for backend
+    ``values.backend``); with ``pin`` too (the drone, in apply mode), the directory reached is
+    pinned there by its descriptor. The caller then owns the pins:
+    :meth:`StagingArea.release` removes them. Without ``staging`` the source is the host path
+    itself (unit tests, and Windows drones, where Docker Desktop binds by path).
+
+    A refused plan removes what it created and pinned. Pass ``created`` to keep the record of
+    new directories after success, so a later failure (the container would not start) can
     :meth:`~CreatedDirectories.rollback` them; otherwise they are simply kept.
 
     On a Windows drone (``policy.platform``) paths are only joined, with ``PureWindowsPath``:
     the walk is Linux's, and Docker Desktop resolves Windows paths itself.
     """
+    assert not pin or (apply and staging is not None), "pinning needs apply and a staging area"
     checked = check_mounts(executor, policy, values)
     owned = created is None
     if apply and created is None:
@@ -98,23 +109,45 @@ def plan_mounts(
     elif not apply:
         created = None
     resolved: list[ResolvedMount] = []
+    host_index = 0
     try:
         for item in checked:
             if not isinstance(item, HostMountPlan):
                 resolved.append(item)
                 continue
             assert item.volume is not None  # a policy was given
+            may_create = item.volume.access is Access.RW
             if policy.platform == "windows":
                 host_path = _windows_path(item.volume.path, item.parts, item.mount, item.field)
+                source = host_path
+            elif pin:
+                assert created is not None and staging is not None
+                host_path, fd = open_beneath(
+                    item.volume.path, item.parts, mount=item.mount, field=item.field,
+                    created=created, may_create=may_create,
+                    **({"method": method} if method else {}),
+                )
+                try:
+                    source = staging.pin(fd, values.backend, host_index, item.read_only,
+                                         item.mount, item.field)
+                finally:
+                    os.close(fd)
             else:
                 host_path = resolve_beneath(
                     item.volume.path, item.parts, mount=item.mount, field=item.field,
-                    created=created, **({"method": method} if method else {}),
+                    created=created, may_create=may_create,
+                    **({"method": method} if method else {}),
                 )
+                source = host_path if staging is None else staging.path(values.backend,
+                                                                        host_index)
+            host_index += 1
             resolved.append(ResolvedHostMount(
-                host_path=host_path, target=item.target, read_only=item.read_only,
+                host_path=host_path, target=item.target, read_only=item.read_only, source=source,
+                staged=source != host_path,
             ))
     except BaseException:
+        if pin and staging is not None:
+            staging.release(values.backend)
         if created is not None:
             created.rollback()
         raise
@@ -156,6 +189,7 @@ def _check_one(
             spec.volume, spec.read_only, values.namespace, index, f"{where}.volume"
         )
         parts = check_sub_path(expand(spec.sub_path, values, index, field), index, field)
+        parts = _key_root(volume, values, index, field) + parts
         return HostMountPlan(index, field, spec.volume, volume, parts, target, spec.read_only)
     if isinstance(spec, VolumeMountSpec):
         field = f"{where}.name"
@@ -177,7 +211,10 @@ def _check_one(
 def _plane_mount(
     mount: bool | str, policy: MountPolicy | None, values: TemplateValues
 ) -> HostMountPlan:
-    """Plane's shorthand: ``true`` is ``{mount_base}/{key}``, a string a path under it, rw."""
+    """Plane's shorthand: ``true`` is ``{mount_base}/{key}``, a string a path under it, rw.
+
+    On a key-scoped default volume both are taken inside the key's own directory: ``true`` is
+    that directory, a string a path beneath it."""
     field = PLANE_MOUNT_FIELD
     volume = None if policy is None else policy.authorize(
         DEFAULT_VOLUME, False, values.namespace, field, field
@@ -185,9 +222,27 @@ def _plane_mount(
     if mount == "":
         # Plane would mount the whole mount base, i.e. every key's data, read-write.
         raise MountRefused(field, f"{field}: an empty path would mount the whole default volume")
-    template = mount if isinstance(mount, str) else "{key}"
+    if volume is not None and volume.scope is Scope.KEY:
+        template = mount if isinstance(mount, str) else ""
+    else:
+        template = mount if isinstance(mount, str) else "{key}"
     parts = check_sub_path(expand(template, values, field, field), field, field)
+    parts = _key_root(volume, values, field, field) + parts
     return HostMountPlan(field, field, DEFAULT_VOLUME, volume, parts, PLANE_MOUNT_TARGET, False)
+
+
+def _key_root(
+    volume: HostVolume | None, values: TemplateValues, mount: int | str, field: str
+) -> tuple[str, ...]:
+    """The components every grant in a key-scoped volume starts with: ``{namespace}/{key}``,
+    or ``{key}`` without a namespace. Nothing for other volumes (or without a policy)."""
+    if volume is None or volume.scope is not Scope.KEY:
+        return ()
+    if not values.key:
+        raise MountRefused(mount, f"{field}: host volume {volume.name!r} is key-scoped, and "
+                           "this backend has no key")
+    template = "{namespace}/{key}" if values.namespace else "{key}"
+    return check_sub_path(expand(template, values, mount, field), mount, field)
 
 
 @dataclass(frozen=True)

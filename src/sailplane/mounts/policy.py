@@ -2,8 +2,11 @@
 
 A spawn request can only *name* a host volume; the operator decides what each name means::
 
-    sailplane drone --mount-base /srv/plane --host-volume data=/srv/data:rw \\
+    sailplane drone --mount-base /srv/plane --host-volume data=/srv/data:rw:key \\
                     --host-volume config=/srv/config:ro
+
+A volume without ``:ro``/``:rw`` is read-only. ``:key`` makes it key-scoped: every grant in it
+is rooted at the key's own directory, so no ``sub_path`` reaches another key's data.
 
 or, with allowed namespaces, in a TOML file::
 
@@ -11,8 +14,9 @@ or, with allowed namespaces, in a TOML file::
 
     [host_volumes.data]
     path = "/srv/data"
-    access = "rw"                        # the highest access allowed; "ro" or "rw"
+    access = "rw"                        # the highest access allowed; "ro" (the default) or "rw"
     namespaces = ["editor"]              # omit to allow every namespace
+    scope = "key"                        # each key gets only {namespace}/{key} inside it
 
 A policy whose root is a system directory (``/``, ``/etc``, ``/proc``, ``/run`` ...), the
 Docker socket, or any ancestor of one is refused with :class:`PolicyError`: no request could
@@ -52,6 +56,13 @@ class Access(StrEnum):
     RW = "rw"
 
 
+class Scope(StrEnum):
+    """How much of a host volume one grant may reach."""
+
+    VOLUME = "volume"  # anything in it, by sub_path
+    KEY = "key"  # only ``{namespace}/{key}`` (or ``{key}``) inside it, whatever the sub_path
+
+
 class HostVolume(BaseModel):
     """One operator-published directory, by name."""
 
@@ -59,8 +70,9 @@ class HostVolume(BaseModel):
 
     name: str
     path: str = Field(description="the root; on a posix drone its real path, symlinks resolved")
-    access: Access = Access.RW
+    access: Access = Access.RO
     namespaces: tuple[str, ...] | None = None
+    scope: Scope = Scope.VOLUME
 
 
 class MountPolicy(BaseModel):
@@ -97,10 +109,12 @@ class MountPolicy(BaseModel):
         cls, mount_base: str | None = None, host_volumes: Iterable[str] = (),
         platform: Platform = "posix",
     ) -> MountPolicy:
-        """From ``--mount-base PATH`` and repeated ``--host-volume NAME=PATH[:ro|:rw]``."""
+        """From ``--mount-base PATH`` and repeated ``--host-volume NAME=PATH[:ro|:rw][:key]``.
+
+        The mount base is read-write, as Plane's ``mount`` needs."""
         volumes = [parse_host_volume_flag(flag) for flag in host_volumes]
         if mount_base is not None:
-            volumes.insert(0, HostVolume(name=DEFAULT_VOLUME, path=mount_base))
+            volumes.insert(0, HostVolume(name=DEFAULT_VOLUME, path=mount_base, access=Access.RW))
         return cls.build(volumes, platform)
 
     @classmethod
@@ -112,7 +126,8 @@ class MountPolicy(BaseModel):
         volumes: list[HostVolume] = []
         try:
             if "mount_base" in data:
-                volumes.append(HostVolume(name=DEFAULT_VOLUME, path=data.pop("mount_base")))
+                volumes.append(HostVolume(name=DEFAULT_VOLUME, path=data.pop("mount_base"),
+                                          access=Access.RW))
             entries = data.pop("host_volumes", {})
             if not isinstance(entries, dict):
                 raise TypeError("host_volumes must be a table of [host_volumes.NAME] tables")
@@ -148,17 +163,25 @@ class MountPolicy(BaseModel):
 
 
 def parse_host_volume_flag(flag: str) -> HostVolume:
-    """Parse ``NAME=PATH[:ro|:rw]``; access defaults to ``rw`` (the highest allowed)."""
+    """Parse ``NAME=PATH[:ro|:rw][:key]``; access defaults to ``ro``, scope to the volume.
+
+    >>> parse_host_volume_flag("data=/srv/data:rw:key").scope
+    <Scope.KEY: 'key'>
+    """
     name, sep, rest = flag.partition("=")
     if not sep or not name or not rest:
-        raise PolicyError(f"--host-volume {flag!r}: expected NAME=PATH[:ro|:rw]")
-    access = Access.RW
+        raise PolicyError(f"--host-volume {flag!r}: expected NAME=PATH[:ro|:rw][:key]")
+    scope = Scope.VOLUME
+    path, _, suffix = rest.rpartition(":")
+    if path and suffix == Scope.KEY:
+        scope, rest = Scope.KEY, path
+    access = Access.RO
     path, _, suffix = rest.rpartition(":")
     if path and suffix in ("ro", "rw"):
         access = Access(suffix)
     else:
         path = rest
-    return HostVolume(name=name, path=path, access=access)
+    return HostVolume(name=name, path=path, access=access, scope=scope)
 
 
 def check_root(path: str, platform: Platform, name: str) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from sailplane.errors import MountRefused, SailplaneError
+from sailplane.mounts.pin import StagingArea
 from sailplane.mounts.plan import plan_mounts
 from sailplane.mounts.policy import MountPolicy
 from sailplane.mounts.validate import TemplateValues
@@ -43,15 +44,19 @@ def plan_document(
     backend: str,
     apply: bool,
     volume_root: str,
+    staging: StagingArea,
 ) -> tuple[int, dict[str, Any]]:
-    """Return (exit status, document): 0 with the plan, or 2 with the error."""
+    """Return (exit status, document): 0 with the plan, or 2 with the error.
+
+    Host mounts' ``docker``/``oci`` sources are the staging paths a drone would pin them at
+    (under ``staging``, for backend ``backend``); nothing is pinned here."""
     try:
         executor, request = parse_executor(text)
         if request is not None and request.key is not None:
             key = request.key.name if key is None else key
             namespace = request.key.namespace if namespace is None else namespace
         values = TemplateValues(key=key or "", namespace=namespace or "", backend=backend)
-        resolved = plan_mounts(executor, policy, values, apply=apply)
+        resolved = plan_mounts(executor, policy, values, apply=apply, staging=staging)
     except MountRefused as exc:
         return 2, exc.to_json()
     except ValidationError as exc:

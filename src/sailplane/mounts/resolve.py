@@ -10,14 +10,15 @@ a time, never following a symlink:
   Each name is a single validated component (never ``..``), so no lookup can leave the
   directory held open.
 
-Missing directories are created (mode 0750) only in apply mode. After the walk the path the
-kernel reports for the final descriptor (``/proc/self/fd/N``) must equal the lexical path we
-return; if a concurrent rename moved anything, the mount is refused. A refused request removes
-every directory it created.
+Missing directories are created (mode 0750) only in apply mode, and only where the caller
+allows it (never inside a read-only host volume). After the walk the path the kernel reports
+for the final descriptor (``/proc/self/fd/N``) must equal the lexical path we return; if a
+concurrent rename moved anything, the mount is refused. A refused request removes every
+directory it created.
 
-Known limit: a backend that can write to a *parent* of another backend's mount could still
-rename a directory between this check and the runtime's own bind mount. Give each key its own
-directory (``sub_path: "{namespace}/{key}"``) and do not nest writable mounts.
+:func:`open_beneath` hands the final descriptor to the caller instead of closing it: the drone
+pins *that* directory (``sailplane.mounts.pin``), so no rename after the walk can change what
+the backend gets.
 """
 
 from __future__ import annotations
@@ -115,14 +116,42 @@ def resolve_beneath(
     mount: int | str,
     field: str,
     created: CreatedDirectories | None = None,
+    may_create: bool = True,
     method: Method = DEFAULT_METHOD,
 ) -> str:
     """Return ``root/parts...`` after walking it safely; create what is missing if asked.
 
     ``root`` must be canonical (the policy makes it so) and ``parts`` validated components.
     With ``created`` set (apply mode) missing directories are made and recorded there;
-    without it, a missing tail is fine and reported as the path that would be created.
+    without it, a missing tail is fine and reported as the path that would be created. With
+    ``may_create`` false a missing directory is refused either way.
     """
+    host_path, fd = _walk(root, parts, mount, field, created, may_create, method, keep=False)
+    assert fd is None
+    return host_path
+
+
+def open_beneath(
+    root: str,
+    parts: Sequence[str],
+    *,
+    mount: int | str,
+    field: str,
+    created: CreatedDirectories,
+    may_create: bool = True,
+    method: Method = DEFAULT_METHOD,
+) -> tuple[str, int]:
+    """Like :func:`resolve_beneath` in apply mode, but also return an ``O_PATH`` descriptor
+    of the directory reached; the caller closes it."""
+    host_path, fd = _walk(root, parts, mount, field, created, may_create, method, keep=True)
+    assert fd is not None
+    return host_path, fd
+
+
+def _walk(
+    root: str, parts: Sequence[str], mount: int | str, field: str,
+    created: CreatedDirectories | None, may_create: bool, method: Method, *, keep: bool,
+) -> tuple[str, int | None]:
     host_path = os.path.join(root, *parts) if parts else root
     with ExitStack() as stack:
         try:
@@ -146,6 +175,11 @@ def resolve_beneath(
             try:
                 child = _open_child(fd, name, method)
             except FileNotFoundError:
+                if not may_create:
+                    raise MountRefused(
+                        mount, f"{field}: {'/'.join(parts[:index + 1])!r} does not exist, and "
+                        "nothing is created in a read-only host volume"
+                    ) from None
                 if created is None:
                     break  # dry run: the rest would be created
                 child = _make_child(fd, name, method, created, mount, field)
@@ -154,7 +188,7 @@ def resolve_beneath(
             stack.callback(os.close, child)
             fd, depth = child, index + 1
         _verify(fd, os.path.join(root, *parts[:depth]) if depth else root, mount, field)
-    return host_path
+        return host_path, (os.dup(fd) if keep else None)
 
 
 def _open_child(dirfd: int, name: str, method: Method) -> int:

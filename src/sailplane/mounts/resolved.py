@@ -1,9 +1,9 @@
 """Resolved mounts: the only mount type a runtime accepts.
 
-A resolved mount is the output of the pipeline (policy -> validate -> resolve): a host path
-that was walked without following a symlink and lies inside its host volume, a checked named
-volume, or a tmpfs. Runtimes translate these into their own parameters and never see a
-request's raw ``volume`` or ``sub_path``.
+A resolved mount is the output of the pipeline (policy -> validate -> resolve -> pin): a host
+directory that was walked without following a symlink, lies inside its host volume and is pinned
+at a staging path, a checked named volume, or a tmpfs. Runtimes translate these into their own
+parameters and never see a request's raw ``volume`` or ``sub_path``.
 """
 
 from __future__ import annotations
@@ -17,9 +17,16 @@ class ResolvedHostMount(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     type: Literal["host"] = "host"
-    host_path: str
+    host_path: str  # the directory the walk reached, for people to read
     target: str
     read_only: bool
+    # What the runtime binds: the drone's staging path where the directory is pinned
+    # (``sailplane.mounts.pin``), which no backend can change. Kept out of the plan's summary;
+    # the runtimes' entries show it.
+    source: str = Field(exclude=True)
+    # True when ``source`` is a staging mount that already carries the access (read-only,
+    # nosuid, nodev); False where the runtime binds the host path itself (Windows drones).
+    staged: bool = Field(default=False, exclude=True)
 
 
 class ResolvedVolumeMount(BaseModel):

@@ -17,7 +17,7 @@ DEFAULT_VOLUME_ROOT = "/var/lib/sailplane/volumes"
 
 def to_oci_mount(mount: ResolvedMount, volume_root: str = DEFAULT_VOLUME_ROOT) -> dict[str, Any]:
     if isinstance(mount, ResolvedHostMount | ResolvedVolumeMount):
-        source = (mount.host_path if isinstance(mount, ResolvedHostMount)
+        source = (mount.source if isinstance(mount, ResolvedHostMount)
                   else posixpath.join(volume_root, mount.name))
         access = "ro" if mount.read_only else "rw"
         return {
