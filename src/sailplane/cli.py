@@ -46,7 +46,8 @@ MountBase = Annotated[
 ]
 HostVolumeFlags = Annotated[
     list[str] | None,
-    typer.Option("--host-volume", help="NAME=PATH[:ro|:rw], repeatable; rw if not given."),
+    typer.Option("--host-volume", help="NAME=PATH[:ro|:rw][:key], repeatable; ro if not "
+                 "given; :key roots every grant at the key's own directory."),
 ]
 PolicyFile = Annotated[
     Path | None, typer.Option("--policy", help="TOML policy file with host volumes.")
