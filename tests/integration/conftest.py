@@ -12,6 +12,7 @@ the test ends, whatever its outcome.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -46,8 +47,11 @@ from sailplane.runtime.containerd.ctr import (
     Ctr,
     normalize_image,
 )
-from sailplane.runtime.containerd.runtime import ContainerdRuntime
+from sailplane.runtime.containerd.network import CniNetwork, bridge_exists, remove_network
+from sailplane.runtime.containerd.runtime import ADDRESS_LABEL, ContainerdRuntime
 from sailplane.runtime.containerd.runtime import container_id as ctr_container_id
+from sailplane.runtime.docker.network import NETWORK_NAME as DOCKER_NETWORK
+from sailplane.runtime.docker.network import remove_isolated_network
 from sailplane.runtime.docker.runtime import DockerRuntime, container_name
 from sailplane.spec import ExecutorConfig
 
@@ -70,12 +74,17 @@ ENV PATH=/bin
 
 @pytest.fixture(scope="session")
 def docker_client() -> Iterator[docker.DockerClient]:
+    """The engine. The isolated backend network and its firewall rules, which the first
+    backend started makes, are removed at the end unless they were there before."""
     try:
         client = docker.from_env()
         client.ping()
     except docker.errors.DockerException as exc:
-        pytest.skip(f"no Docker engine answers ({exc}); start dockerd or run scripts/test")
+        pytest.fail(f"no Docker engine answers ({exc}); start dockerd or run scripts/test")
+    had_network = bool(client.networks.list(names=[DOCKER_NETWORK]))
     yield client
+    if not had_network:
+        remove_isolated_network(client)
     client.close()
 
 
@@ -108,7 +117,7 @@ def has_image(client: docker.DockerClient, name: str) -> bool:
 def _build_fallback(client: docker.DockerClient) -> str:
     """FROM scratch + the host's static busybox, as images/static does."""
     if not os.path.isfile(BUSYBOX):
-        pytest.skip(f"no {BUSYBOX} to build a test image from (apt-get install busybox-static)")
+        pytest.fail(f"no {BUSYBOX} to build a test image from (apt-get install busybox-static)")
     context = io.BytesIO()
     with tarfile.open(fileobj=context, mode="w") as tar:
         info = tarfile.TarInfo("Dockerfile")
@@ -207,7 +216,7 @@ def backend_image(docker_client: docker.DockerClient) -> str:
     """
     build = REPO / "images" / "build"
     if not (os.access(build, os.X_OK) and shutil.which("docker")):
-        pytest.skip("images/build or the docker CLI is missing")
+        pytest.fail("images/build or the docker CLI is missing")
     done = subprocess.run(
         [str(build), "static"], capture_output=True, text=True,
         timeout=IMAGE_BUILD_TIMEOUT_SECONDS, check=False,
@@ -263,6 +272,10 @@ class Engine:
         """Run ``argv`` inside the backend's container; its exit status and output."""
         raise NotImplementedError
 
+    def ip(self, backend_id: str) -> str:
+        """The backend's own address on its bridge (not the address the drone uses)."""
+        raise NotImplementedError
+
     def cleanup(self, drone_id: str, volumes: list[str]) -> None:
         raise NotImplementedError
 
@@ -309,6 +322,11 @@ class DockerEngine(Engine):
         except docker.errors.NotFound:
             return None
         return labels
+
+    def ip(self, backend_id: str) -> str:
+        state = self.client.api.inspect_container(container_name(backend_id))
+        address: str = state["NetworkSettings"]["Networks"][DOCKER_NETWORK]["IPAddress"]
+        return address
 
     def exec(self, backend_id: str, argv: list[str], user: str = "0") -> tuple[int, str]:
         container = self.client.containers.get(container_name(backend_id))
@@ -396,6 +414,11 @@ class ContainerdEngine(Engine):
         runtime = ContainerdRuntime("-", self.state_dir, self.ctr.ctr.address)
         return runtime.volume_labels(name)
 
+    def ip(self, backend_id: str) -> str:
+        info = json.loads(self.ctr("containers", "info", ctr_container_id(backend_id)).stdout)
+        address: str = info["Labels"][ADDRESS_LABEL]
+        return address
+
     def exec(self, backend_id: str, argv: list[str], user: str = "0") -> tuple[int, str]:
         done = self.ctr("tasks", "exec", "--exec-id", f"t-{uuid.uuid4().hex[:8]}", "--user",
                         user, ctr_container_id(backend_id), *argv, check=False)
@@ -405,24 +428,29 @@ class ContainerdEngine(Engine):
         """Named volumes are directories in the state dir, which goes with tmp_path."""
         value = json.dumps(drone_id)
         listed = self.ctr("containers", "ls", "-q", f'labels."{DRONE_LABEL}"=={value}')
+        network = CniNetwork(self.state_dir)
         for cid in listed.stdout.split():
             self.ctr("tasks", "delete", "--force", cid, check=False)
             self.ctr("containers", "delete", cid, check=False)
+            asyncio.run(network.detach(cid))  # its namespace, address and NAT rules
 
 
 @pytest.fixture(scope="session")
-def drone_ctr() -> SyncCtr:
+def drone_ctr() -> Iterator[SyncCtr]:
     """``ctr`` on the containerd that dockerd runs (or a system one), in the test namespace."""
     ctr = Ctr(os.environ.get("SAILPLANE_CONTAINERD_SOCKET") or next(
         (path for path in CONTAINERD_SOCKETS if os.path.exists(path)), CONTAINERD_SOCKETS[0]
     ), CONTAINERD_TEST_NAMESPACE)
     if not ctr.available():
-        pytest.skip("no ctr binary (it comes with Debian's containerd, a dependency of docker.io)")
+        pytest.fail("no ctr binary (it comes with Debian's containerd, a dependency of docker.io)")
     client = SyncCtr(ctr)
     version = client("version", check=False)
     if version.returncode != 0:
-        pytest.skip(f"containerd at {ctr.address} does not answer: {version.stderr.strip()}")
-    return client
+        pytest.fail(f"containerd at {ctr.address} does not answer: {version.stderr.strip()}")
+    had_bridge = bridge_exists()
+    yield client
+    if not had_bridge:  # the backends' bridge and its firewall rules, made by the first one
+        asyncio.run(remove_network())
 
 
 @pytest.fixture(scope="session")

@@ -86,17 +86,17 @@ def ctr_mount_flag(mount: dict[str, Any]) -> str:
 def ctr() -> Ctr:
     binary = shutil.which("ctr")
     if binary is None:
-        pytest.skip("no ctr binary (it comes with Debian's containerd, a dependency of docker.io)")
+        pytest.fail("no ctr binary (it comes with Debian's containerd, a dependency of docker.io)")
     address = os.environ.get("SAILPLANE_CONTAINERD_SOCKET") or next(
         (path for path in SOCKETS if os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode)),
         None,
     )
     if address is None:
-        pytest.skip(f"no containerd socket at {' or '.join(SOCKETS)} (is dockerd running?)")
+        pytest.fail(f"no containerd socket at {' or '.join(SOCKETS)} (is dockerd running?)")
     client = Ctr(binary, address)
     version = client("version", check=False)
     if version.returncode != 0:
-        pytest.skip(f"containerd at {address} does not answer: {version.stderr.strip()}")
+        pytest.fail(f"containerd at {address} does not answer: {version.stderr.strip()}")
     return client
 
 

@@ -93,16 +93,24 @@ class Executor:
         self._exit_task = asyncio.create_task(self._follow_exits(exits))
         await self._adopt()
 
-    async def close(self) -> None:
+    async def close(self, *, remove_isolation: bool = False) -> None:
         """Stop managing; running containers are left for the next start to adopt.
 
-        Removals of terminated backends already under way are finished first."""
+        Removals of terminated backends already under way are finished first. With
+        ``remove_isolation`` (``sailplane dev``, once every backend is gone) the backends'
+        network and firewall rules go too, unless another drone's backends still use them."""
         tasks = [b.task for b in self._backends.values() if b.task]
         if self._exit_task:
             tasks.append(self._exit_task)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, *self._background, return_exceptions=True)
+        if remove_isolation:
+            try:
+                if not await self.runtime.remove_isolation():
+                    log.info("the backends' network stays: other backends still use it")
+            except RuntimeFailure as exc:
+                log.warning("cannot remove the backends' network: %s", exc.message)
         await self.runtime.close()
 
     async def terminate_all(self, reason: TerminationReason) -> None:

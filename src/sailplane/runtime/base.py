@@ -29,6 +29,10 @@ BACKEND_LABEL = "dev.sailplane.backend"
 DRONE_LABEL = "dev.sailplane.drone"
 # The port a backend listens on inside its container, given to it as env PORT.
 BACKEND_PORT = 8080
+# The only Linux capabilities a backend keeps: what a web backend that drops root needs.
+# Everything else (NET_RAW to sniff the bridge, MKNOD, SYS_CHROOT, ...) is dropped.
+BACKEND_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "KILL", "NET_BIND_SERVICE", "SETGID",
+                        "SETUID")
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,11 @@ class Runtime(abc.ABC):
         Raises RuntimeFailure, removing nothing, when it does not exist, does not carry
         Sailplane's labels, or a container (running or not) still uses it."""
         raise RuntimeFailure(f"{type(self).__name__} has no named volumes")
+
+    async def remove_isolation(self) -> bool:
+        """Remove the network backends run on and its firewall rules, unless a backend (of
+        any drone) is still on it; whether they were removed. Nothing there is fine."""
+        return True
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -2,9 +2,11 @@
 
 - Images come from the namespace's image store: import a local archive (``docker save IMAGE |
   ctr -n sailplane images import -``); a missing one is pulled only if the pull policy says so.
-- A backend is one ``ctr run --detach`` with host networking: the drone picks a free port, gives
-  it as env ``PORT`` and the backend is reached at ``127.0.0.1:PORT``. The port, the backend id
-  and the drone id are container labels, so a restarted drone finds and adopts its own.
+- A backend is one ``ctr run --detach`` in a network namespace of its own on Sailplane's CNI
+  bridge (``network.py``), firewalled like Docker's backends, with only the capabilities of
+  ``BACKEND_CAPABILITIES``. It listens on ``PORT`` (8080) at its own address, where the drone
+  reaches it. The address, the backend id and the drone id are container labels, so a
+  restarted drone finds and adopts its own.
 - Mounts are the OCI mounts of DESIGN 4.4 as ``--mount`` flags; a named volume is a directory
   ``{state_dir}/volumes/{name}`` (mode 0750, ``name`` its namespaced runtime name), made on
   first use and kept, its labels recorded in ``{state_dir}/volumes/.labels/{name}.json``.
@@ -22,7 +24,6 @@ import logging
 import os
 import re
 import shutil
-import socket
 import threading
 import time
 import uuid
@@ -37,7 +38,9 @@ from sailplane.errors import RuntimeFailure
 from sailplane.mounts.named import check_mountable, check_room, owner_of, volume_labels
 from sailplane.mounts.resolved import ResolvedVolumeMount
 from sailplane.runtime.base import (
+    BACKEND_CAPABILITIES,
     BACKEND_LABEL,
+    BACKEND_PORT,
     DRONE_LABEL,
     BackendAddress,
     BackendExit,
@@ -54,11 +57,24 @@ from sailplane.runtime.containerd.cgroup import (
 )
 from sailplane.runtime.containerd.ctr import DEFAULT_NAMESPACE, Ctr, CtrError, normalize_image
 from sailplane.runtime.containerd.mounts import to_ctr_mount_flag, to_oci_mounts
+from sailplane.runtime.containerd.network import DEFAULT_SUBNET, CniNetwork, remove_network
+from sailplane.runtime.firewall import EgressPolicy
 from sailplane.spec import PullPolicy, ResourceLimits
 
 log = logging.getLogger(__name__)
 
-PORT_LABEL = "dev.sailplane.port"
+ADDRESS_LABEL = "dev.sailplane.address"
+# Every capability Linux has (capability.h); ctr can only drop them by name.
+ALL_CAPABILITIES = (
+    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
+    "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW",
+    "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT",
+    "SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD",
+    "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG",
+    "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
+)
+_CAPABILITY_FLAGS = [flag for name in ALL_CAPABILITIES if name not in BACKEND_CAPABILITIES
+                     for flag in ("--cap-drop", f"CAP_{name}")]
 EXIT_CODE_LABEL = "dev.sailplane.exit-code"  # recorded when the drone reaps a task itself
 WATCH_LABEL_PREFIX = "dev.sailplane.watch."  # a namespace label, set to see the stream live
 DEFAULT_CPU_PERIOD_US = 100_000
@@ -71,7 +87,6 @@ PROBE_INTERVAL_SECONDS = 0.2
 RESUBSCRIBE_DELAY_SECONDS = 1.0
 # An image seen in the store is trusted this long (a removed one makes `ctr run` fail clearly).
 IMAGE_SEEN_SECONDS = 10.0
-FREE_PORT_ATTEMPTS = 20
 _RUNNING = frozenset({"RUNNING", "PAUSED", "PAUSING"})
 _EVENT = re.compile(r" (?P<topic>/\S+) (?P<body>\{.*\})\s*$")
 _REAPED_CODE = re.compile(r"exit with non-zero exit code (\d+)")
@@ -84,13 +99,14 @@ def container_id(backend_id: str) -> str:
 class ContainerdRuntime(Runtime):
     def __init__(
         self, drone_id: str, state_dir: Path, address: str, namespace: str = DEFAULT_NAMESPACE,
+        subnet: str = DEFAULT_SUBNET, egress: EgressPolicy | None = None,
     ) -> None:
         self.drone_id = drone_id
         self.ctr = Ctr(address, namespace)
         self.volume_root = state_dir / "volumes"
         self.log_dir = state_dir / "logs"
         self._backends: dict[str, str] = {}  # container id -> backend id, of this drone
-        self._ports: dict[str, int] = {}  # backend id -> its port, while it may run
+        self.network = CniNetwork(state_dir, subnet, egress or EgressPolicy())
         self._images_seen: dict[str, float] = {}
         self._exits: asyncio.Queue[BackendExit] | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -152,19 +168,23 @@ class ContainerdRuntime(Runtime):
             limits += ["--cgroup", await asyncio.to_thread(
                 prepare_pids_cgroup, self.ctr.namespace, cid, spec.resource_limits.pids_limit
             )]
-        port = self._free_port()
-        env = {**spec.env, "PORT": str(port)}
+        self._backends[cid] = spec.backend_id
+        try:
+            ip = await self.network.attach(cid)
+        except RuntimeFailure:
+            await self.remove(spec.backend_id)
+            raise
+        env = {**spec.env, "PORT": str(BACKEND_PORT)}
         args = [
-            "run", "--detach", "--net-host", "--seccomp",
+            "run", "--detach", "--seccomp", "--with-ns", f"network:{self.network.netns_path(cid)}",
+            *_CAPABILITY_FLAGS,
             "--log-uri", f"file://{quote(str(self._log_path(cid)))}",
             "--label", f"{BACKEND_LABEL}={spec.backend_id}",
             "--label", f"{DRONE_LABEL}={self.drone_id}",
-            "--label", f"{PORT_LABEL}={port}",
+            "--label", f"{ADDRESS_LABEL}={ip}",
             *(flag for name, value in env.items() for flag in ("--env", f"{name}={value}")),
             *mounts, *limits, normalize_image(spec.image), cid, *(spec.command or []),
         ]
-        self._backends[cid] = spec.backend_id
-        self._ports[spec.backend_id] = port
         # Shielded: a backend that exits at once is reported (and this call cancelled by the
         # executor) before ctr returns; ctr is then left to finish rather than killed half-way,
         # and the container is the executor's to remove like that of any exited backend.
@@ -176,7 +196,7 @@ class ContainerdRuntime(Runtime):
         except CtrError as exc:
             await self.remove(spec.backend_id)  # whatever ctr made before it failed
             raise RuntimeFailure(f"cannot start the container: {exc.message}") from exc
-        return BackendAddress("127.0.0.1", port)
+        return BackendAddress(ip, BACKEND_PORT)
 
     def _limit_flags(self, limits: ResourceLimits) -> list[str]:
         if limits.cpu_time_limit is not None:
@@ -344,18 +364,6 @@ class ContainerdRuntime(Runtime):
             raise RuntimeFailure(f"cannot remove volume {name!r}: {exc.strerror}") from exc
         self._record_path(name).unlink(missing_ok=True)
 
-    def _free_port(self) -> int:
-        """A port free on every interface now (the backend binds the host's), not one a
-        backend of ours was given."""
-        taken = set(self._ports.values())
-        for _ in range(FREE_PORT_ATTEMPTS):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-                probe.bind(("0.0.0.0", 0))
-                port: int = probe.getsockname()[1]
-            if port not in taken:
-                return port
-        raise RuntimeFailure("cannot find a free port for the backend")
-
     def _log_path(self, cid: str) -> Path:
         return self.log_dir / f"{cid}.log"
 
@@ -370,9 +378,8 @@ class ContainerdRuntime(Runtime):
 
     async def remove(self, backend_id: str) -> None:
         """Delete the task (killing it if it still runs), then the container and its
-        snapshot, then its log."""
+        snapshot, its network namespace, then its log."""
         cid = container_id(backend_id)
-        self._ports.pop(backend_id, None)
         for args in (("tasks", "delete", "--force", cid), ("containers", "delete", cid)):
             try:
                 await self.ctr(*args)
@@ -381,6 +388,7 @@ class ContainerdRuntime(Runtime):
                     raise RuntimeFailure(
                         f"cannot remove backend {backend_id}: {exc.message}"
                     ) from exc
+        await self.network.detach(cid)
         self._backends.pop(cid, None)
         self._log_path(cid).unlink(missing_ok=True)
         await asyncio.to_thread(remove_pids_cgroup, self.ctr.namespace, cid)
@@ -501,11 +509,8 @@ class ContainerdRuntime(Runtime):
             self._backends[cid] = backend_id
             status = tasks.get(cid)
             running = status in _RUNNING
-            port = str(labels.get(PORT_LABEL, ""))
-            address = None
-            if running and port.isdigit():
-                address = BackendAddress("127.0.0.1", int(port))
-                self._ports[backend_id] = int(port)
+            ip = labels.get(ADDRESS_LABEL)
+            address = BackendAddress(ip, BACKEND_PORT) if running and ip else None
             found.append(OwnedBackend(
                 backend_id=backend_id, running=running, address=address,
                 exit_code=None if running else await self._exit_code(cid, status, labels),
@@ -557,6 +562,9 @@ class ContainerdRuntime(Runtime):
         except CtrError as exc:
             raise RuntimeFailure(f"no metrics for backend {backend_id}: {exc.message}") from exc
         return _metrics(json.loads(raw))
+
+    async def remove_isolation(self) -> bool:
+        return await remove_network()
 
     async def close(self) -> None:
         await asyncio.gather(*self._runs, return_exceptions=True)  # let each container be

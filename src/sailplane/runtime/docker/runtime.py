@@ -26,6 +26,7 @@ from sailplane.errors import BackendExited, RuntimeFailure
 from sailplane.mounts.named import check_mountable, check_room, owner_of, volume_labels
 from sailplane.mounts.resolved import ResolvedVolumeMount
 from sailplane.runtime.base import (
+    BACKEND_CAPABILITIES,
     BACKEND_LABEL,
     BACKEND_PORT,
     DRONE_LABEL,
@@ -39,6 +40,8 @@ from sailplane.runtime.base import (
     Runtime,
 )
 from sailplane.runtime.docker.mounts import to_docker_mounts
+from sailplane.runtime.docker.network import ensure_isolated_network, remove_isolated_network
+from sailplane.runtime.firewall import EgressPolicy
 from sailplane.spec import PullPolicy, ResourceLimits
 
 log = logging.getLogger(__name__)
@@ -54,8 +57,13 @@ def container_name(backend_id: str) -> str:
 
 
 class DockerRuntime(Runtime):
-    def __init__(self, drone_id: str, client: docker.DockerClient | None = None) -> None:
+    def __init__(
+        self, drone_id: str, client: docker.DockerClient | None = None,
+        egress: EgressPolicy | None = None,
+    ) -> None:
         self.drone_id = drone_id
+        self.egress = egress or EgressPolicy()
+        self._network: str | None = None  # the isolated network, once it is ensured
         try:
             self.client = client or docker.from_env()
         except docker.errors.DockerException as exc:
@@ -94,6 +102,8 @@ class DockerRuntime(Runtime):
         return await asyncio.to_thread(self._start, spec)
 
     def _start(self, spec: BackendSpec) -> BackendAddress:
+        if self._network is None:
+            self._network = ensure_isolated_network(self.client, self.egress)
         self._ensure_volumes([m for m in spec.mounts if isinstance(m, ResolvedVolumeMount)])
         try:
             container = self._create(spec)
@@ -131,6 +141,9 @@ class DockerRuntime(Runtime):
             "ports": {_PORT_KEY: ("127.0.0.1", None)},
             "mounts": to_docker_mounts(spec.mounts),
             "security_opt": ["no-new-privileges"],
+            "cap_drop": ["ALL"],
+            "cap_add": list(BACKEND_CAPABILITIES),
+            "network": self._network,
             "detach": True,
             **_limits(spec.resource_limits),
         }
@@ -327,6 +340,9 @@ class DockerRuntime(Runtime):
         memory = int(stats.get("memory_stats", {}).get("usage", 0))
         cpu_ns = int(stats.get("cpu_stats", {}).get("cpu_usage", {}).get("total_usage", 0))
         return BackendMetrics(memory_bytes=memory, cpu_seconds=cpu_ns / 1e9)
+
+    async def remove_isolation(self) -> bool:
+        return await asyncio.to_thread(remove_isolated_network, self.client)
 
     async def close(self) -> None:
         if self._stream is not None:
