@@ -344,3 +344,9 @@ def test_read_only_on_a_read_only_volume_is_allowed(shared):
 def test_authorize_names_the_shorthand_field_for_plane_mounts(shared):
     with refused("mount", "mount: this drone offers no host volume 'default'"):
         shared.authorize("default", False, "editor", "mount", "mount")
+
+
+@pytest.mark.parametrize("suffix", ["rx", "RW", "r", "wr"])
+def test_a_mistyped_access_is_named_as_such_not_as_a_missing_directory(tmp_path, suffix):
+    with pytest.raises(PolicyError, match=r"is not an access; after the path give :ro or :rw"):
+        parse_host_volume_flag(f"data={tmp_path}:{suffix}")
