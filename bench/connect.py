@@ -44,7 +44,9 @@ def serve(port: int, database: str) -> None:
     from sailplane.controller.config import ControllerConfig
     from sailplane.controller.db.tables import backend_keys
 
-    app = create_app(ControllerConfig(database_url=database))
+    # Credentials on, as in production: the parent passes the secret, and sends an API token.
+    app = create_app(ControllerConfig(database_url=database,
+                                      secrets=[os.environ["SAILPLANE_SECRET"]]))
     engine = app.state.engine
 
     def read() -> str | None:
@@ -103,12 +105,13 @@ async def load(client: httpx.AsyncClient, name: str, request: dict[str, Any], to
     return Run(name, latencies, time.perf_counter() - started)
 
 
-async def measure(base: str, args: argparse.Namespace) -> tuple[Run, Run]:
+async def measure(base: str, args: argparse.Namespace, token: str) -> tuple[Run, Run]:
     connect: dict[str, Any] = {"method": "POST", "url": f"{base}/ctrl/connect",
                                "json": {"key": KEY}}
     read: dict[str, Any] = {"method": "GET", "url": f"{base}/bench/read"}
     limits = httpx.Limits(max_connections=args.concurrency)
-    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+    headers = {"Authorization": f"Bearer {token}"}  # both paths carry it
+    async with httpx.AsyncClient(timeout=30, limits=limits, headers=headers) as client:
         spawned = await client.post(f"{base}/ctrl/connect", json={
             "key": KEY, "spawn_config": {"executable": {"image": "sailplane/demo:latest"}},
         })
@@ -149,14 +152,17 @@ def main() -> int:
 
     from sailplane.controller import drones
     from sailplane.controller.db.engine import make_engine
+    from sailplane.credentials import Role, mint, new_secret
     from sailplane.protocol import Hello
+
+    secret = new_secret()
 
     with tempfile.TemporaryDirectory(prefix="sailplane-bench-") as tmp:
         database = f"sqlite:///{Path(tmp) / 'controller.db'}"
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         child = subprocess.Popen([sys.executable, __file__, "--serve", str(port), database],
-                                 env={**os.environ, "SAILPLANE_CTRL_TOKEN": ""})
+                                 env={**os.environ, "SAILPLANE_SECRET": secret})
         engine = None
         try:
             deadline = time.monotonic() + 30
@@ -172,7 +178,7 @@ def main() -> int:
             engine = make_engine(database)
             drones.register(engine, Hello(drone_id="bench-drone", runtime="fake",
                                           host_volumes=[]))
-            connect, read = asyncio.run(measure(base, args))
+            connect, read = asyncio.run(measure(base, args, mint(secret, Role.API, "bench")))
         finally:
             child.terminate()
             child.wait(10)

@@ -51,6 +51,7 @@ import websockets
 
 from sailplane.controller import backends, drones
 from sailplane.controller.db.engine import make_engine
+from sailplane.credentials import Role, mint, new_secret
 from sailplane.protocol import Hello
 from sailplane.spec import ConnectRequest, ExecutorConfig, KeyConfig, SpawnConfig
 from sailplane.state import BackendState, BackendStatus, now_ms
@@ -347,6 +348,10 @@ def run(args: argparse.Namespace, tmp: Path, processes: Processes) -> int:
     echo = processes.start("echo", [sys.executable, "-c", ECHO_SERVER, str(echo_port)])
     wait_port(echo_port, "the echo server", echo)
 
+    # Credentials on, as in production: the children inherit the secret and the proxy's token.
+    secret = new_secret()
+    os.environ["SAILPLANE_SECRET"] = secret
+    os.environ["SAILPLANE_PROXY_TOKEN"] = mint(secret, Role.PROXY, "bench")
     database = f"sqlite:///{tmp}/controller.db"
     controller = processes.start("controller", [
         str(SAILPLANE), "controller", "--port", str(controller_port),

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import socket
 import sys
 from collections.abc import Iterator
@@ -17,7 +18,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sailplane.client import ApiError, ControllerClient
+from sailplane.client import ApiError, ControllerClient, find_token
+from sailplane.credentials import CredentialError, Role
 from sailplane.drone.limits import OperatorLimits
 from sailplane.errors import MountRefused, PolicyError, RuntimeFailure
 from sailplane.mounts.named import runtime_name
@@ -40,6 +42,10 @@ volumes_app = typer.Typer(
     no_args_is_help=True, help="Named volumes Sailplane created on this machine's engine.",
 )
 app.add_typer(volumes_app, name="volumes")
+credentials_app = typer.Typer(
+    no_args_is_help=True, help="Controller secrets and per-role credentials (docs/security.md).",
+)
+app.add_typer(credentials_app, name="credentials")
 
 MountBase = Annotated[
     str | None, typer.Option(help="Directory of the host volume 'default' (Plane's mount).")
@@ -170,19 +176,43 @@ def controller(
     controller_url: Annotated[
         str | None, typer.Option(help="Public URL of this controller (status URLs).")
     ] = None,
-    ctrl_token: Annotated[
-        str | None, typer.Option(envvar="SAILPLANE_CTRL_TOKEN", help="Bearer token for /ctrl.")
+    secret_file: Annotated[
+        Path | None, typer.Option(envvar="SAILPLANE_SECRET_FILE",
+                                  help="File of the secret(s) that sign credentials; else env "
+                                       "SAILPLANE_SECRET.")
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option(help="Check no credential at all (never on a shared network).")
+    ] = False,
+    open_metrics: Annotated[bool, typer.Option(help="Serve /metrics without a credential.")]
+    = False,
+    allowed_origin: Annotated[
+        list[str] | None,
+        typer.Option(help="A browser origin (scheme://host[:port]) allowed to call /ctrl; "
+                          "repeatable. Requests from any other Origin are refused."),
     ] = None,
 ) -> None:
     """Run a controller: the HTTP API, scheduling and deadlines."""
     from sailplane.controller.config import ControllerConfig
     from sailplane.controller.run import run_controller
+    from sailplane.credentials import secrets_from
 
     _logging()
+    _old_token_env()
+    try:
+        secret_list = secrets_from(secret_file, "SAILPLANE_SECRET")
+    except CredentialError as exc:
+        _fail(exc.message)
+    if not secret_list and not insecure:
+        _fail("the controller needs credentials: --secret-file FILE or env SAILPLANE_SECRET "
+              "(make one with `sailplane credentials secret --out FILE`), or --insecure")
+    if secret_list and insecure:
+        _fail("--insecure and a secret contradict each other; give one")
     if database_url.startswith("sqlite:///"):
         Path(database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     config = ControllerConfig(
-        database_url=database_url, proxy_url=proxy_url, ctrl_token=ctrl_token,
+        database_url=database_url, proxy_url=proxy_url, secrets=secret_list, insecure=insecure,
+        open_metrics=open_metrics, allowed_origins=allowed_origin or [],
         controller_url=controller_url or f"http://{host}:{port}",
     )
     asyncio.run(run_controller(config, host, port))
@@ -191,7 +221,10 @@ def controller(
 @app.command()
 def drone(
     controller: Annotated[str, typer.Option(help="Controller URL.")] = "http://127.0.0.1:9090",
-    drone_id: Annotated[str | None, typer.Option(help="Defaults to the host name.")] = None,
+    drone_id: Annotated[
+        str | None, typer.Option(help="Defaults to the one its credential names, else the host "
+                                      "name.")
+    ] = None,
     pool: Annotated[str, typer.Option(help="Pool this drone serves.")] = "",
     mount_base: MountBase = None,
     host_volume: HostVolumeFlags = None,
@@ -203,8 +236,9 @@ def drone(
     startup_timeout: Annotated[float, typer.Option(help="Seconds until the port answers.")]
     = DEFAULT_STARTUP_TIMEOUT_SECONDS,
     keep_containers: Annotated[bool, typer.Option(help="Keep stopped containers.")] = False,
-    ctrl_token: Annotated[
-        str | None, typer.Option(envvar="SAILPLANE_CTRL_TOKEN", help="Bearer token for /ctrl.")
+    token_file: Annotated[
+        Path | None, typer.Option(envvar="SAILPLANE_DRONE_TOKEN_FILE",
+                                  help="The drone's credential; else env SAILPLANE_DRONE_TOKEN.")
     ] = None,
     runtime: RuntimeOption = "docker",
     containerd_address: ContainerdAddress = None,
@@ -220,6 +254,7 @@ def drone(
     from sailplane.drone.executor import ExecutorSettings
 
     _logging()
+    _old_token_env()
     runtime_name = _runtime_name(runtime)
     try:
         mount_policy = load_policy(
@@ -229,18 +264,26 @@ def drone(
     except PolicyError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from exc
+    token = _component_token(token_file, "SAILPLANE_DRONE_TOKEN", Role.DRONE)
+    named = _token_subject(token)
+    if drone_id and named and drone_id != named:
+        _fail(f"--drone-id {drone_id!r}: the credential is for drone {named!r}")
     limits = OperatorLimits.from_flags(max_tmpfs_bytes, default_memory_bytes, default_pids_limit)
     config = DroneConfig(
-        drone_id=drone_id or socket.gethostname(), controller_url=controller, pool=pool,
-        policy=limits.cap_policy(mount_policy), state_dir=state_dir, ctrl_token=ctrl_token,
+        drone_id=drone_id or named or socket.gethostname(), controller_url=controller, pool=pool,
+        policy=limits.cap_policy(mount_policy), state_dir=state_dir, token=token,
         runtime=runtime_name, containerd_address=containerd_address,
         containerd_namespace=containerd_namespace,
         settings=ExecutorSettings(grace_seconds=grace_seconds,
                                   startup_timeout_seconds=startup_timeout,
                                   keep_containers=keep_containers, limits=limits),
     )
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         asyncio.run(run_drone(config))
+    except PolicyError as exc:
+        _fail(exc.message)
+    except KeyboardInterrupt:
+        pass
 
 
 @app.command()
@@ -249,16 +292,19 @@ def proxy(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 9091,
     workers: Annotated[int, typer.Option(min=1, help="Processes sharing the port.")] = 1,
-    ctrl_token: Annotated[
-        str | None, typer.Option(envvar="SAILPLANE_CTRL_TOKEN", help="Bearer token for /ctrl.")
+    token_file: Annotated[
+        Path | None, typer.Option(envvar="SAILPLANE_PROXY_TOKEN_FILE",
+                                  help="The proxy's credential; else env SAILPLANE_PROXY_TOKEN.")
     ] = None,
 ) -> None:
     """Run a proxy: route http://HOST:PORT/{token}/... to the token's backend."""
     from sailplane.proxy.run import ProxyConfig, run_workers
 
     _logging()
+    _old_token_env()
+    token = _component_token(token_file, "SAILPLANE_PROXY_TOKEN", Role.PROXY)
     run_workers(ProxyConfig(controller_url=controller, host=host, port=port, workers=workers,
-                            ctrl_token=ctrl_token))
+                            ctrl_token=token))
 
 
 @app.command()
@@ -311,8 +357,11 @@ def dev(
 ControllerUrl = Annotated[
     str, typer.Option("--controller", envvar="SAILPLANE_CONTROLLER", help="Controller URL.")
 ]
-CtrlToken = Annotated[
-    str | None, typer.Option(envvar="SAILPLANE_CTRL_TOKEN", help="Bearer token for /ctrl.")
+TokenFile = Annotated[
+    Path | None,
+    typer.Option(envvar="SAILPLANE_TOKEN_FILE",
+                 help="File holding the API token; else env SAILPLANE_TOKEN, else the token "
+                      "`sailplane dev` wrote, for a controller on this machine."),
 ]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON, for scripts.")]
 
@@ -337,7 +386,7 @@ def connect(
     wait: Annotated[bool, typer.Option(help="Show the states until ready.")] = False,
     json_output: JsonOutput = False,
     controller: ControllerUrl = DEFAULT_CONTROLLER,
-    ctrl_token: CtrlToken = None,
+    token_file: TokenFile = None,
 ) -> None:
     """Get the backend for a key, spawning one from --image if needed; prints its URL."""
     try:
@@ -345,7 +394,7 @@ def connect(
                                   max_idle_seconds, lifetime_limit_seconds, user)
     except ValueError as exc:
         _fail(str(exc))
-    with _client(controller, ctrl_token) as client:
+    with _client(controller, token_file) as client:
         response = client.connect(request)
         final = None
         if wait:
@@ -400,10 +449,10 @@ def status(
     follow: Annotated[bool, typer.Option(help="Stream states until terminated.")] = False,
     json_output: JsonOutput = False,
     controller: ControllerUrl = DEFAULT_CONTROLLER,
-    ctrl_token: CtrlToken = None,
+    token_file: TokenFile = None,
 ) -> None:
     """Show a backend's status (or every state as it passes, with --follow)."""
-    with _client(controller, ctrl_token) as client:
+    with _client(controller, token_file) as client:
         if follow:
             _watch(client, backend_id, until_ready=False, quiet=False, as_json=json_output)
             return
@@ -421,10 +470,10 @@ def terminate(
     = False,
     json_output: JsonOutput = False,
     controller: ControllerUrl = DEFAULT_CONTROLLER,
-    ctrl_token: CtrlToken = None,
+    token_file: TokenFile = None,
 ) -> None:
     """Ask a backend's drone to stop it."""
-    with _client(controller, ctrl_token) as client:
+    with _client(controller, token_file) as client:
         result = client.terminate(backend_id, hard)
     if json_output:
         _print_json(result)
@@ -437,10 +486,10 @@ def backends(
     live: Annotated[bool, typer.Option(help="Only backends not terminated.")] = False,
     json_output: JsonOutput = False,
     controller: ControllerUrl = DEFAULT_CONTROLLER,
-    ctrl_token: CtrlToken = None,
+    token_file: TokenFile = None,
 ) -> None:
     """List backends."""
-    with _client(controller, ctrl_token) as client:
+    with _client(controller, token_file) as client:
         rows = client.backends(live)
     if json_output:
         _print_json(rows)
@@ -460,10 +509,10 @@ def backends(
 def drones(
     json_output: JsonOutput = False,
     controller: ControllerUrl = DEFAULT_CONTROLLER,
-    ctrl_token: CtrlToken = None,
+    token_file: TokenFile = None,
 ) -> None:
     """List drones with their host volumes and load."""
-    with _client(controller, ctrl_token) as client:
+    with _client(controller, token_file) as client:
         rows = client.drones()
     if json_output:
         _print_json(rows)
@@ -581,14 +630,115 @@ async def _remove_volumes(engine: Runtime, names: list[str]) -> list[str]:
     return failures
 
 
+SecretFile = Annotated[
+    Path | None, typer.Option(envvar="SAILPLANE_SECRET_FILE",
+                              help="The controller's secret file; else env SAILPLANE_SECRET.")
+]
+
+
+@credentials_app.command("secret")
+def credentials_secret(
+    out: Annotated[Path, typer.Option(help="New file for the secret (made 0600; never "
+                                            "overwritten).")],
+) -> None:
+    """Make a controller secret: give the file to every controller (--secret-file)."""
+    from sailplane.credentials import new_secret, write_private
+
+    try:
+        write_private(out, new_secret(), replace=False)
+    except FileExistsError:
+        _fail(f"{out} exists; to rotate, add a new secret as its first line (see "
+              "docs/security.md)")
+    except OSError as exc:
+        _fail(f"{out}: {exc.strerror}")
+    typer.echo(str(out))
+
+
+@credentials_app.command("new")
+def credentials_new(
+    role: Annotated[str, typer.Option(help="api, drone, proxy or metrics.")],
+    drone_id: Annotated[
+        str | None, typer.Option(help="The drone this credential is for (role drone).")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="A label for the logs (roles api, proxy, metrics).")
+    ] = None,
+    secret_file: SecretFile = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write it to this file (0600) instead of stdout.")
+    ] = None,
+) -> None:
+    """Mint a credential signed with the controller's secret, e.g. for drone d1:
+    `sailplane credentials new --role drone --drone-id d1 --secret-file S --out d1.token`."""
+    from sailplane.credentials import mint, secrets_from, write_private
+
+    try:
+        kind = Role(role)
+    except ValueError:
+        _fail(f"--role {role!r}: choose {', '.join(r.value for r in Role)}")
+    if kind is Role.DRONE and (not drone_id or name):
+        _fail("a drone credential names its drone: give --drone-id (and no --name)")
+    if kind is not Role.DRONE and drone_id:
+        _fail(f"--drone-id is for drone credentials; role {kind} takes --name")
+    try:
+        secret_list = secrets_from(secret_file, "SAILPLANE_SECRET")
+        if not secret_list:
+            _fail("give the controller's secret: --secret-file FILE or env SAILPLANE_SECRET")
+        token = mint(secret_list[0], kind, drone_id or name or kind.value)
+        if out is not None:
+            write_private(out, token)
+    except CredentialError as exc:
+        _fail(exc.message)
+    typer.echo(token if out is None else str(out))
+
+
+def _component_token(file: Path | None, env_var: str, role: Role) -> str | None:
+    """A drone's or proxy's own credential, checked to be of its role (or exit 2)."""
+    from sailplane.credentials import peek, token_from
+
+    try:
+        token = token_from(file, env_var)
+    except CredentialError as exc:
+        _fail(exc.message)
+    if token is None:
+        return None
+    claimed = peek(token)
+    if claimed is None:
+        _fail(f"the {role} credential ({file or env_var}) is not a Sailplane credential")
+    if claimed.role is not role:
+        _fail(f"this is a credential of role {claimed.role}; a {role} needs one of role {role}")
+    return token
+
+
+def _token_subject(token: str | None) -> str | None:
+    from sailplane.credentials import peek
+
+    claimed = peek(token) if token else None
+    return claimed.subject if claimed else None
+
+
+def _old_token_env() -> None:
+    if os.environ.get("SAILPLANE_CTRL_TOKEN"):
+        logging.getLogger("sailplane.cli").warning(
+            "SAILPLANE_CTRL_TOKEN is no longer read: each role has its own credential "
+            "(docs/security.md)")
+
+
 @contextlib.contextmanager
-def _client(url: str, token: str | None) -> Iterator[ControllerClient]:
+def _client(url: str, token_file: Path | None) -> Iterator[ControllerClient]:
     """A client whose API errors become one line on stderr and exit status 2."""
+    try:
+        token = find_token(url, token_file)
+    except CredentialError as exc:
+        _fail(exc.message)
     client = ControllerClient(url, token)
     try:
         yield client
     except ApiError as exc:
-        _fail(f"{exc.message} ({exc.status} {exc.code})")
+        hint = "" if exc.status != 401 else (
+            "; give --token-file or SAILPLANE_TOKEN (`sailplane dev` writes "
+            "DATA_DIR/api-token)")
+        _fail(f"{exc.message} ({exc.status} {exc.code}){hint}")
     except httpx.HTTPError as exc:
         _fail(f"cannot reach the controller at {url}: {exc}")
     finally:

@@ -2,13 +2,45 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+from sailplane.credentials import dev_token_link, read_private, token_from
 from sailplane.errors import SailplaneError
+
+TOKEN_ENV = "SAILPLANE_TOKEN"
+
+
+def find_token(controller_url: str, token_file: Path | None = None) -> str | None:
+    """The API token for ``controller_url``, from the first of: ``token_file``, env
+    ``SAILPLANE_TOKEN``, and, for a controller on a loopback address, the token that
+    ``sailplane dev`` on that port published (:func:`~sailplane.credentials.dev_token_link`).
+    None if there is none (the controller will then say 401).
+
+    Raises :class:`~sailplane.credentials.CredentialError` if ``token_file`` is unreadable.
+    """
+    token = token_from(token_file, TOKEN_ENV)
+    if token is not None:
+        return token
+    url = httpx.URL(controller_url)
+    if not _loopback(url.host):
+        return None  # a dev token never leaves this machine
+    link = dev_token_link(url.port or (443 if url.scheme == "https" else 80))
+    return read_private(link, "token file") if link.exists() else None
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class ApiError(SailplaneError):

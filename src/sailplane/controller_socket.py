@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import websockets
 from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import InvalidStatus
 
 from sailplane.timing import RECONNECT_MAX_SECONDS
 
@@ -30,6 +31,14 @@ def bearer(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+def _reason(error: Exception) -> str:
+    """One line for the log; a refused credential says so plainly."""
+    if isinstance(error, InvalidStatus) and error.response.status_code in (401, 403):
+        return (f"the controller refused this credential (HTTP "
+                f"{error.response.status_code}); see docs/security.md")
+    return str(error)
+
+
 async def stay_connected(
     url: str, headers: dict[str, str],
     session: Callable[[ClientConnection], Awaitable[None]],
@@ -45,7 +54,7 @@ async def stay_connected(
         # except*: a session's errors come wrapped in its TaskGroup's ExceptionGroup.
         except* (OSError, websockets.WebSocketException, TimeoutError) as group:
             log.warning("connection to %s lost (%s); retrying in %.1fs",
-                        url, group.exceptions[0], delay)
+                        url, _reason(group.exceptions[0]), delay)
         finally:
             on_lost()
         await asyncio.sleep(delay)

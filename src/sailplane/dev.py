@@ -2,25 +2,39 @@
 
 Ctrl-C stops the three together; the drone first terminates every backend and removes its
 container, so nothing is left running.
+
+Every start makes a fresh controller secret (kept in memory only) and credentials for the
+drone and the proxy, and writes an API token to ``DATA_DIR/api-token`` (0600), with a link
+to it where the CLI looks (:func:`~sailplane.credentials.dev_token_link`); tokens of an
+earlier start stop working.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
+import secrets
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
 from sailplane.controller.config import ControllerConfig
 from sailplane.controller.run import run_controller
-from sailplane.drone.config import DroneConfig, run_drone
+from sailplane.credentials import Role, dev_token_link, mint, new_secret, write_private
+from sailplane.drone.config import DroneConfig, check_protected, run_drone
 from sailplane.drone.executor import ExecutorSettings
 from sailplane.drone.limits import OperatorLimits
 from sailplane.mounts.policy import MountPolicy
 from sailplane.proxy.run import ProxyConfig, run_proxy
 from sailplane.runtime.base import RuntimeName
 from sailplane.runtime.containerd.ctr import DEFAULT_NAMESPACE
+
+log = logging.getLogger(__name__)
+
+API_TOKEN_FILE = "api-token"
+DEV_SUBJECT = "dev"
 
 
 class DevConfig(BaseModel):
@@ -48,15 +62,23 @@ class DevConfig(BaseModel):
     def default_mount_base(self) -> Path:
         return self.mount_base or self.data_dir / "volumes" / "default"
 
+    def api_token_path(self) -> Path:
+        return self.data_dir.absolute() / API_TOKEN_FILE
 
-def dev_parts(config: DevConfig) -> tuple[ControllerConfig, DroneConfig, ProxyConfig]:
-    """The three components' configurations; makes the data directories."""
+
+def dev_parts(
+    config: DevConfig, secret: str | None = None,
+) -> tuple[ControllerConfig, DroneConfig, ProxyConfig]:
+    """The three components' configurations, with credentials under ``secret`` (a fresh one
+    if None); makes the data directories. Raises PolicyError if a host volume would expose
+    the data directory."""
+    secret = secret or new_secret()
     mount_base = config.default_mount_base().absolute()
     mount_base.mkdir(parents=True, exist_ok=True)
     data_dir = config.data_dir.absolute()
     controller = ControllerConfig(
         database_url=f"sqlite:///{data_dir}/controller.db", proxy_url=config.proxy_url,
-        controller_url=config.controller_url,
+        controller_url=config.controller_url, secrets=[secret],
     )
     drone = DroneConfig(
         drone_id=config.drone_id, controller_url=config.controller_url,
@@ -70,13 +92,43 @@ def dev_parts(config: DevConfig) -> tuple[ControllerConfig, DroneConfig, ProxyCo
         containerd_address=config.containerd_address,
         containerd_namespace=config.containerd_namespace,
         settings=ExecutorSettings(limits=config.limits),
+        token=mint(secret, Role.DRONE, config.drone_id), protected=[data_dir],
     )
-    proxy = ProxyConfig(controller_url=config.controller_url, port=config.proxy_port)
+    check_protected(drone.policy, drone.state_dir, drone.protected)
+    proxy = ProxyConfig(controller_url=config.controller_url, port=config.proxy_port,
+                        ctrl_token=mint(secret, Role.PROXY, DEV_SUBJECT))
     return controller, drone, proxy
 
 
+def publish_api_token(config: DevConfig, secret: str) -> Path:
+    """Write a fresh API token to ``DATA_DIR/api-token`` (0600, atomically) and point the
+    CLI's link for the controller port at it; the token file's path."""
+    path = config.api_token_path()
+    write_private(path, mint(secret, Role.API, DEV_SUBJECT))
+    link = dev_token_link(config.controller_port)
+    try:
+        link.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        temporary = link.with_name(f".{link.name}.{secrets.token_hex(6)}")
+        os.symlink(path, temporary)
+        os.replace(temporary, link)
+    except OSError as exc:
+        log.warning("could not link %s to %s (%s): give the CLI --token-file %s", link, path,
+                    exc.strerror, path)
+    return path
+
+
+def _unlink_api_token(config: DevConfig) -> None:
+    """Remove the CLI's link if it still points at this data directory's token."""
+    link = dev_token_link(config.controller_port)
+    with contextlib.suppress(OSError):
+        if os.readlink(link) == str(config.api_token_path()):
+            link.unlink()
+
+
 async def run_dev(config: DevConfig) -> None:
-    controller, drone, proxy = dev_parts(config)
+    secret = new_secret()
+    controller, drone, proxy = dev_parts(config, secret)
+    publish_api_token(config, secret)
     tasks = [
         asyncio.create_task(run_controller(controller, "127.0.0.1", config.controller_port)),
         asyncio.create_task(run_drone(drone)),
@@ -91,3 +143,4 @@ async def run_dev(config: DevConfig) -> None:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        _unlink_api_token(config)

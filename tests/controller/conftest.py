@@ -1,5 +1,6 @@
 """Fixtures for the controller tests: databases (SQLite always, PostgreSQL when it answers),
-an app over a fresh database, and fake drones registered straight into the database."""
+an app over a fresh database (with credentials on; its client sends an API token), and fake
+drones registered straight into the database."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from sailplane.controller import drones
 from sailplane.controller.app import create_app
 from sailplane.controller.config import ControllerConfig
 from sailplane.controller.db.engine import make_engine, migrate
+from sailplane.credentials import Role, mint
 from sailplane.mounts.policy import Access
 from sailplane.protocol import Hello, HostVolumeOffer
 
@@ -25,6 +27,12 @@ POSTGRES_URL = os.environ.get(
 )
 PROXY_URL = "http://proxy.test:9091"
 CONTROLLER_URL = "http://controller.test:9090"
+SECRET = "test-secret-0123456789abcdefghijklmnopqrstuvwxyz"
+API_TOKEN = mint(SECRET, Role.API, "tests")
+
+
+def bearer(role: Role = Role.API, subject: str = "tests") -> dict[str, str]:
+    return {"authorization": f"Bearer {mint(SECRET, role, subject)}"}
 
 
 def reset_postgres() -> str:
@@ -82,10 +90,17 @@ def spawn_body(name: str = "doc-1", tag: str = "", namespace: str = "",
             "spawn_config": {"executable": executable, **spawn}}
 
 
+def config_for(url: str, **config: Any) -> ControllerConfig:
+    """A controller over ``url`` whose credentials are signed with :data:`SECRET`."""
+    config.setdefault("secrets", [] if config.get("insecure") else [SECRET])
+    return ControllerConfig(database_url=url, proxy_url=PROXY_URL,
+                            controller_url=CONTROLLER_URL, **config)
+
+
 def make_client(url: str, **config: Any) -> Iterator[TestClient]:
-    app = create_app(ControllerConfig(database_url=url, proxy_url=PROXY_URL,
-                                      controller_url=CONTROLLER_URL, **config))
-    with TestClient(app) as client:
+    """A TestClient of an app over ``url``; it sends :data:`API_TOKEN` on every request."""
+    app = create_app(config_for(url, **config))
+    with TestClient(app, headers={"authorization": f"Bearer {API_TOKEN}"}) as client:
         yield client
     app.state.engine.dispose()
 

@@ -21,11 +21,18 @@ from sqlalchemy import Engine
 
 from sailplane.controller import backends, drones
 from sailplane.controller.app import create_app
-from sailplane.controller.config import ControllerConfig
 from sailplane.controller.db.engine import make_engine, migrate
 from sailplane.controller.models import ConnectResponse
 from sailplane.spec import ConnectRequest
-from tests.controller.conftest import CONTROLLER_URL, PROXY_URL, add_drone, spawn_body
+from tests.controller.conftest import (
+    API_TOKEN,
+    CONTROLLER_URL,
+    PROXY_URL,
+    SECRET,
+    add_drone,
+    config_for,
+    spawn_body,
+)
 from tests.controller.server import free_port, serving
 
 RACERS = 50
@@ -61,7 +68,8 @@ def test_threads_race_for_one_key(engine: Engine) -> None:
 
 
 async def race(base_urls: list[str], name: str = "race") -> list[dict[str, Any]]:
-    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=RACERS)) as c:
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=RACERS),
+                                 headers={"authorization": f"Bearer {API_TOKEN}"}) as c:
         replies = await asyncio.gather(*(
             c.post(f"{base_urls[i % len(base_urls)]}/ctrl/connect", json=spawn_body(name))
             for i in range(RACERS)
@@ -72,8 +80,7 @@ async def race(base_urls: list[str], name: str = "race") -> list[dict[str, Any]]
 
 
 def test_http_race_for_one_key(database_url: str) -> None:
-    app = create_app(ControllerConfig(database_url=database_url, proxy_url=PROXY_URL,
-                                      controller_url=CONTROLLER_URL))
+    app = create_app(config_for(database_url))
     engine: Engine = app.state.engine
     try:
         with serving(app) as base_url:
@@ -95,7 +102,7 @@ def two_controllers(postgres_url: str, tmp_path: Path) -> Iterator[list[str]]:
         processes.append(subprocess.Popen(
             [str(SAILPLANE), "controller", "--host", "127.0.0.1", "--port", str(port),
              "--database-url", postgres_url, "--proxy-url", PROXY_URL],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "SAILPLANE_CTRL_TOKEN": ""},
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "SAILPLANE_SECRET": SECRET},
         ))
     urls = [f"http://127.0.0.1:{port}" for port in ports]
     try:

@@ -10,11 +10,11 @@ from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
 
 from sailplane.controller.app import create_app
-from sailplane.controller.config import ControllerConfig
 from sailplane.controller.db.engine import make_engine, migrate
 from sailplane.controller.drones import register
 from sailplane.mounts.policy import Access
 from sailplane.protocol import Hello, HostVolumeOffer
+from tests.controller.conftest import API_TOKEN, config_for
 
 
 def _controller_app() -> FastAPI:
@@ -25,7 +25,7 @@ def _controller_app() -> FastAPI:
     register(engine, Hello(drone_id="fuzz-drone", runtime="docker", host_volumes=[
         HostVolumeOffer(name="default", access=Access.RW),
     ]))
-    return create_app(ControllerConfig(), engine)
+    return create_app(config_for(f"sqlite:///{database}/fuzz.db"), engine)
 
 
 schema = schemathesis.openapi.from_asgi("/openapi.json", _controller_app())
@@ -34,7 +34,7 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", _controller_app())
 @schema.parametrize()
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 def test_no_input_makes_the_controller_fail(case):
-    response = case.call()
+    response = case.call(headers={"authorization": f"Bearer {API_TOKEN}"})
     assert response.status_code < 500 or response.status_code == 503, (
         f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:300]}"
     )

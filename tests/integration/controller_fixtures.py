@@ -3,6 +3,11 @@
 :class:`Cluster` starts them, restarts either (same port, database, drone id and state dir),
 and offers small HTTP helpers. Teardown terminates the processes, then force-removes every
 container labelled with the drone's id, whatever the test's outcome.
+
+Credentials are on, as in production: :class:`Process` hands each ``sailplane`` part the
+credential of its role through the environment, as an operator would (the controller the
+test secret, a drone a credential for its ``--drone-id``, a proxy a proxy credential), unless
+its arguments bring their own; ``Cluster.http`` sends an API token.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import docker
 import httpx
 import pytest
 
+from sailplane.credentials import Role, mint, new_secret
 from tests.integration.conftest import remove_drone_containers
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,6 +39,21 @@ STOP_TIMEOUT = 10.0
 # A drone retries with backoff up to 5 s (RECONNECT_MAX_SECONDS), so a reconnect can take that.
 RECONNECT_TIMEOUT = 20.0
 LIFECYCLE = ["scheduled", "loading", "starting", "waiting", "ready"]
+SECRET = new_secret()  # the test session's controller secret
+API_TOKEN = mint(SECRET, Role.API, "tests")
+
+
+def credentials_env(args: list[str]) -> dict[str, str]:
+    """The credential a ``sailplane`` command line needs in its environment, if any."""
+    verb = args[1] if len(args) > 1 else ""
+    if verb == "controller" and not {"--insecure", "--secret-file"} & set(args):
+        return {"SAILPLANE_SECRET": SECRET}
+    if verb == "drone" and "--token-file" not in args and "--drone-id" in args:
+        drone_id = args[args.index("--drone-id") + 1]
+        return {"SAILPLANE_DRONE_TOKEN": mint(SECRET, Role.DRONE, drone_id)}
+    if verb == "proxy" and "--token-file" not in args:
+        return {"SAILPLANE_PROXY_TOKEN": mint(SECRET, Role.PROXY, "tests")}
+    return {}
 
 
 def free_port() -> int:
@@ -65,6 +86,7 @@ class Process:
     name: str
     args: list[str]
     log_path: Path
+    env: dict[str, str] = field(default_factory=dict)  # on top of ours and the credentials
     popen: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = None
 
@@ -75,7 +97,8 @@ class Process:
         self._log.flush()
         self.popen = subprocess.Popen(
             self.args, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.log_path.parent,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **credentials_env(self.args),
+                 **self.env},
         )
 
     def alive(self) -> bool:
@@ -112,6 +135,9 @@ class Cluster:
     image: str
     mount_base: Path
     keys: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.http.headers.setdefault("authorization", f"Bearer {API_TOKEN}")
 
     @property
     def url(self) -> str:

@@ -1,12 +1,15 @@
 """The README's walkthrough, end to end: `sailplane dev`, the CLI, and HTTP through the proxy.
 
 Config hot reload, data kept across backends of a key, a live code mount, and Ctrl-C leaving
-no container behind, with the demo backend image.
+no container behind, with the demo backend image. Credentials are on: as in the README, the
+CLI runs from another directory than the data directory's and finds the API token that
+`sailplane dev` published (through its link under ``XDG_STATE_HOME``, here a temporary one).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import uuid
@@ -33,14 +36,17 @@ pytestmark = pytest.mark.docker
 
 @dataclass
 class Dev:
-    root: Path
+    root: Path  # the walkthrough's /tmp/walk: the CLI runs here
+    data_dir: Path  # the repository's .sailplane
     controller: str
     drone_id: str
     process: Process
+    env: dict[str, str]
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         done = subprocess.run([str(SAILPLANE), *args, "--controller", self.controller],
-                              capture_output=True, text=True, timeout=60)
+                              capture_output=True, text=True, timeout=60, cwd=self.root,
+                              env=self.env)
         if check:
             assert done.returncode == 0, f"sailplane {args}: {done.stderr}"
         return done
@@ -65,19 +71,29 @@ def dev(tmp_path: Path, demo_image: str) -> Iterator[Dev]:  # noqa: F811 - the f
     (tmp_path / "code" / "index.html").write_text("<h1>version 1</h1>\n")
     port, proxy_port = free_port(), free_port()
     drone_id = f"walk-{uuid.uuid4().hex[:8]}"
+    data_dir = tmp_path / "repo" / ".sailplane"
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
+    for name in ("SAILPLANE_TOKEN", "SAILPLANE_TOKEN_FILE"):
+        env.pop(name, None)
     process = Process("dev", [
         str(SAILPLANE), "dev", "--controller-port", str(port), "--proxy-port", str(proxy_port),
-        "--data-dir", str(tmp_path / ".sailplane"), "--drone-id", drone_id,
+        "--data-dir", str(data_dir), "--drone-id", drone_id,
         "--host-volume", f"config={tmp_path / 'config'}:ro",
         "--host-volume", f"data={tmp_path / 'data'}:rw",
         "--host-volume", f"code={tmp_path / 'code'}:ro",
-    ], tmp_path / "dev.log")
+    ], tmp_path / "dev.log", env={"XDG_STATE_HOME": env["XDG_STATE_HOME"]})
     process.start()
     controller = f"http://127.0.0.1:{port}"
+
+    def drone_connected() -> bool:
+        token = (data_dir / "api-token").read_text().strip()
+        answer = httpx.get(f"{controller}/ctrl/drones",
+                           headers={"authorization": f"Bearer {token}"})
+        return answer.status_code == 200 and bool(answer.json())
+
     try:
-        wait_until(lambda: httpx.get(f"{controller}/ctrl/drones").json(), START_TIMEOUT,
-                   "the dev drone to connect")
-        yield Dev(tmp_path, controller, drone_id, process)
+        wait_until(drone_connected, START_TIMEOUT, "the dev drone to connect")
+        yield Dev(tmp_path, data_dir, controller, drone_id, process, env)
     finally:
         process.stop(signal.SIGINT)
         remove_drone_containers(client, drone_id)

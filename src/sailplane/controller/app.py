@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
@@ -13,10 +14,12 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Header, HTTPException, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from sqlalchemy import Engine
 
-from sailplane.controller import backends, drones
+from sailplane.controller import auth, backends, drones
+from sailplane.controller.auth import Guard, Refused
 from sailplane.controller.backends import BackendNotFound, KeyTagMismatch, Urls
 from sailplane.controller.config import ControllerConfig
 from sailplane.controller.db.engine import make_engine, migrate
@@ -31,6 +34,7 @@ from sailplane.controller.notify import Notifier
 from sailplane.controller.proxy_socket import serve_proxy
 from sailplane.controller.scheduler import NoDroneAvailable
 from sailplane.controller.sweeper import run_sweeper
+from sailplane.credentials import Credential, Role
 from sailplane.errors import MountRefused, SailplaneError
 from sailplane.spec import ConnectRequest
 from sailplane.state import BackendStatus, TerminationReason
@@ -39,7 +43,11 @@ _STATUS_BY_ERROR: dict[type[SailplaneError], int] = {
     MountRefused: 400, BackendNotFound: 404, KeyTagMismatch: 409, NoDroneAvailable: 503,
 }
 STREAM_POLL_SECONDS = 0.5
-SocketServer = Callable[[WebSocket, Engine, Notifier], Awaitable[None]]
+SocketServer = Callable[[WebSocket, Engine, Notifier, Credential | None], Awaitable[None]]
+# Documents the bearer token in the OpenAPI schema (and /docs); the guard reads the header.
+_BEARER = HTTPBearer(auto_error=False, description="a credential of the route's role")
+
+log = logging.getLogger(__name__)
 
 
 def create_app(config: ControllerConfig, engine: Engine | None = None) -> FastAPI:
@@ -55,6 +63,9 @@ def create_app(config: ControllerConfig, engine: Engine | None = None) -> FastAP
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if config.insecure:
+            log.warning("%s: any client may call /ctrl, register as any drone and follow "
+                        "routes as a proxy", auth.INSECURE_NOTE)
         await asyncio.to_thread(migrate, engine)
         sweeper = asyncio.create_task(run_sweeper(engine, notifier, config.lost_after_seconds))
         yield
@@ -62,15 +73,20 @@ def create_app(config: ControllerConfig, engine: Engine | None = None) -> FastAP
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
 
-    def authorized(header: str | None) -> bool:
-        return not config.ctrl_token or header == f"Bearer {config.ctrl_token}"
+    guard = Guard(config.secrets, insecure=config.insecure,
+                  allowed_origins=config.allowed_origins)
 
-    def authorize(authorization: Annotated[str | None, Header()] = None) -> None:
-        if not authorized(authorization):
-            raise HTTPException(401, "a valid bearer token is required for /ctrl")
+    def require(roles: frozenset[Role]) -> Callable[..., None]:
+        def check(
+            request: Request,
+            _scheme: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
+        ) -> None:
+            guard.check(request.headers.get("authorization"), request.headers.get("origin"),
+                        roles, request.url.path)
+        return check
 
     app = FastAPI(title="Sailplane controller", lifespan=lifespan)
-    ctrl = [Depends(authorize)]
+    ctrl = [Depends(require(auth.API))]
 
     @app.exception_handler(SailplaneError)
     async def sailplane_error(_request: Request, exc: SailplaneError) -> JSONResponse:
@@ -80,6 +96,14 @@ def create_app(config: ControllerConfig, engine: Engine | None = None) -> FastAP
         if isinstance(exc, MountRefused):
             body["mount"] = exc.mount
         return JSONResponse({"error": body}, status_code=status)
+
+    @app.exception_handler(Refused)
+    async def refused(request: Request, exc: Refused) -> JSONResponse:
+        log.warning("refused %s %s from %s: %s", request.method, request.url.path,
+                    request.client.host if request.client else "?", exc.message)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse({"error": {"code": exc.code, "message": exc.message}},
+                            exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -130,16 +154,22 @@ def create_app(config: ControllerConfig, engine: Engine | None = None) -> FastAP
         await asyncio.to_thread(drones.drain, engine, drone_id)
         return {"draining": True}
 
-    def socket_route(serve: SocketServer) -> Callable[[WebSocket], Awaitable[None]]:
+    def socket_route(
+        serve: SocketServer, roles: frozenset[Role],
+    ) -> Callable[[WebSocket], Awaitable[None]]:
         async def route(websocket: WebSocket) -> None:
-            if not authorized(websocket.headers.get("authorization")):
-                await websocket.close(code=1008)
+            try:
+                credential = guard.check(websocket.headers.get("authorization"),
+                                         websocket.headers.get("origin"), roles,
+                                         websocket.url.path)
+            except Refused as exc:
+                await _deny(websocket, exc)
                 return
-            await serve(websocket, engine, notifier)
+            await serve(websocket, engine, notifier, credential)
         return route
 
-    app.add_api_websocket_route("/ctrl/drone-socket", socket_route(serve_drone))
-    app.add_api_websocket_route("/ctrl/proxy-socket", socket_route(serve_proxy))
+    app.add_api_websocket_route("/ctrl/drone-socket", socket_route(serve_drone, auth.DRONE))
+    app.add_api_websocket_route("/ctrl/proxy-socket", socket_route(serve_proxy, auth.PROXY))
 
     @app.get("/pub/b/{backend_id}/status")
     async def backend_status(backend_id: str) -> StatusResponse:
@@ -158,7 +188,9 @@ def create_app(config: ControllerConfig, engine: Engine | None = None) -> FastAP
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/metrics")
+    metrics_guard = [] if config.open_metrics else [Depends(require(auth.METRICS))]
+
+    @app.get("/metrics", dependencies=metrics_guard)
     async def metrics() -> PlainTextResponse:
         summaries = await asyncio.to_thread(backends.list_backends, engine, False)
         for status in BackendStatus:
@@ -170,6 +202,17 @@ def create_app(config: ControllerConfig, engine: Engine | None = None) -> FastAP
 
     app.state.engine = engine
     return app
+
+
+async def _deny(websocket: WebSocket, exc: Refused) -> None:
+    """Refuse the upgrade with an HTTP answer (or, on a server without that, close first)."""
+    client = websocket.client.host if websocket.client else "?"
+    log.warning("refused %s from %s: %s", websocket.url.path, client, exc.message)
+    body = JSONResponse({"error": {"code": exc.code, "message": exc.message}}, exc.status)
+    try:
+        await websocket.send_denial_response(body)
+    except RuntimeError:
+        await websocket.close(code=1008, reason=exc.message[:120])
 
 
 async def _stream(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from sailplane.timing import DRONE_LOST_SECONDS
 
@@ -11,5 +11,10 @@ class ControllerConfig(BaseModel):
     database_url: str = "sqlite:///.sailplane/controller.db"
     proxy_url: str = "http://127.0.0.1:9091"
     controller_url: str = "http://127.0.0.1:9090"
-    ctrl_token: str | None = None
     lost_after_seconds: float = DRONE_LOST_SECONDS
+    # Credentials (sailplane.credentials): the secrets that sign them, the first signing new
+    # ones. None given: the controller refuses to start unless ``insecure``.
+    secrets: list[str] = Field(default_factory=list, repr=False)
+    insecure: bool = False
+    open_metrics: bool = False  # /metrics without a credential
+    allowed_origins: list[str] = Field(default_factory=list)  # browser origins let through

@@ -9,20 +9,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from sqlalchemy import Engine
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from sailplane.controller import routes
+from sailplane.controller.auth import INSECURE_NOTE
 from sailplane.controller.notify import Notifier
+from sailplane.credentials import Credential
 from sailplane.protocol import ConnectionReport, RouteGone, RouteRequest, from_proxy
+
+log = logging.getLogger(__name__)
 
 BACKENDS_CHANGED = "backends"
 ROUTE_CHECK_SECONDS = 0.5
 
 
-async def serve_proxy(websocket: WebSocket, engine: Engine, notifier: Notifier) -> None:
+async def serve_proxy(
+    websocket: WebSocket, engine: Engine, notifier: Notifier, credential: Credential | None,
+) -> None:
+    """Serve one proxy; ``credential`` is its checked ``proxy`` credential (None: insecure).
+    A proxy may only look routes up and report connections: no other message parses."""
     await websocket.accept()
+    client = websocket.client.host if websocket.client else "?"
+    if credential is None:
+        log.warning("proxy connected from %s without a credential: %s", client, INSECURE_NOTE)
+    else:
+        log.info("proxy %s connected from %s", credential.subject, client)
     watched: set[str] = set()
     lock = asyncio.Lock()
     watcher = asyncio.create_task(_drop_gone_routes(websocket, engine, notifier, watched, lock))

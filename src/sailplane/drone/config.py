@@ -11,6 +11,7 @@ from sailplane import __version__
 from sailplane.drone.agent import DroneAgent
 from sailplane.drone.executor import Executor, ExecutorSettings
 from sailplane.drone.store import DroneStore
+from sailplane.errors import PolicyError
 from sailplane.mounts.pin import StagingArea, staging_root
 from sailplane.mounts.policy import MountPolicy
 from sailplane.protocol import Hello, HostVolumeOffer
@@ -33,7 +34,10 @@ class DroneConfig(BaseModel):
     containerd_namespace: str = DEFAULT_NAMESPACE
     policy: MountPolicy
     state_dir: Path
-    ctrl_token: str | None = None
+    token: str | None = None  # the drone credential (sailplane.credentials), named for it
+    # Paths no host volume may expose besides the state directory (`sailplane dev`: its data
+    # directory, with the controller's database and API token).
+    protected: list[Path] = []
     settings: ExecutorSettings = ExecutorSettings()
     # `sailplane dev`: on exit terminate every backend and remove its container.
     terminate_on_exit: bool = False
@@ -54,6 +58,28 @@ def make_runtime(config: DroneConfig) -> Runtime:
     return DockerRuntime(config.drone_id)
 
 
+def check_protected(policy: MountPolicy, state_dir: Path, protected: list[Path]) -> None:
+    """Refuse (:class:`PolicyError`) a host volume whose root is the state directory, holds it,
+    or lies inside it (the store, other backends' pinned mounts), or that holds one of
+    ``protected`` (a controller's database, an API token, a data directory)."""
+    if policy.platform != "posix":
+        return
+    state = state_dir.resolve()
+    for volume in policy.host_volumes.values():
+        root = Path(volume.path).resolve()
+        if _within(root, state) or _within(state, root):
+            raise PolicyError(f"host volume {volume.name!r} ({root}) overlaps the drone's "
+                              f"state directory {state}")
+        for path in protected:
+            if _within(path.resolve(), root):
+                raise PolicyError(f"host volume {volume.name!r} ({root}) holds {path}, "
+                                  "which no backend may see")
+
+
+def _within(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
 def hello_for(config: DroneConfig) -> Hello:
     return Hello(
         drone_id=config.drone_id, pool=config.pool, runtime=config.runtime, version=__version__,
@@ -67,13 +93,17 @@ def hello_for(config: DroneConfig) -> Hello:
 
 async def run_drone(config: DroneConfig) -> None:
     """Run until cancelled; backends keep running and are adopted by the next start."""
+    check_protected(config.policy, config.state_dir, config.protected)
+    if not config.token:
+        log.warning("drone %s has no credential: only a controller run with --insecure "
+                    "accepts it", config.drone_id)
     config.state_dir.mkdir(parents=True, exist_ok=True)
     config.state_dir.chmod(0o700)  # the drone's alone: its store, and the pinned mounts below
     store = DroneStore(config.state_dir / f"drone-{config.drone_id}.db")
     staging = StagingArea(staging_root(config.state_dir))
     executor = Executor(make_runtime(config), config.policy, store, staging, config.settings)
     await executor.start()
-    agent = DroneAgent(config.controller_url, executor, hello_for(config), config.ctrl_token)
+    agent = DroneAgent(config.controller_url, executor, hello_for(config), config.token)
     try:
         await agent.run()
     finally:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Controllers sharing PostgreSQL start together; this advisory lock makes their migrations
@@ -22,6 +23,9 @@ def make_engine(url: str) -> Engine:
     options: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
         options["connect_args"] = {"timeout": 30, "check_same_thread": False}
+        database = make_url(url).database
+        if database and database != ":memory:":
+            private_sqlite_file(Path(database))
     else:
         options |= {"pool_size": 20, "max_overflow": 20}
     engine = create_engine(url, **options)
@@ -30,6 +34,17 @@ def make_engine(url: str) -> Engine:
         # Take the write lock at BEGIN, so two writers queue instead of deadlocking.
         event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
     return engine
+
+
+def private_sqlite_file(path: Path) -> None:
+    """Create ``path`` mode 0600 if missing, or make it 0600: it holds every backend's env and
+    tokens. SQLite gives its ``-wal`` and ``-shm`` files the database file's mode."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    os.chmod(path, 0o600)
+    for suffix in ("-wal", "-shm", "-journal"):
+        sibling = path.with_name(path.name + suffix)
+        if sibling.exists():
+            os.chmod(sibling, 0o600)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
