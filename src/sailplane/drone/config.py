@@ -17,6 +17,8 @@ from sailplane.mounts.policy import MountPolicy
 from sailplane.protocol import Hello, HostVolumeOffer
 from sailplane.runtime.base import Runtime, RuntimeName
 from sailplane.runtime.containerd.ctr import DEFAULT_NAMESPACE
+from sailplane.runtime.containerd.network import DEFAULT_SUBNET
+from sailplane.runtime.firewall import EgressPolicy
 from sailplane.state import TerminationReason
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,10 @@ class DroneConfig(BaseModel):
     # containerd only: its socket (default_address() when None) and the namespace to use.
     containerd_address: str | None = None
     containerd_namespace: str = DEFAULT_NAMESPACE
+    containerd_subnet: str = DEFAULT_SUBNET  # the CNI bridge's addresses
+    # Networks backends may reach although private (the rest of the private ranges and the
+    # host stay closed to them).
+    egress_allow: tuple[str, ...] = ()
     policy: MountPolicy
     state_dir: Path
     token: str | None = None  # the drone credential (sailplane.credentials), named for it
@@ -52,10 +58,11 @@ def make_runtime(config: DroneConfig) -> Runtime:
         return ContainerdRuntime(
             config.drone_id, config.state_dir.absolute(),
             config.containerd_address or default_address(), config.containerd_namespace,
+            config.containerd_subnet, EgressPolicy(allow=config.egress_allow),
         )
     from sailplane.runtime.docker.runtime import DockerRuntime
 
-    return DockerRuntime(config.drone_id)
+    return DockerRuntime(config.drone_id, egress=EgressPolicy(allow=config.egress_allow))
 
 
 def check_protected(policy: MountPolicy, state_dir: Path, protected: list[Path]) -> None:
@@ -109,5 +116,5 @@ async def run_drone(config: DroneConfig) -> None:
     finally:
         if config.terminate_on_exit:
             await executor.terminate_all(TerminationReason.EXTERNAL)
-        await executor.close()
+        await executor.close(remove_isolation=config.terminate_on_exit)
         store.close()
