@@ -14,8 +14,13 @@ from the request to the first HTTP answer:
   raw ``ctr run --detach --net-host`` with the same flags, on a free port, in a namespace of the
   bench's own (``sailplane-bench``) into which the image is imported from ``docker save``.
 
-The two alternate, and which goes first swaps every round, so both see the same machine. The
-baseline waits for its answer with the executor's own
+Each runtime also has a second raw baseline, the same raw call with the backend isolation the
+drone now gives (docker: the ``sailplane-backends`` network and the capability cut; containerd:
+a network namespace of its own wired by the same CNI calls), so one run shows what isolation
+itself costs beside what Sailplane adds on top of it.
+
+The three alternate, and which goes first rotates every round, so all see the same machine. The
+baselines wait for their answer with the executor's own
 :func:`~sailplane.drone.readiness.wait_until_ready`, so both poll on the same schedule
 (``timing.READY_POLL_*``). Containers are removed between rounds, outside the timings.
 
@@ -50,9 +55,17 @@ from sailplane.drone.store import DroneStore
 from sailplane.mounts.pin import StagingArea
 from sailplane.mounts.policy import MountPolicy
 from sailplane.protocol import SpawnBackend
-from sailplane.runtime.base import BACKEND_LABEL, BACKEND_PORT, DRONE_LABEL, BackendAddress
+from sailplane.runtime.base import (
+    BACKEND_CAPABILITIES,
+    BACKEND_LABEL,
+    BACKEND_PORT,
+    DRONE_LABEL,
+    BackendAddress,
+)
 from sailplane.runtime.containerd.ctr import Ctr, CtrError, default_address, normalize_image
+from sailplane.runtime.containerd.network import CniNetwork
 from sailplane.runtime.containerd.runtime import ContainerdRuntime
+from sailplane.runtime.docker.network import NETWORK_NAME
 from sailplane.runtime.docker.runtime import DockerRuntime
 from sailplane.spec import ExecutorConfig, KeyConfig, PullPolicy
 from sailplane.state import BackendStatus, TerminationReason
@@ -75,6 +88,7 @@ class Bench(Protocol):
     name: str
     image: str
     baseline: str
+    isolated_baseline: str
     executor: Executor
     store: DroneStore
     phases: list[dict[str, int]]
@@ -82,6 +96,8 @@ class Bench(Protocol):
     async def executor_spawn(self) -> float: ...
 
     async def raw_spawn(self) -> float: ...
+
+    async def raw_isolated_spawn(self) -> float: ...
 
     async def remove_everything(self) -> None: ...
 
@@ -91,6 +107,7 @@ class DockerBench:
 
     name = "docker"
     baseline = "raw Docker SDK"
+    isolated_baseline = "raw, isolated"
 
     def __init__(self, image: str, state_dir: Path) -> None:
         self.image = image
@@ -106,7 +123,14 @@ class DockerBench:
         return await executor_spawn(self, self._until_removed)
 
     async def raw_spawn(self) -> float:
-        """What the executor does for a backend, with nothing of Sailplane but the polling."""
+        return await self._raw(isolated=False)
+
+    async def raw_isolated_spawn(self) -> float:
+        return await self._raw(isolated=True)
+
+    async def _raw(self, isolated: bool) -> float:
+        """What the executor does for a backend, with nothing of Sailplane but the polling;
+        ``isolated``: on the backends' network with the capability cut, as the runtime does."""
         name = f"sailplane-bench-raw-{uuid.uuid4().hex[:12]}"
         started = time.perf_counter()
         options: dict[str, Any] = {  # as DockerRuntime creates a backend's container
@@ -114,6 +138,9 @@ class DockerBench:
             "labels": {BENCH_LABEL: self.run_id}, "ports": {PORT_KEY: ("127.0.0.1", None)},
             "security_opt": ["no-new-privileges"],
         }
+        if isolated:
+            options.update(network=NETWORK_NAME, cap_drop=["ALL"],
+                           cap_add=list(BACKEND_CAPABILITIES))
         container = self.client.containers.create(self.image, **options)
         container.start()
         container.reload()
@@ -153,6 +180,7 @@ class ContainerdBench:
 
     name = "containerd"
     baseline = "raw ctr run"
+    isolated_baseline = "raw, isolated"
 
     def __init__(self, image: str, state_dir: Path, address: str) -> None:
         self.image = image
@@ -169,6 +197,7 @@ class ContainerdBench:
         self.phases: list[dict[str, int]] = []
         self.raw_logs = state_dir / "raw-logs"
         self.raw_logs.mkdir()
+        self.network = CniNetwork(state_dir / "raw-cni")
 
     def import_image(self) -> None:
         saved = subprocess.run(["docker", "save", self.image], capture_output=True, check=True)
@@ -179,25 +208,40 @@ class ContainerdBench:
         return await executor_spawn(self, self._until_removed)
 
     async def raw_spawn(self) -> float:
-        """One ``ctr run`` with the flags ContainerdRuntime gives, then the first answer."""
+        return await self._raw(isolated=False)
+
+    async def raw_isolated_spawn(self) -> float:
+        return await self._raw(isolated=True)
+
+    async def _raw(self, isolated: bool) -> float:
+        """One ``ctr run`` and the first answer: on the host's network with a free port (as
+        the runtime did before isolation), or ``isolated`` in a namespace of its own wired by
+        the same CNI calls the runtime makes."""
         name = f"sailplane-bench-raw-{uuid.uuid4().hex[:12]}"
         started = time.perf_counter()
-        with socket.socket() as probe:  # as the runtime picks a port
-            probe.bind(("0.0.0.0", 0))
-            port = probe.getsockname()[1]
+        if isolated:
+            ip = await self.network.attach(name)
+            network = ["--with-ns", f"network:{self.network.netns_path(name)}"]
+            address, port = BackendAddress(ip, BACKEND_PORT), BACKEND_PORT
+        else:
+            with socket.socket() as probe:
+                probe.bind(("0.0.0.0", 0))
+                port = probe.getsockname()[1]
+            network, address = ["--net-host"], BackendAddress("127.0.0.1", port)
         await self.ctr(
-            "run", "--detach", "--net-host", "--seccomp",
+            "run", "--detach", "--seccomp", *network,
             "--log-uri", f"file://{self.raw_logs / name}.log",
             "--label", f"{BENCH_LABEL}={self.run_id}", "--env", f"PORT={port}",
             self.ref, name,
         )
-        address = BackendAddress("127.0.0.1", port)
         await asyncio.wait_for(wait_until_ready(address), SPAWN_TIMEOUT_SECONDS)
         elapsed = time.perf_counter() - started
         if not await answers_http(address):
             raise RuntimeError(f"raw container {name} stopped answering")
         await self.ctr("tasks", "delete", "--force", name)
         await self.ctr("containers", "delete", name)
+        if isolated:
+            await self.network.detach(name)
         return elapsed
 
     async def _listed(self, label: str) -> list[str]:
@@ -268,20 +312,26 @@ def note_phases(bench: Bench, backend_id: str) -> None:
     bench.store.ack(bench.store.pending()[-1].seq)
 
 
-async def run(bench: Bench, n: int, budget: float) -> tuple[list[float], list[float]]:
+async def run(
+    bench: Bench, n: int, budget: float
+) -> tuple[list[float], list[float], list[float]]:
     deadline = time.monotonic() + budget
     executor_times: list[float] = []
     raw_times: list[float] = []
+    isolated_times: list[float] = []
     try:
         await bench.executor.start()
-        await bench.executor_spawn()  # warm-up of both paths, not counted
+        await bench.executor_spawn()  # warm-up of every path, not counted
         await bench.raw_spawn()
+        await bench.raw_isolated_spawn()
         bench.phases.clear()
         for round_ in range(n):
-            pairs: list[tuple[Timed, list[float]]] = [
+            kinds: list[tuple[Timed, list[float]]] = [
                 (bench.executor_spawn, executor_times), (bench.raw_spawn, raw_times),
+                (bench.raw_isolated_spawn, isolated_times),
             ]
-            for spawn, times in pairs if round_ % 2 == 0 else reversed(pairs):
+            shift = round_ % len(kinds)
+            for spawn, times in kinds[shift:] + kinds[:shift]:
                 times.append(await spawn())
             if time.monotonic() > deadline:
                 print(f"{bench.name}: budget of {budget:.0f} s spent after {round_ + 1} rounds",
@@ -291,7 +341,7 @@ async def run(bench: Bench, n: int, budget: float) -> tuple[list[float], list[fl
         await bench.executor.close()
         bench.store.close()
         await bench.remove_everything()
-    return executor_times, raw_times
+    return executor_times, raw_times, isolated_times
 
 
 def p90(values: list[float]) -> float:
@@ -300,10 +350,12 @@ def p90(values: list[float]) -> float:
     return ordered[max(0, math.ceil(0.9 * len(ordered)) - 1)]
 
 
-def report(bench: Bench, executor_times: list[float], raw_times: list[float]) -> float:
-    rows = [(f"executor ({bench.name})", executor_times), (bench.baseline, raw_times)]
+def report(bench: Bench, executor_times: list[float], raw_times: list[float],
+           isolated_times: list[float]) -> float:
+    rows = [(f"executor ({bench.name})", executor_times), (bench.baseline, raw_times),
+            (bench.isolated_baseline, isolated_times)]
     print(f"{bench.name}: cold spawn to first HTTP answer, {bench.image}, "
-          f"{len(executor_times)} + {len(raw_times)} spawns, alternating")
+          f"{len(executor_times)} of each kind, rotating")
     print(f"{'':22} {'median':>9} {'p90':>9} {'min':>9} {'max':>9}")
     for name, times in rows:
         ms = [t * 1000 for t in times]
@@ -314,6 +366,11 @@ def report(bench: Bench, executor_times: list[float], raw_times: list[float]) ->
     verdict = "met" if ratio <= MAX_RATIO else "MISSED"
     print(f"{'ratio executor/raw':22} {ratio:8.2f}x {p90_ratio:8.2f}x"
           f"   (target: median <= {MAX_RATIO:.2f}x, {verdict})")
+    isolation = statistics.median(isolated_times) / statistics.median(raw_times)
+    print(f"{'isolation raw/raw':22} {isolation:8.2f}x "
+          "  (what the backend network and capability cut cost a raw spawn)")
+    on_top = statistics.median(executor_times) / statistics.median(isolated_times)
+    print(f"{'executor/raw isolated':22} {on_top:8.2f}x   (what Sailplane adds beyond that)")
     if bench.phases:
         medians = {phase: statistics.median(p[phase] for p in bench.phases)
                    for phase in bench.phases[0]}
@@ -335,10 +392,11 @@ def measure(
             containerd = ContainerdBench(image, Path(tmp), address)
             containerd.import_image()
             bench = containerd
-        executor_times, raw_times = asyncio.run(run(bench, n, budget))
+        executor_times, raw_times, isolated_times = asyncio.run(run(bench, n, budget))
         samples[f"executor ({bench.name})"] = [t * 1000 for t in executor_times]
         samples[bench.baseline] = [t * 1000 for t in raw_times]
-        return report(bench, executor_times, raw_times)
+        samples[f"{bench.baseline}, isolated"] = [t * 1000 for t in isolated_times]
+        return report(bench, executor_times, raw_times, isolated_times)
 
 
 def main() -> int:
