@@ -27,6 +27,7 @@ from sailplane.mounts.pin import StagingArea, staging_root
 from sailplane.mounts.policy import MountPolicy, Platform
 from sailplane.mounts.report import plan_document
 from sailplane.mounts.validate import check_volume_name
+from sailplane.proxy import limits as proxy_limits
 from sailplane.runtime.base import RUNTIMES, NamedVolume, Runtime, RuntimeName
 from sailplane.runtime.containerd.mounts import DEFAULT_VOLUME_ROOT
 from sailplane.state import BackendStatus
@@ -89,6 +90,27 @@ NamedVolumesFlag = Annotated[
 MaxNamedVolumes = Annotated[
     int | None, typer.Option("--max-named-volumes-per-namespace", min=0, metavar="N",
                              help="Most named volumes one namespace may hold; no cap if unset.")
+]
+
+# The proxy's limits against hostile clients (sailplane.proxy.limits, docs/proxy.md).
+MaxHeaderBytes = Annotated[
+    int, typer.Option(min=1024, help="Largest request head in bytes; beyond: 431.")
+]
+MaxHeaders = Annotated[int, typer.Option(min=8, help="Most header lines a request may have.")]
+MaxPipelined = Annotated[
+    int, typer.Option(min=1, help="Requests read ahead on a connection before it waits.")
+]
+MaxConnections = Annotated[
+    int, typer.Option(min=1, help="Open client connections; beyond: 503 and close.")
+]
+HeadTimeout = Annotated[
+    float, typer.Option(min=0.01, help="Seconds a request head may take; beyond: 408.")
+]
+IdleTimeout = Annotated[
+    float, typer.Option(min=0.01, help="Seconds a keep-alive connection may idle.")
+]
+BodyTimeout = Annotated[
+    float, typer.Option(min=0.01, help="Seconds a body may stall (either direction).")
 ]
 
 
@@ -296,6 +318,13 @@ def proxy(
         Path | None, typer.Option(envvar="SAILPLANE_PROXY_TOKEN_FILE",
                                   help="The proxy's credential; else env SAILPLANE_PROXY_TOKEN.")
     ] = None,
+    max_header_bytes: MaxHeaderBytes = proxy_limits.MAX_HEADER_BYTES,
+    max_headers: MaxHeaders = proxy_limits.MAX_HEADERS,
+    max_pipelined: MaxPipelined = proxy_limits.MAX_PIPELINED,
+    max_connections: MaxConnections = proxy_limits.MAX_CONNECTIONS,
+    head_timeout: HeadTimeout = proxy_limits.HEAD_TIMEOUT_SECONDS,
+    idle_timeout: IdleTimeout = proxy_limits.IDLE_TIMEOUT_SECONDS,
+    body_timeout: BodyTimeout = proxy_limits.BODY_TIMEOUT_SECONDS,
 ) -> None:
     """Run a proxy: route http://HOST:PORT/{token}/... to the token's backend."""
     from sailplane.proxy.run import ProxyConfig, run_workers
@@ -303,8 +332,12 @@ def proxy(
     _logging()
     _old_token_env()
     token = _component_token(token_file, "SAILPLANE_PROXY_TOKEN", Role.PROXY)
+    limits = proxy_limits.ProxyLimits(
+        max_header_bytes=max_header_bytes, max_headers=max_headers, max_pipelined=max_pipelined,
+        max_connections=max_connections, head_timeout=head_timeout, idle_timeout=idle_timeout,
+        body_timeout=body_timeout)
     run_workers(ProxyConfig(controller_url=controller, host=host, port=port, workers=workers,
-                            ctrl_token=token))
+                            ctrl_token=token, limits=limits))
 
 
 @app.command()
@@ -326,6 +359,13 @@ def dev(
     max_tmpfs_bytes: MaxTmpfsBytes = None,
     default_memory_bytes: DefaultMemoryBytes = None,
     default_pids_limit: DefaultPidsLimit = None,
+    max_header_bytes: MaxHeaderBytes = proxy_limits.MAX_HEADER_BYTES,
+    max_headers: MaxHeaders = proxy_limits.MAX_HEADERS,
+    max_pipelined: MaxPipelined = proxy_limits.MAX_PIPELINED,
+    max_connections: MaxConnections = proxy_limits.MAX_CONNECTIONS,
+    head_timeout: HeadTimeout = proxy_limits.HEAD_TIMEOUT_SECONDS,
+    idle_timeout: IdleTimeout = proxy_limits.IDLE_TIMEOUT_SECONDS,
+    body_timeout: BodyTimeout = proxy_limits.BODY_TIMEOUT_SECONDS,
 ) -> None:
     """Run controller, drone and proxy in one process (Ctrl-C stops every backend)."""
     from sailplane.dev import DevConfig, run_dev
@@ -339,7 +379,12 @@ def dev(
                        limits=OperatorLimits.from_flags(max_tmpfs_bytes, default_memory_bytes,
                                                         default_pids_limit),
                        named_volumes=named_volumes,
-                       max_named_volumes_per_namespace=max_named_volumes_per_namespace)
+                       max_named_volumes_per_namespace=max_named_volumes_per_namespace,
+                       proxy_limits=proxy_limits.ProxyLimits(
+                           max_header_bytes=max_header_bytes, max_headers=max_headers,
+                           max_pipelined=max_pipelined, max_connections=max_connections,
+                           head_timeout=head_timeout, idle_timeout=idle_timeout,
+                           body_timeout=body_timeout))
     console = Console(stderr=True)
     console.print(f"[bold]Sailplane dev[/bold]  controller {config.controller_url}  "
                   f"proxy {config.proxy_url}  default volume {config.default_mount_base()}  "

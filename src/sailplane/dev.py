@@ -27,6 +27,7 @@ from sailplane.drone.config import DroneConfig, check_protected, run_drone
 from sailplane.drone.executor import ExecutorSettings
 from sailplane.drone.limits import OperatorLimits
 from sailplane.mounts.policy import MountPolicy
+from sailplane.proxy.limits import ProxyLimits
 from sailplane.proxy.run import ProxyConfig, run_proxy
 from sailplane.runtime.base import RuntimeName
 from sailplane.runtime.containerd.ctr import DEFAULT_NAMESPACE
@@ -50,6 +51,7 @@ class DevConfig(BaseModel):
     limits: OperatorLimits = Field(default_factory=OperatorLimits)  # the built-in drone's caps
     named_volumes: bool = True
     max_named_volumes_per_namespace: int | None = Field(default=None, ge=0)
+    proxy_limits: ProxyLimits = Field(default_factory=ProxyLimits)  # the built-in proxy's
 
     @property
     def controller_url(self) -> str:
@@ -96,6 +98,7 @@ def dev_parts(
     )
     check_protected(drone.policy, drone.state_dir, drone.protected)
     proxy = ProxyConfig(controller_url=config.controller_url, port=config.proxy_port,
+                        limits=config.proxy_limits,
                         ctrl_token=mint(secret, Role.PROXY, DEV_SUBJECT))
     return controller, drone, proxy
 

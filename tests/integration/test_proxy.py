@@ -120,7 +120,20 @@ def test_request_arrives_without_token_with_verified_headers_and_no_spoofing(
     assert root.status_code == 200
     assert "sailplane/demo" in root.text
     bare = httpx.get(url.rstrip("/") + "?q=1", follow_redirects=False)
-    assert bare.status_code == 200  # /TOKEN?q=1 is / with the query
+    assert bare.status_code == 308  # /TOKEN?q=1 -> /TOKEN/?q=1, so relative links resolve
+    assert bare.headers["location"] == f"/{backend['token']}/?q=1"
+    followed = httpx.get(url.rstrip("/") + "?q=1", follow_redirects=True)
+    assert followed.status_code == 200
+    assert "sailplane/demo" in followed.text
+
+
+def test_verified_headers_in_underscore_spellings_are_dropped(backend: dict[str, Any]) -> None:
+    response = httpx.get(backend["url"] + "headers", headers={
+        "X_Verified_Username": "mallory", "x-verified_secret": "forged"})
+    headers = response.json()["headers"]
+    assert headers["x-verified-username"] == USER
+    assert headers["x-verified-secret"] == backend["secret_token"]
+    assert not [name for name in headers if "_" in name and "verified" in name.lower()]
 
 
 def test_keep_alive_and_a_head_request_on_one_connection(backend: dict[str, Any]) -> None:

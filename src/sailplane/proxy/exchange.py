@@ -9,21 +9,19 @@ that arrives before the upstream connection is ready is held briefly, with the c
 from __future__ import annotations
 
 import asyncio
-import json
+import logging
 from typing import TYPE_CHECKING
 
+from sailplane.proxy import answers
+from sailplane.proxy.flow import EARLY_BODY, UPGRADE
+from sailplane.proxy.limits import MAX_EARLY_BODY_BYTES
 from sailplane.proxy.routes import Route
 from sailplane.proxy.upstream import Upstream
 
 if TYPE_CHECKING:
     from sailplane.proxy.server import ClientConnection
 
-# Request headers the proxy does not pass on: hop-by-hop ones (RFC 9110 7.6.1) and framing it
-# sets itself. ``x-verified-*`` headers from clients are dropped too, so none can be spoofed.
-_DROPPED = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
-                      b"transfer-encoding", b"upgrade", b"content-length"})
-_VERIFIED = b"x-verified-"
-MAX_EARLY_BODY_BYTES = 256 * 1024
+log = logging.getLogger(__name__)
 
 
 def split_token(url: bytes) -> tuple[bytes, bytes]:
@@ -31,6 +29,8 @@ def split_token(url: bytes) -> tuple[bytes, bytes]:
 
     >>> split_token(b"/t-abc/x?y=1")
     (b't-abc', b'/x?y=1')
+    >>> split_token(b"/t-abc?y=1")
+    (b't-abc', b'/?y=1')
     """
     end = len(url)
     for stop in (b"/", b"?"):
@@ -45,11 +45,13 @@ def split_token(url: bytes) -> tuple[bytes, bytes]:
 
 class Exchange:
     __slots__ = (
+        "add_slash",
         "body_bytes",
         "chunked",
         "client",
         "content_length",
         "counted",
+        "done",
         "early_body",
         "headers",
         "is_head",
@@ -66,25 +68,20 @@ class Exchange:
     )
 
     def __init__(
-        self, client: ClientConnection, method: bytes, url: bytes,
-        headers: list[tuple[bytes, bytes]], keep_alive: bool, upgrade: bytes | None,
+        self, client: ClientConnection, method: bytes, url: bytes, headers: bytes,
+        keep_alive: bool, upgrade: bytes | None, chunked: bool, content_length: int | None,
     ) -> None:
         self.client = client
         self.method = method
         self.url = url
         self.rest = b"/"  # the path the backend sees, set by start()
-        self.headers = headers
+        self.add_slash = False  # ``/TOKEN`` alone: answered with a redirect to ``/TOKEN/``
+        self.headers = headers  # the client's header lines the backend gets
         self.keep_alive = keep_alive
-        self.upgrade = upgrade
+        self.upgrade = upgrade  # the parser's verdict: an upgrade to this protocol
         self.is_head = method == b"HEAD"
-        self.chunked = False
-        self.content_length: bytes | None = None
-        for name, value in headers:
-            lower = name.lower()
-            if lower == b"transfer-encoding":
-                self.chunked = b"chunked" in value.lower()
-            elif lower == b"content-length":
-                self.content_length = value
+        self.chunked = chunked
+        self.content_length = content_length
         self.route: Route | None = None
         self.upstream: Upstream | None = None
         self.early_body: list[bytes] = []
@@ -92,12 +89,15 @@ class Exchange:
         self.request_complete = False
         self.counted = False
         self.retried = False
+        self.done = False  # answered, abandoned or aborted: nothing more to do
         self.tail = b""  # bytes after an upgrade request, for the backend once it agrees
 
     # -- driven by the client connection ---------------------------------------------------
 
     def start(self) -> None:
         raw_token, self.rest = split_token(self.url)
+        n = len(raw_token)
+        self.add_slash = n > 0 and self.upgrade is None and self.url[n + 1:n + 2] != b"/"
         token = raw_token.decode("latin-1")
         route = self.client.proxy.routes.cached(token)
         if route is not None:
@@ -110,8 +110,10 @@ class Exchange:
         self.body_bytes += len(body)
         if upstream is None:
             self.early_body.append(body)
-            if self.body_bytes > MAX_EARLY_BODY_BYTES:
-                self.client.transport.pause_reading()
+            client = self.client
+            client.early_body_bytes += len(body)
+            if client.early_body_bytes > MAX_EARLY_BODY_BYTES:
+                client.pause(EARLY_BODY)
             return
         upstream.transport.write(b"%x\r\n%s\r\n" % (len(body), body) if self.chunked else body)
 
@@ -124,12 +126,20 @@ class Exchange:
 
     async def _lookup(self, token: str) -> None:
         route = await self.client.proxy.routes.lookup(token)
+        if self.done or self.client.closed:
+            return
         if route is None:
             self.answer(404, "no_route", "no live backend for this token")
-        elif not self.client.closed:
+        else:
             self._use(route)
 
     def _use(self, route: Route) -> None:
+        if self.add_slash:
+            token_end = self.url.find(b"?")
+            path = self.url if token_end == -1 else self.url[:token_end]
+            self.answer(308, "add_slash", "the backend's root has a trailing slash",
+                        b"location: %s/%s\r\n" % (path, self.rest[1:]))
+            return
         self.route = route
         self.counted = True
         self.client.proxy.counts.opened(route.backend_id)
@@ -142,61 +152,72 @@ class Exchange:
     async def _connect(self, route: Route) -> None:
         try:
             upstream = await self.client.proxy.pool.connect(route.host, route.port)
-        except OSError:
-            self.answer(502, "backend_unreachable", "the backend refused the connection")
+        except OSError as exc:
+            if not self.done:
+                log.warning("backend %s at %s:%d refused the connection: %s",
+                            route.backend_id, route.host, route.port, exc)
+                self.answer(502, "backend_unreachable", "the backend refused the connection")
             return
-        if self.client.closed:
+        if self.done or self.client.closed:
             upstream.transport.close()
         else:
             self._send(upstream)
 
     def _send(self, upstream: Upstream) -> None:
-        assert self.route is not None
+        route = self.route
+        assert route is not None
         self.upstream = upstream
         upstream.begin(self)
-        if self.client.write_paused:  # the client is still slow to take an earlier answer
-            self.client.hold(upstream.transport)
-        path = self.url.split(b"?", 1)[0]
-        head = [self.method, b" ", self.rest, b" HTTP/1.1\r\n"]
-        for name, value in self.headers:
-            lower = name.lower()
-            if lower in _DROPPED or lower.startswith(_VERIFIED):
-                continue
-            head += (name, b": ", value, b"\r\n")
-        head += (self.route.verified_headers, b"x-verified-path: ", path, b"\r\n")
+        client = self.client
+        if client.write_paused:  # the client is still slow to take an earlier answer
+            client.hold(upstream)
+        url = self.url
+        query = url.find(b"?")
         if self.chunked:
-            head.append(b"transfer-encoding: chunked\r\n")
+            framing = b"transfer-encoding: chunked\r\n"
         elif self.content_length is not None:
-            head += (b"content-length: ", self.content_length, b"\r\n")
-        if self.upgrade:
-            head += (b"connection: upgrade\r\nupgrade: ", self.upgrade, b"\r\n\r\n")
+            framing = b"content-length: %d\r\n" % self.content_length
         else:
-            head.append(b"connection: keep-alive\r\n\r\n")
+            framing = b""
         write = upstream.transport.write
-        write(b"".join(head))
-        for body in self.early_body:
-            write(b"%x\r\n%s\r\n" % (len(body), body) if self.chunked else body)
+        write(b"".join((
+            self.method, b" ", self.rest, b" HTTP/1.1\r\n", self.headers, route.verified_headers,
+            b"x-verified-path: ", url if query == -1 else url[:query], b"\r\n", framing,
+            b"connection: upgrade\r\nupgrade: %s\r\n\r\n" % self.upgrade if self.upgrade
+            else b"connection: keep-alive\r\n\r\n",
+        )))
         if self.early_body:
+            for body in self.early_body:
+                write(b"%x\r\n%s\r\n" % (len(body), body) if self.chunked else body)
+                client.early_body_bytes -= len(body)
             self.early_body = []
-            self.client.transport.resume_reading()
+            if client.early_body_bytes <= MAX_EARLY_BODY_BYTES:
+                client.unpause(EARLY_BODY)
         if self.request_complete and self.chunked:
             write(b"0\r\n\r\n")
-        if self.tail:
-            write(self.tail)
 
     # -- driven by the upstream connection -------------------------------------------------
 
     def response_complete(self) -> None:
+        self.done = True
         self._uncount()
         self.client.finished(self)
 
     def upgraded(self, upstream: Upstream) -> asyncio.Transport:
-        """The backend agreed to switch protocols: splice the two connections from now on."""
-        self.client.tunnel = upstream.transport
-        self.client.transport.resume_reading()  # paused since the upgrade request
-        return self.client.transport
+        """The backend agreed to switch protocols: what the client sent after its request
+        goes to the backend now, and the two connections are spliced from here on."""
+        client = self.client
+        if self.tail:
+            upstream.transport.write(self.tail)
+            self.tail = b""
+        client.tunnel = upstream.transport
+        client.upgrading = None
+        client.unpause(UPGRADE)  # paused since the upgrade request
+        return client.transport
 
     def upstream_lost(self, upstream: Upstream) -> None:
+        if self.done:
+            return
         if not upstream.got_response and not self.retried and not self.body_bytes \
                 and self.request_complete and self.route is not None and not self.upgrade:
             # A pooled connection the backend had closed: try once more on a fresh one (only
@@ -204,34 +225,61 @@ class Exchange:
             self.retried = True
             self.upstream = None
             self.client.proxy.spawn(self._connect(self.route))
-        elif not upstream.got_response:
+        elif not upstream.sent:
+            if upstream.got_response:
+                log.warning("backend %s closed the connection in its response head",
+                            self.route.backend_id if self.route else "?")
             self.answer(502, "backend_closed", "the backend closed the connection")
         else:
-            self._uncount()
-            self.client.transport.close()  # mid-response: the client must see it cut
+            log.warning("backend %s closed the connection in the middle of a response",
+                        self.route.backend_id if self.route else "?")
+            self.cut()
+
+    def bad_response(self, upstream: Upstream, reason: str) -> None:
+        """The backend's response cannot be read: 502 if the client has seen none of it."""
+        assert self.route is not None
+        log.warning("backend %s at %s:%d sent a response the proxy cannot read: %s",
+                    self.route.backend_id, self.route.host, self.route.port, reason)
+        if upstream.sent:
+            self.cut()
+        else:
+            self.answer(502, "bad_response", "the backend's response could not be read")
 
     def aborted(self) -> None:
         """The client went away: the upstream connection can't be reused."""
+        self.done = True
         self._uncount()
-        if self.upstream is not None:
-            self.upstream.exchange = None
-            self.upstream.transport.close()
+        self._drop_upstream()
+
+    def abandon(self) -> None:
+        """The proxy answers this request itself, and not with the backend's response."""
+        self.aborted()
+
+    def cut(self) -> None:
+        """Mid-response: the client must see its response cut short."""
+        self.done = True
+        self._uncount()
+        self._drop_upstream()
+        self.client.transport.close()
 
     # -- answers by the proxy itself -------------------------------------------------------
 
-    def answer(self, status: int, code: str, message: str) -> None:
+    def answer(self, status: int, code: str, message: str, headers: bytes = b"") -> None:
+        self.done = True
         self._uncount()
-        self.upstream = None
-        body = json.dumps({"error": {"code": code, "message": message}}).encode()
-        reason = {404: b"Not Found", 502: b"Bad Gateway"}.get(status, b"Error")
-        if not self.request_complete:
+        self._drop_upstream()
+        if not self.request_complete and (self.chunked or self.content_length):
             self.keep_alive = False  # the rest of the body is not worth reading
         self.client.transport.write(
-            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s\r\n%s"
-            % (status, reason, len(body),
-               b"" if self.keep_alive else b"connection: close\r\n", body)
-        )
+            answers.answer(status, code, message, close=not self.keep_alive, headers=headers,
+                           head_only=self.is_head))
         self.client.finished(self)
+
+    def _drop_upstream(self) -> None:
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            upstream.exchange = None
+            upstream.transport.close()
 
     def _uncount(self) -> None:
         if self.counted and self.route is not None:

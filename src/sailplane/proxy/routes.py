@@ -29,12 +29,33 @@ def _header_value(value: str) -> bytes:
     return value.replace("\r", " ").replace("\n", " ").encode("latin-1", "replace")
 
 
+_PLAIN = frozenset(range(0x21, 0x7F)) - {ord("%")}  # visible ASCII, but not ``%``
+
+
+def percent_encoded(text: str) -> bytes:
+    """``text`` as UTF-8 with every byte outside visible ASCII, and ``%``, written ``%XX``:
+    plain names pass unchanged, distinct names stay distinct, and ``unquote`` (UTF-8) in any
+    language gives the name back.
+
+    >>> percent_encoded("alice")
+    b'alice'
+    >>> percent_encoded("李四"), percent_encoded("王五")
+    (b'%E6%9D%8E%E5%9B%9B', b'%E7%8E%8B%E4%BA%94')
+    >>> percent_encoded("100% sure")
+    b'100%25%20sure'
+    """
+    raw = text.encode("utf-8")
+    if all(byte in _PLAIN for byte in raw):
+        return raw
+    return b"".join(b"%c" % byte if byte in _PLAIN else b"%%%02X" % byte for byte in raw)
+
+
 def route_from(info: RouteInfo) -> Route | None:
     if info.backend_id is None or info.address is None:
         return None
     host, _, port = info.address.rpartition(":")
     lines = [
-        b"x-verified-username: " + _header_value(info.username or ""),
+        b"x-verified-username: " + percent_encoded(info.username or ""),
         b"x-verified-user-data: " + _header_value(info.user_data),
         b"x-verified-backend: " + _header_value(info.backend_id),
         b"x-verified-secret: " + _header_value(info.secret or ""),

@@ -12,6 +12,7 @@ import sys
 
 from pydantic import BaseModel
 
+from sailplane.proxy.limits import ProxyLimits, fit_fd_limit
 from sailplane.proxy.link import ControllerLink
 from sailplane.proxy.server import Proxy, listening_socket, serve
 
@@ -26,12 +27,13 @@ class ProxyConfig(BaseModel):
     port: int = 9091
     workers: int = 1
     ctrl_token: str | None = None
+    limits: ProxyLimits = ProxyLimits()
 
 
 async def run_proxy(config: ProxyConfig) -> None:
     """Serve until cancelled, in this process (one worker)."""
     link = ControllerLink(config.controller_url, config.ctrl_token)
-    proxy = Proxy(link.routes, link.counts)
+    proxy = Proxy(link.routes, link.counts, fit_fd_limit(config.limits))
     sock = listening_socket(config.host, config.port, reuse_port=config.workers > 1)
     server = await serve(proxy, sock)
     log.info("proxy listening on http://%s:%d", config.host, config.port)

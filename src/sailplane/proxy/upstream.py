@@ -2,8 +2,15 @@
 protocol that parses a backend's responses and streams them to the client.
 
 One upstream connection carries one exchange at a time. It goes back to its pool only when
-the backend said keep-alive and both the request and the response were complete; anything
-else closes it.
+the backend said keep-alive and both the request and the response were complete (and the
+request was no upgrade attempt); anything else closes it.
+
+What a backend may send is what nginx takes from one: line ends of a bare LF in the response
+head (busybox httpd's CGI responses have them), a body that ends with the connection (then
+the client's connection ends after it too, and its head says ``connection: close``). A
+response worse than that (unparseable, a head over ``MAX_RESPONSE_HEAD_BYTES``, a ``101`` the
+client did not ask for) is logged with the reason, and the client gets 502 if none of the
+response has reached it yet, else a cut connection.
 
 Flow control: a side that cannot write fast enough pauses reading on the other side, and the
 pause is remembered (``held``) so that it is always undone, by the drain or at the end of the
@@ -24,19 +31,42 @@ from typing import TYPE_CHECKING
 import httptools
 
 from sailplane.proxy.flow import FlowControl
+from sailplane.proxy.limits import MAX_IDLE_PER_BACKEND, MAX_RESPONSE_HEAD_BYTES
 
 if TYPE_CHECKING:
     from sailplane.proxy.exchange import Exchange
 
-MAX_IDLE_PER_BACKEND = 256
 # Hop-by-hop headers of a response, which the proxy does not pass on (RFC 9110 7.6.1).
 _HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
                          b"upgrade"})
 
 
+# What a response header is, by its name as sent; remembered for up to _MAX_KINDS names.
+_PASS, _HOP, _TE, _CL, _UPGRADE = range(5)
+_KINDS: dict[bytes, int] = {}
+_MAX_KINDS = 1024
+
+
+def _kind(name: bytes) -> int:
+    lower = name.lower()
+    kind = (_TE if lower == b"transfer-encoding" else _CL if lower == b"content-length"
+            else _UPGRADE if lower == b"upgrade" else _HOP if lower in _HOP_BY_HOP else _PASS)
+    if len(_KINDS) < _MAX_KINDS:
+        _KINDS[name] = kind
+    return kind
+
+
+class BadResponse(Exception):
+    """Raised in a parser callback: the backend's response cannot be passed on."""
+
+
 class UpstreamPool:
+    """Idle keep-alive connections per backend address, newest last; a connection idle
+    longer than the proxy's ``idle_timeout`` is closed (:meth:`prune`)."""
+
     def __init__(self) -> None:
         self._idle: dict[tuple[str, int], list[Upstream]] = defaultdict(list)
+        self.now = 0.0  # the proxy's clock
 
     def take(self, host: str, port: int) -> Upstream | None:
         idle = self._idle.get((host, port))
@@ -55,14 +85,32 @@ class UpstreamPool:
     def give_back(self, upstream: Upstream) -> None:
         idle = self._idle[upstream.address]
         if len(idle) < MAX_IDLE_PER_BACKEND:
+            upstream.idle_since = self.now
             idle.append(upstream)
         else:
             upstream.transport.close()
+
+    def prune(self, now: float, max_idle: float) -> None:
+        self.now = now
+        for address, idle in list(self._idle.items()):
+            stale = 0
+            while stale < len(idle) and now - idle[stale].idle_since > max_idle:
+                idle[stale].transport.close()
+                stale += 1
+            del idle[:stale]
+            if not idle:
+                del self._idle[address]
 
     def discard(self, upstream: Upstream) -> None:
         idle = self._idle.get(upstream.address)
         if idle and upstream in idle:
             idle.remove(upstream)
+
+
+def _response_parser(protocol: Upstream) -> httptools.HttpResponseParser:
+    parser = httptools.HttpResponseParser(protocol)
+    parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)  # bare LF, as nginx
+    return parser
 
 
 class Upstream(FlowControl):
@@ -72,13 +120,22 @@ class Upstream(FlowControl):
         self.pool = pool
         self.address = address
         self.exchange: Exchange | None = None
-        self.parser = httptools.HttpResponseParser(self)
-        self.head: list[bytes] = []
-        self.chunked = False
+        self.parser = _response_parser(self)
         self.tunnel: asyncio.Transport | None = None  # the client, after a 101
-        self.got_response = False
-        self.upgrade = b"websocket"  # the backend's Upgrade header, for a 101
         self.out: list[bytes] = []  # for the client, written at the end of each read
+        self.idle_since = 0.0  # in the pool since (the proxy's clock)
+        # The exchange's response.
+        self.got_response = False  # the backend sent bytes of it
+        self.sent = False  # the client got bytes of it
+        self.head_bytes = 0  # read before its head was complete
+        self.until_close = False  # its body ends with the connection
+        self.upgrade = b""  # its Upgrade header, for a 101
+        # The message being parsed (a 1xx comes before the final one).
+        self.head_done = False
+        self.head: list[bytes] = [b""]  # [status line] + header lines
+        self.reason = b""
+        self.chunked = False
+        self.has_length = False
 
     # -- asyncio ---------------------------------------------------------------------------
 
@@ -86,86 +143,131 @@ class Upstream(FlowControl):
         if self.tunnel is not None:
             self.tunnel.write(data)
             return
-        if self.exchange is None:  # a backend talking out of turn: drop the connection
+        exchange = self.exchange
+        if exchange is None:  # a backend talking out of turn: drop the connection
             self.transport.close()
             return
         self.got_response = True
-        exchange = self.exchange
+        if not self.head_done:
+            self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            tail = data[upgrade.args[0]:]
             if self.exchange is not None:
                 self._flush(self.exchange)
                 self.tunnel = self.exchange.upgraded(self)
+                tail = data[upgrade.args[0]:]
                 if tail:
                     self.tunnel.write(tail)
-        except httptools.HttpParserError:
-            self.out = []
-            self.transport.close()
+            return
+        except httptools.HttpParserError as exc:
+            cause = exc.__context__
+            self._bad(exchange, str(cause) if isinstance(cause, BadResponse) else str(exc))
+            return
+        if not self.head_done and self.head_bytes > MAX_RESPONSE_HEAD_BYTES:
+            self._bad(exchange, f"a response head over {MAX_RESPONSE_HEAD_BYTES} bytes")
+            return
         if self.out:
             self._flush(exchange)
 
     def _flush(self, exchange: Exchange) -> None:
         out, self.out = self.out, []
+        self.sent = True
         exchange.client.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _bad(self, exchange: Exchange, reason: str) -> None:
+        self.out = []
+        self.exchange = None
+        self.transport.close()
+        if exchange.upstream is self:
+            exchange.bad_response(self, reason)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.pool.discard(self)
         if self.tunnel is not None:
             self.tunnel.close()
         elif self.exchange is not None:
+            if self.until_close and self.head_done:
+                self._complete(False)  # the body's end, as its framing said
+                return
             exchange, self.exchange = self.exchange, None
             exchange.upstream_lost(self)
 
     def pause_writing(self) -> None:
         self.write_paused = True
         if self.exchange is not None:
-            self.hold(self.exchange.client.transport)
+            self.hold(self.exchange.client)
 
     # -- starting an exchange --------------------------------------------------------------
 
     def begin(self, exchange: Exchange) -> None:
         self.exchange = exchange
-        self.head = []
-        self.chunked = False
-        self.got_response = False
+        self.got_response = self.sent = self.until_close = self.head_done = False
+        self.head_bytes = 0
+        self.upgrade = b""
         if self.write_paused:  # still draining an earlier request: this client waits too
-            self.hold(exchange.client.transport)
+            self.hold(exchange.client)
 
     # -- httptools callbacks ---------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        self.head_done = False
+        self.head = [b""]
+        self.reason = b""
+        self.chunked = self.has_length = False
+
     def on_status(self, status: bytes) -> None:
-        self.head.append(b"HTTP/1.1 %d %s\r\n" % (self.parser.get_status_code(), status))
+        self.reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        lower = name.lower()
-        if lower == b"transfer-encoding":
+        if self.head_done:
+            return  # a trailer: not passed on (the proxy ends a chunked body itself)
+        kind = _KINDS.get(name)
+        if kind is None:
+            kind = _kind(name)
+        if kind == _HOP:
+            return
+        if kind == _TE:
             self.chunked = b"chunked" in value.lower()
-        elif lower in _HOP_BY_HOP:
-            if lower == b"upgrade":
-                self.upgrade = value
+        elif kind == _CL:
+            self.has_length = True
+        elif kind == _UPGRADE:
+            self.upgrade = value
             return
         self.head.append(b"%s: %s\r\n" % (name, value))
 
     def on_headers_complete(self) -> None:
         exchange = self.exchange
         assert exchange is not None
-        status = self.parser.get_status_code()
+        self.head_done = True
+        parser = self.parser
+        status = parser.get_status_code()
+        head = self.head
+        head[0] = b"HTTP/1.1 %d %s\r\n" % (status, self.reason)
         if status == 101:
-            self.head.append(b"Connection: Upgrade\r\nUpgrade: %s\r\n\r\n" % self.upgrade)
+            if exchange.upgrade is None:
+                raise BadResponse("101 Switching Protocols to a request that asked for none")
+            if not parser.should_upgrade():
+                raise BadResponse("101 Switching Protocols without Connection: upgrade")
+            head.append(b"Connection: Upgrade\r\nUpgrade: %s\r\n\r\n"
+                        % (self.upgrade or exchange.upgrade))
+        elif status < 200:
+            head.append(b"\r\n")
         else:
-            self.head.append(b"\r\n")
-            if exchange.upgrade and status >= 200:
+            if exchange.upgrade:
                 # The backend refused to switch: the client's connection is in an unknown
                 # state (it may have sent bytes of the new protocol already), so it ends here.
                 exchange.keep_alive = False
-        self.out.append(b"".join(self.head))
-        self.head = []
+            if not (self.chunked or self.has_length or exchange.is_head
+                    or status in (204, 304)):
+                self.until_close = True  # the body ends when the backend closes
+                exchange.keep_alive = False
+            head.append(b"\r\n" if exchange.keep_alive else b"connection: close\r\n\r\n")
+        self.out.append(b"".join(head))
         if exchange.is_head and status >= 200:
             # httptools cannot be told the request was HEAD; a HEAD response has no body.
-            keep_alive = self.parser.should_keep_alive()
-            self.parser = httptools.HttpResponseParser(self)
+            keep_alive = parser.should_keep_alive()
+            self.parser = _response_parser(self)
             self._complete(keep_alive)
 
     def on_body(self, body: bytes) -> None:
@@ -178,10 +280,8 @@ class Upstream(FlowControl):
         if self.exchange is None:
             return
         status = self.parser.get_status_code()
-        if 100 <= status < 200 and status != 101:
-            return  # 100 Continue and friends: the real response follows
-        if status == 101:
-            return  # the upgrade is handled when feed_data raises HttpParserUpgrade
+        if status < 200:
+            return  # 100 Continue and friends: the real response follows; 101: a tunnel
         if self.chunked:
             self.out.append(b"0\r\n\r\n")
         self._complete(self.parser.should_keep_alive())
@@ -189,7 +289,8 @@ class Upstream(FlowControl):
     def _complete(self, keep_alive: bool) -> None:
         exchange, self.exchange = self.exchange, None
         assert exchange is not None
-        reusable = keep_alive and exchange.request_complete and not exchange.upgrade
+        reusable = (keep_alive and exchange.request_complete and not exchange.upgrade
+                    and not self.until_close)
         if self.out:
             self._flush(exchange)  # before the client goes on to its next request
         self.release()
