@@ -39,7 +39,8 @@ _AT_FDCWD = -100
 
 # Run with ``python -S -c``: only ctypes and os, so it starts in milliseconds. argv: the
 # namespace's and the root's fds (passed), the operation, the target path, then the tree's fd
-# ("attach") or the file name ("identity").
+# ("attach") or the file name ("identity"); "claim" reads a JSON plan on stdin instead:
+# {"attach": [[tree fd, target], ...], "identity": {...}}, all in one process.
 _HELPER = r'''
 import ctypes, json, os, stat, sys
 libc = ctypes.CDLL(None, use_errno=True)
@@ -74,24 +75,33 @@ def walk(path, create):
         os.close(fd)
         fd = child
     return fd
-if op == "attach":
-    tree = int(sys.argv[5])
+def attach(tree, target):
     fd = walk(target, True)
     check(libc.syscall(429, tree, b"", fd, b"", 0x4 | 0x40), "move_mount")  # F_/T_EMPTY_PATH
+    os.close(fd)
+def identity(directory, name, data):
+    os.close(walk(directory, True))
+    check(libc.mount(b"tmpfs", directory.encode(), b"tmpfs", 0x2 | 0x4 | 0x8,
+                     b"size=65536,mode=0755"), "mount tmpfs")  # nosuid, nodev, noexec
+    fd = walk(directory, False)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    out = os.open(name, flags, 0o644, dir_fd=fd)
+    os.write(out, data)
+    os.close(out)
+if op == "attach":
+    attach(int(sys.argv[5]), target)
+elif op == "claim":
+    plan = json.loads(sys.stdin.buffer.read())
+    for tree, where in plan["attach"]:
+        attach(tree, where)
+    identity(target, sys.argv[5], json.dumps(plan["identity"]).encode())
 # The container's /proc does not know this process, so the mount calls below take the path,
 # checked by the walk first; inside the chroot it can only ever name the container's own files.
 elif op == "detach":
     os.close(walk(target, False))
     check(libc.umount2(target.encode(), 0x2 | 0x8), "umount")  # MNT_DETACH, UMOUNT_NOFOLLOW
 elif op == "identity":
-    os.close(walk(target, True))
-    check(libc.mount(b"tmpfs", target.encode(), b"tmpfs", 0x2 | 0x4 | 0x8,
-                     b"size=65536,mode=0755"), "mount tmpfs")  # nosuid, nodev, noexec
-    fd = walk(target, False)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-    out = os.open(sys.argv[5], flags, 0o644, dir_fd=fd)
-    os.write(out, sys.stdin.buffer.read())
-    os.close(out)
+    identity(target, sys.argv[5], sys.stdin.buffer.read())
 '''
 
 
@@ -122,10 +132,8 @@ def _run_helper(pid: int, args: list[str], extra_fds: tuple[int, ...] = (),
         os.close(root_fd)
 
 
-def inject(pid: int, staging: str, target: str, *, mount: int | str, field: str) -> None:
-    """Attach a copy of the pinned mount at ``staging`` at ``target`` inside the container
-    whose init process is ``pid``; raise MountRefused naming the mount if it cannot be."""
-    target = _check_target(target, mount, field)
+def _clone(staging: str, mount: int | str, field: str) -> int:
+    """A detached copy of the pinned mount at ``staging`` (its flags kept); caller closes."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
     tree = int(libc.syscall(_SYS_OPEN_TREE, _AT_FDCWD, os.fsencode(staging),
@@ -133,6 +141,36 @@ def inject(pid: int, staging: str, target: str, *, mount: int | str, field: str)
     if tree < 0:
         code = ctypes.get_errno()
         raise MountRefused(mount, f"{field}: cannot clone the pinned mount ({os.strerror(code)})")
+    return tree
+
+
+def claim(pid: int, mounts: list[tuple[str, str]], identity: dict[str, Any]) -> None:
+    """What a warm container needs to become a backend, in one helper process: each pinned
+    mount ``(staging, target)`` attached, then the identity file written."""
+    for _, target in mounts:
+        _check_target(target, target, f"mount at {target}")
+    trees: list[int] = []
+    try:
+        for staging, target in mounts:
+            trees.append(_clone(staging, target, f"mount at {target}"))
+        plan = {"attach": [[tree, target] for tree, (_, target) in zip(trees, mounts,
+                                                                       strict=True)],
+                "identity": identity}
+        done = _run_helper(pid, ["claim", IDENTITY_DIR, IDENTITY_FILE], tuple(trees),
+                           json.dumps(plan).encode())
+    finally:
+        for tree in trees:
+            os.close(tree)
+    if done.returncode != 0:
+        raise MountRefused("mounts", "cannot give the warm container its mounts: "
+                                     f"{done.stderr.decode(errors='replace').strip()}")
+
+
+def inject(pid: int, staging: str, target: str, *, mount: int | str, field: str) -> None:
+    """Attach a copy of the pinned mount at ``staging`` at ``target`` inside the container
+    whose init process is ``pid``; raise MountRefused naming the mount if it cannot be."""
+    target = _check_target(target, mount, field)
+    tree = _clone(staging, mount, field)
     try:
         done = _run_helper(pid, ["attach", target, str(tree)], (tree,))
     finally:
