@@ -27,6 +27,7 @@ RUNTIMES: tuple[RuntimeName, ...] = ("docker", "containerd")
 
 BACKEND_LABEL = "dev.sailplane.backend"
 DRONE_LABEL = "dev.sailplane.drone"
+WARM_LABEL = "dev.sailplane.warm"  # a warm container's image, on containers made for a pool
 # The port a backend listens on inside its container, given to it as env PORT.
 BACKEND_PORT = 8080
 # The only Linux capabilities a backend keeps: what a web backend that drops root needs.
@@ -71,6 +72,16 @@ class OwnedBackend:
     running: bool
     address: BackendAddress | None
     exit_code: int | None
+
+
+@dataclass(frozen=True)
+class WarmContainer:
+    """A container started ahead of its request (``drone/warm_pool.py``), not yet a backend."""
+
+    name: str  # the runtime's name for it until it is claimed
+    image: str
+    address: BackendAddress
+    pid: int  # its init process on the host, whose mount namespace claims inject into
 
 
 @dataclass(frozen=True)
@@ -142,6 +153,20 @@ class Runtime(abc.ABC):
         Raises RuntimeFailure, removing nothing, when it does not exist, does not carry
         Sailplane's labels, or a container (running or not) still uses it."""
         raise RuntimeFailure(f"{type(self).__name__} has no named volumes")
+
+    async def start_warm(self, image: str, limits: ResourceLimits) -> WarmContainer:
+        """Start a container of ``image`` with no mounts and no identity, isolated and limited
+        as a backend. Runtimes that cannot claim warm containers raise RuntimeFailure."""
+        raise RuntimeFailure(f"{type(self).__name__} has no warm pools")
+
+    async def claim_warm(self, warm: WarmContainer, backend_id: str) -> BackendAddress:
+        """Make ``warm`` the container of ``backend_id``: from now on every other method
+        knows it by that id (its exit is reported, ``owned`` lists it, ``remove`` removes it)."""
+        raise RuntimeFailure(f"{type(self).__name__} has no warm pools")
+
+    async def discard_warm(self, warm: WarmContainer) -> None:
+        """Remove an unclaimed (or failed) warm container; gone already is fine."""
+        raise RuntimeFailure(f"{type(self).__name__} has no warm pools")
 
     async def remove_isolation(self) -> bool:
         """Remove the network backends run on and its firewall rules, unless a backend (of
