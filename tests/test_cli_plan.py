@@ -89,7 +89,8 @@ def test_design_3_request_prints_the_plan_document_of_design_4_5(drone, tmp_path
         ResolvedTmpfsMount(target="/tmp", size_bytes=67108864),
     ]
     assert document["docker"] == to_docker_mounts(resolved)
-    assert document["oci"] == to_oci_mounts(resolved)
+    # Named volumes where a containerd drone with that state directory keeps them.
+    assert document["oci"] == to_oci_mounts(resolved, f"{drone}/state/volumes")
     assert document["docker"][4] == {
         "Type": "tmpfs", "Target": "/tmp", "TmpfsOptions": {"SizeBytes": 67108864, "Mode": 1023},
     }

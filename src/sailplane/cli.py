@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
 import socket
 import sys
-from collections.abc import Iterator
+import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -18,10 +20,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from sailplane import __version__
 from sailplane.client import ApiError, ControllerClient, find_token
 from sailplane.credentials import CredentialError, Role
 from sailplane.drone.limits import OperatorLimits
-from sailplane.errors import MountRefused, PolicyError, RuntimeFailure
+from sailplane.errors import MountRefused, PolicyError, RuntimeFailure, SailplaneError
 from sailplane.mounts.named import runtime_name
 from sailplane.mounts.pin import StagingArea, staging_root
 from sailplane.mounts.policy import MountPolicy, Platform
@@ -29,25 +32,61 @@ from sailplane.mounts.report import plan_document
 from sailplane.mounts.validate import check_volume_name
 from sailplane.proxy import limits as proxy_limits
 from sailplane.runtime.base import RUNTIMES, NamedVolume, Runtime, RuntimeName
-from sailplane.runtime.containerd.mounts import DEFAULT_VOLUME_ROOT
 from sailplane.state import BackendStatus
 from sailplane.timing import DEFAULT_GRACE_SECONDS, DEFAULT_STARTUP_TIMEOUT_SECONDS
 from sailplane.volume_flags import parse_volume_flag
 
 DEFAULT_CONTROLLER = "http://127.0.0.1:9090"
 
-app = typer.Typer(no_args_is_help=True, help="Sailplane: session backends with secure mounts.")
-mounts_app = typer.Typer(no_args_is_help=True, help="Inspect how a drone would mount things.")
+# Plain help text: no Rich markup (a `[/SUB]` in a help text is not a tag) and no traceback
+# panels; an error is one line, and --debug adds the traceback.
+_PLAIN: dict[str, Any] = {"rich_markup_mode": None, "pretty_exceptions_enable": False}
+app = typer.Typer(no_args_is_help=True, help="Sailplane: session backends with secure mounts.",
+                  **_PLAIN)
+mounts_app = typer.Typer(no_args_is_help=True, help="Inspect how a drone would mount things.",
+                         **_PLAIN)
 app.add_typer(mounts_app, name="mounts")
 volumes_app = typer.Typer(
     no_args_is_help=True, help="Named volumes Sailplane created on this machine's engine.",
+    **_PLAIN,
 )
 app.add_typer(volumes_app, name="volumes")
 credentials_app = typer.Typer(
     no_args_is_help=True, help="Controller secrets and per-role credentials (docs/security.md).",
+    **_PLAIN,
 )
 app.add_typer(credentials_app, name="credentials")
+drones_app = typer.Typer(
+    help="List drones (no subcommand), or drain and undrain one.", **_PLAIN,
+)
+app.add_typer(drones_app, name="drones")
+_debug = False  # --debug: a failure prints its traceback too
 
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"sailplane {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", envvar="SAILPLANE_DEBUG",
+                                        help="Print the traceback of a failure, and debug logs.")]
+    = False,
+    version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Sailplane: session backends with secure mounts."""
+    global _debug
+    _debug = debug
+
+# Plane's CLI (`plane admin connect`) gives a spawn 500 s of idle time unless told otherwise.
+CONNECT_MAX_IDLE_SECONDS = 500
+DefaultMaxIdle = Annotated[
+    int | None, typer.Option(min=0, help="Idle limit (seconds) of a spawn whose request gives "
+                                         "none; unset or 0: no limit, as in Plane's API.")
+]
 MountBase = Annotated[
     str | None, typer.Option(help="Directory of the host volume 'default' (Plane's mount).")
 ]
@@ -156,8 +195,10 @@ def mounts_plan(
     = False,
     platform: Annotated[str, typer.Option(help="posix or windows host paths.")] = "posix",
     volume_root: Annotated[
-        str, typer.Option(help="Where containerd-style named volumes live.")
-    ] = DEFAULT_VOLUME_ROOT,
+        str | None, typer.Option(help="Where named volumes live in the plan's containerd "
+                                      "paths; default: STATE_DIR/volumes, as a containerd "
+                                      "drone keeps them (Docker keeps its own).")
+    ] = None,
     max_tmpfs_bytes: MaxTmpfsBytes = None,
     named_volumes: NamedVolumesFlag = True,
     max_named_volumes_per_namespace: MaxNamedVolumes = None,
@@ -181,7 +222,7 @@ def mounts_plan(
     status, document = plan_document(
         text, mount_policy, key=key, namespace=namespace, backend=backend, apply=apply,
         staging=StagingArea(staging_root(state_dir)),
-        volume_root=volume_root,
+        volume_root=volume_root or str(state_dir.absolute() / "volumes"),
     )
     _emit(document, status)
 
@@ -213,6 +254,7 @@ def controller(
         typer.Option(help="A browser origin (scheme://host[:port]) allowed to call /ctrl; "
                           "repeatable. Requests from any other Origin are refused."),
     ] = None,
+    default_max_idle_seconds: DefaultMaxIdle = None,
 ) -> None:
     """Run a controller: the HTTP API, scheduling and deadlines."""
     from sailplane.controller.config import ControllerConfig
@@ -236,8 +278,10 @@ def controller(
         database_url=database_url, proxy_url=proxy_url, secrets=secret_list, insecure=insecure,
         open_metrics=open_metrics, allowed_origins=allowed_origin or [],
         controller_url=controller_url or f"http://{host}:{port}",
+        default_max_idle_seconds=default_max_idle_seconds or None,
     )
-    asyncio.run(run_controller(config, host, port))
+    _check_port(host, port, "--port")
+    _serve("the controller", lambda: asyncio.run(run_controller(config, host, port)))
 
 
 @app.command()
@@ -300,12 +344,7 @@ def drone(
                                   startup_timeout_seconds=startup_timeout,
                                   keep_containers=keep_containers, limits=limits),
     )
-    try:
-        asyncio.run(run_drone(config))
-    except PolicyError as exc:
-        _fail(exc.message)
-    except KeyboardInterrupt:
-        pass
+    _serve("the drone", lambda: asyncio.run(run_drone(config)))
 
 
 @app.command()
@@ -336,8 +375,10 @@ def proxy(
         max_header_bytes=max_header_bytes, max_headers=max_headers, max_pipelined=max_pipelined,
         max_connections=max_connections, head_timeout=head_timeout, idle_timeout=idle_timeout,
         body_timeout=body_timeout)
-    run_workers(ProxyConfig(controller_url=controller, host=host, port=port, workers=workers,
-                            ctrl_token=token, limits=limits))
+    _check_port(host, port, "--port", reuse_port=workers > 1)
+    _serve("the proxy", lambda: run_workers(ProxyConfig(
+        controller_url=controller, host=host, port=port, workers=workers, ctrl_token=token,
+        limits=limits)))
 
 
 @app.command()
@@ -354,6 +395,7 @@ def dev(
     containerd_address: ContainerdAddress = None,
     containerd_namespace: ContainerdNamespace = "sailplane",
     drone_id: Annotated[str, typer.Option(help="The built-in drone's id.")] = "dev",
+    default_max_idle_seconds: DefaultMaxIdle = None,
     named_volumes: NamedVolumesFlag = True,
     max_named_volumes_per_namespace: MaxNamedVolumes = None,
     max_tmpfs_bytes: MaxTmpfsBytes = None,
@@ -368,7 +410,7 @@ def dev(
     body_timeout: BodyTimeout = proxy_limits.BODY_TIMEOUT_SECONDS,
 ) -> None:
     """Run controller, drone and proxy in one process (Ctrl-C stops every backend)."""
-    from sailplane.dev import DevConfig, run_dev
+    from sailplane.dev import DevConfig, prepare_dev, run_dev
 
     _logging()
     config = DevConfig(controller_port=controller_port, proxy_port=proxy_port,
@@ -385,18 +427,22 @@ def dev(
                            max_pipelined=max_pipelined, max_connections=max_connections,
                            head_timeout=head_timeout, idle_timeout=idle_timeout,
                            body_timeout=body_timeout))
-    console = Console(stderr=True)
-    console.print(f"[bold]Sailplane dev[/bold]  controller {config.controller_url}  "
+    config = config.model_copy(update={"default_max_idle_seconds": default_max_idle_seconds})
+    _check_port("127.0.0.1", controller_port, "--controller-port")
+    _check_port("127.0.0.1", proxy_port, "--proxy-port")
+    try:
+        prepared = prepare_dev(config)
+    except PolicyError as exc:
+        _fail(exc.message)
+    console = Console(stderr=True, highlight=False)
+    console.print(f"Sailplane dev  controller {config.controller_url}  "
                   f"proxy {config.proxy_url}  default volume {config.default_mount_base()}  "
                   f"runtime {config.runtime}")
-    try:
-        asyncio.run(run_dev(config))
-    except PolicyError as exc:
-        typer.echo(f"error: {exc.message}", err=True)
-        raise typer.Exit(2) from exc
-    except KeyboardInterrupt:
-        pass
+    kept = _serve("sailplane dev", lambda: asyncio.run(run_dev(config, prepared)))
     console.print("stopped; every backend terminated")
+    if kept:
+        console.print(f"named volumes kept: {', '.join(kept)} (`sailplane volumes ls`, "
+                      f"`sailplane volumes rm NAME`)")
 
 
 ControllerUrl = Annotated[
@@ -408,7 +454,8 @@ TokenFile = Annotated[
                  help="File holding the API token; else env SAILPLANE_TOKEN, else the token "
                       "`sailplane dev` wrote, for a controller on this machine."),
 ]
-JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON, for scripts.")]
+JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON, for scripts (errors "
+                                                        "too, on stdout).")]
 
 
 @app.command()
@@ -425,32 +472,45 @@ def connect(
                           "tmpfs:TARGET:SIZE; repeatable."),
     ] = None,
     env: Annotated[list[str] | None, typer.Option(help="K=V, repeatable.")] = None,
-    max_idle_seconds: Annotated[int | None, typer.Option(min=1)] = None,
-    lifetime_limit_seconds: Annotated[int | None, typer.Option(min=1)] = None,
+    max_idle_seconds: Annotated[
+        int, typer.Option(min=0, help="Stop the backend after this long without a connection "
+                                      "(as Plane's CLI; 0: the controller's default).")
+    ] = CONNECT_MAX_IDLE_SECONDS,
+    lifetime_limit_seconds: Annotated[
+        int | None, typer.Option(min=1, help="Stop the backend this long after it starts.")
+    ] = None,
     user: Annotated[str | None, typer.Option(help="User the token is for.")] = None,
     wait: Annotated[bool, typer.Option(help="Show the states until ready.")] = False,
     json_output: JsonOutput = False,
     controller: ControllerUrl = DEFAULT_CONTROLLER,
     token_file: TokenFile = None,
 ) -> None:
-    """Get the backend for a key, spawning one from --image if needed; prints its URL."""
+    """Get the backend for a key, spawning one from --image if needed; prints its URL.
+
+    With --wait, a backend that ends before it is ready prints why (no URL) and exits 1."""
     try:
         request = connect_request(image, key, namespace, tag, mount, volume or [], env or [],
-                                  max_idle_seconds, lifetime_limit_seconds, user)
+                                  max_idle_seconds or None, lifetime_limit_seconds, user)
     except ValueError as exc:
-        _fail(str(exc))
-    with _client(controller, token_file) as client:
+        _fail(str(exc), as_json=json_output)
+    with _client(controller, token_file, json_output) as client:
         response = client.connect(request)
         final = None
         if wait:
             final = _watch(client, response["backend_id"], until_ready=True,
                            quiet=json_output)
+            if final.get("status") != BackendStatus.READY.value:
+                final = client.backend(response["backend_id"])  # with the message
+    if final is not None and final["status"] != BackendStatus.READY.value:
+        if json_output:
+            _print_json({**response, **_public(final), "url": None})
+        else:
+            typer.echo(f"error: backend {response['backend_id']} {_describe(final)}", err=True)
+        raise typer.Exit(1)
     if json_output:
         _print_json(response if final is None else {**response, "status": final["status"]})
     else:
         typer.echo(response["url"])
-    if final is not None and final["status"] != BackendStatus.READY.value:
-        raise typer.Exit(1)
 
 
 def connect_request(
@@ -496,12 +556,16 @@ def status(
     controller: ControllerUrl = DEFAULT_CONTROLLER,
     token_file: TokenFile = None,
 ) -> None:
-    """Show a backend's status (or every state as it passes, with --follow)."""
-    with _client(controller, token_file) as client:
+    """Show a backend's status: with reason, exit code and message once terminated (or every
+    state as it passes, with --follow)."""
+    with _client(controller, token_file, json_output) as client:
         if follow:
-            _watch(client, backend_id, until_ready=False, quiet=False, as_json=json_output)
+            for state in client.follow(backend_id):
+                if state["status"] == BackendStatus.TERMINATED.value:
+                    state = _public(client.backend(backend_id))  # with the message
+                typer.echo(json.dumps(state) if json_output else _describe(state))
             return
-        state = client.status(backend_id)
+        state = _public(client.backend(backend_id))
     if json_output:
         _print_json(state)
     else:
@@ -518,7 +582,7 @@ def terminate(
     token_file: TokenFile = None,
 ) -> None:
     """Ask a backend's drone to stop it."""
-    with _client(controller, token_file) as client:
+    with _client(controller, token_file, json_output) as client:
         result = client.terminate(backend_id, hard)
     if json_output:
         _print_json(result)
@@ -534,7 +598,7 @@ def backends(
     token_file: TokenFile = None,
 ) -> None:
     """List backends."""
-    with _client(controller, token_file) as client:
+    with _client(controller, token_file, json_output) as client:
         rows = client.backends(live)
     if json_output:
         _print_json(rows)
@@ -542,22 +606,30 @@ def backends(
     table = Table("key", "status", "drone")
     for column in ("address", "backend"):  # for copying: never cut
         table.add_column(column, no_wrap=True)
+    if any(row.get("message") for row in rows):
+        table.add_column("message")
     for row in rows:
         key = row["key"]
         name = f"{key['namespace']}/{key['name']}" if key["namespace"] else key["name"]
-        table.add_row(name, _describe(row), row["drone"], row["address"] or "",
-                      row["backend_id"])
-    Console().print(table)
+        cells = [name, _describe({**row, "message": None}), row["drone"],
+                 row["address"] or "", row["backend_id"]]
+        if len(table.columns) > len(cells):
+            cells.append(row.get("message") or "")
+        table.add_row(*cells)
+    Console(highlight=False).print(table)
 
 
-@app.command()
+@drones_app.callback(invoke_without_command=True)
 def drones(
+    ctx: typer.Context,
     json_output: JsonOutput = False,
     controller: ControllerUrl = DEFAULT_CONTROLLER,
     token_file: TokenFile = None,
 ) -> None:
-    """List drones with their host volumes and load."""
-    with _client(controller, token_file) as client:
+    """List drones with their host volumes, load, and whether they are draining."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with _client(controller, token_file, json_output) as client:
         rows = client.drones()
     if json_output:
         _print_json(rows)
@@ -567,7 +639,36 @@ def drones(
         volumes = ", ".join(f"{v['name']}:{v['access']}" for v in row["host_volumes"])
         table.add_row(row["drone_id"], row["pool"], str(row["connected"]),
                       str(row["draining"]), str(row["load"]), volumes)
-    Console().print(table)
+    Console(highlight=False).print(table)
+
+
+DroneId = Annotated[str, typer.Argument(help="The drone's id, as `sailplane drones` lists it.")]
+
+
+@drones_app.command("drain")
+def drones_drain(
+    drone_id: DroneId,
+    json_output: JsonOutput = False,
+    controller: ControllerUrl = DEFAULT_CONTROLLER,
+    token_file: TokenFile = None,
+) -> None:
+    """Send no new backend to a drone (its running ones go on); kept until undrain."""
+    with _client(controller, token_file, json_output) as client:
+        result = client.drain(drone_id, True)
+    _print_json(result) if json_output else typer.echo(f"drone {drone_id} is draining")
+
+
+@drones_app.command("undrain")
+def drones_undrain(
+    drone_id: DroneId,
+    json_output: JsonOutput = False,
+    controller: ControllerUrl = DEFAULT_CONTROLLER,
+    token_file: TokenFile = None,
+) -> None:
+    """Let a drained drone take new backends again."""
+    with _client(controller, token_file, json_output) as client:
+        result = client.drain(drone_id, False)
+    _print_json(result) if json_output else typer.echo(f"drone {drone_id} takes backends again")
 
 
 StateDir = Annotated[
@@ -770,12 +871,14 @@ def _old_token_env() -> None:
 
 
 @contextlib.contextmanager
-def _client(url: str, token_file: Path | None) -> Iterator[ControllerClient]:
-    """A client whose API errors become one line on stderr and exit status 2."""
+def _client(url: str, token_file: Path | None, as_json: bool = False,
+            ) -> Iterator[ControllerClient]:
+    """A client whose API errors become one line on stderr (or a JSON error object on stdout
+    with --json) and exit status 2."""
     try:
         token = find_token(url, token_file)
     except CredentialError as exc:
-        _fail(exc.message)
+        _fail(exc.message, as_json=as_json)
     client = ControllerClient(url, token)
     try:
         yield client
@@ -783,9 +886,11 @@ def _client(url: str, token_file: Path | None) -> Iterator[ControllerClient]:
         hint = "" if exc.status != 401 else (
             "; give --token-file or SAILPLANE_TOKEN (`sailplane dev` writes "
             "DATA_DIR/api-token)")
-        _fail(f"{exc.message} ({exc.status} {exc.code}){hint}")
+        _fail(f"{exc.message} ({exc.status} {exc.code}){hint}", as_json=as_json,
+              code=exc.code, status=exc.status)
     except httpx.HTTPError as exc:
-        _fail(f"cannot reach the controller at {url}: {exc}")
+        _fail(f"cannot reach the controller at {url}: {exc}", as_json=as_json,
+              code="unreachable")
     finally:
         client.close()
 
@@ -807,12 +912,25 @@ def _watch(
     return last
 
 
+def _public(summary: dict[str, Any]) -> dict[str, Any]:
+    """A backend's status as /pub shows it, plus the message /ctrl callers get."""
+    state = {"status": summary["status"], "time": summary.get("time",
+                                                              summary.get("status_time"))}
+    for field in ("reason", "exit_code", "message"):
+        if summary.get(field) is not None:
+            state[field] = summary[field]
+    return state
+
+
 def _describe(state: dict[str, Any]) -> str:
+    """``terminated (error): why``, ``terminated (exited, exit code 3)``, ``ready``."""
     text = str(state["status"])
     if state.get("reason"):
         text += f" ({state['reason']}"
         text += f", exit code {state['exit_code']})" if state.get("exit_code") is not None \
             else ")"
+    if state.get("message"):
+        text += f": {state['message']}"
     return text
 
 
@@ -828,10 +946,80 @@ def _print_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2))
 
 
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
+def _fail(message: str, *, as_json: bool = False, code: str = "error",
+          status: int | None = None) -> NoReturn:
+    """One line on stderr (a JSON error object on stdout with ``as_json``), exit status 2."""
+    if as_json:
+        error: dict[str, Any] = {"code": code, "message": message}
+        if status is not None:
+            error["status"] = status
+        typer.echo(json.dumps({"error": error}))
+    else:
+        typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
 
 
+def _serve(what: str, run: Callable[[], Any]) -> Any:
+    """Run a long-lived part; Ctrl-C ends it quietly, and a failure is one line (exit 2), its
+    traceback only with --debug."""
+    try:
+        return run()
+    except KeyboardInterrupt:
+        return None
+    except (typer.Exit, typer.Abort):
+        raise
+    except SystemExit as exc:  # uvicorn exits 1 when it cannot start
+        if exc.code in (0, None):
+            return None
+        _fail(f"{what} could not start (see the log above)")
+    except Exception as exc:
+        if _debug:
+            traceback.print_exc()
+        _fail(f"{what} stopped: {_one_line(exc)}"
+              + ("" if _debug else " (--debug for the traceback)"))
+
+
+def _one_line(exc: BaseException) -> str:
+    """The innermost useful message of an error (groups and chains unwrapped)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    if isinstance(exc, SailplaneError):
+        return exc.message
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}" + (f": {exc.filename}" if exc.filename else "")
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _check_port(host: str, port: int, flag: str, *, reuse_port: bool = False) -> None:
+    """Exit 2 with one line if ``host:port`` cannot be listened on (before anything starts)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        _fail(f"cannot listen on {host} ({flag}): {exc.strerror}")
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            probe.bind(address)
+        except PermissionError:
+            _fail(f"port {port} needs privileges ({flag})")
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                _fail(f"port {port} is in use ({flag})")
+            _fail(f"cannot listen on {host}:{port} ({flag}): {exc.strerror}")
+
+
 def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.DEBUG if _debug else logging.INFO,
+                        format="%(asctime)s %(name)s %(message)s")
+    if not _debug:  # each start's schema check is not news, nor a traceback a user's
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        logging.getLogger("uvicorn.error").addFilter(_without_traceback)
+
+
+def _without_traceback(record: logging.LogRecord) -> bool:
+    record.exc_info, record.exc_text = None, None
+    return True

@@ -73,6 +73,17 @@ class ControllerClient:
         result: dict[str, Any] = self._json(self.http.get(f"/pub/b/{backend_id}/status"))
         return result
 
+    def backend(self, backend_id: str) -> dict[str, Any]:
+        """One backend as ``backends()`` lists it (with the message of an error)."""
+        result: dict[str, Any] = self._json(self.http.get(f"/ctrl/b/{backend_id}"))
+        return result
+
+    def drain(self, drone_id: str, draining: bool = True) -> dict[str, Any]:
+        """Drain a drone (no new backends), or undrain it with ``draining=False``."""
+        verb = "drain" if draining else "undrain"
+        result: dict[str, Any] = self._json(self.http.post(f"/ctrl/d/{drone_id}/{verb}"))
+        return result
+
     def backends(self, live: bool = False) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self._json(
             self.http.get("/ctrl/backends", params={"live": live}))
@@ -83,19 +94,29 @@ class ControllerClient:
         return result
 
     def follow(self, backend_id: str) -> Iterator[dict[str, Any]]:
-        """Each state of the backend, from the first, until ``terminated``."""
+        """Each state of the backend, from the first, until ``terminated`` (the status stream:
+        one event per state, its data the state)."""
         with self.http.stream("GET", f"/pub/b/{backend_id}/status-stream",
                               timeout=httpx.Timeout(30.0, read=None)) as response:
             if response.status_code >= 400:
                 response.read()
                 self._json(response)
+            data: list[str] = []
             for line in response.iter_lines():
-                if line.startswith("data: "):
-                    yield json.loads(line.removeprefix("data: "))
+                if line.startswith("data:"):
+                    data.append(line.removeprefix("data:").removeprefix(" "))
+                elif not line and data:
+                    yield json.loads("\n".join(data))
+                    data = []
 
     @staticmethod
     def _json(response: httpx.Response) -> Any:
-        body = response.json()
+        try:
+            body = response.json()
+        except ValueError:
+            raise ApiError(response.status_code, "not_json",
+                           f"the answer is not JSON (HTTP {response.status_code}): is this a "
+                           f"Sailplane controller?") from None
         if response.status_code >= 400:
             error = body.get("error", {}) if isinstance(body, dict) else {}
             raise ApiError(response.status_code, error.get("code", "error"),

@@ -1,7 +1,9 @@
 """``sailplane dev``: controller, drone and proxy in one process, SQLite under a data dir.
 
-Ctrl-C stops the three together; the drone first terminates every backend and removes its
-container, so nothing is left running.
+The controller starts first and the drone and the proxy once it listens, so neither has to
+retry. Ctrl-C (or SIGTERM) stops them in the other order: the drone first terminates every
+backend and removes its container, so nothing is left running, then the proxy, then the
+controller. Named volumes outlive it; :func:`run_dev` returns the names of those on the engine.
 
 Every start makes a fresh controller secret (kept in memory only) and credentials for the
 drone and the proxy, and writes an API token to ``DATA_DIR/api-token`` (0600), with a link
@@ -16,16 +18,19 @@ import contextlib
 import logging
 import os
 import secrets
+import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
 from sailplane.controller.config import ControllerConfig
-from sailplane.controller.run import run_controller
+from sailplane.controller.run import controller_server
 from sailplane.credentials import Role, dev_token_link, mint, new_secret, write_private
-from sailplane.drone.config import DroneConfig, check_protected, run_drone
+from sailplane.drone.config import DroneConfig, check_protected, make_runtime, run_drone
 from sailplane.drone.executor import ExecutorSettings
 from sailplane.drone.limits import OperatorLimits
+from sailplane.errors import SailplaneError
 from sailplane.mounts.policy import MountPolicy
 from sailplane.proxy.limits import ProxyLimits
 from sailplane.proxy.run import ProxyConfig, run_proxy
@@ -36,6 +41,7 @@ log = logging.getLogger(__name__)
 
 API_TOKEN_FILE = "api-token"
 DEV_SUBJECT = "dev"
+LISTEN_POLL_SECONDS = 0.02
 
 
 class DevConfig(BaseModel):
@@ -52,6 +58,7 @@ class DevConfig(BaseModel):
     named_volumes: bool = True
     max_named_volumes_per_namespace: int | None = Field(default=None, ge=0)
     proxy_limits: ProxyLimits = Field(default_factory=ProxyLimits)  # the built-in proxy's
+    default_max_idle_seconds: int | None = Field(default=None, gt=0)  # the controller's
 
     @property
     def controller_url(self) -> str:
@@ -81,6 +88,7 @@ def dev_parts(
     controller = ControllerConfig(
         database_url=f"sqlite:///{data_dir}/controller.db", proxy_url=config.proxy_url,
         controller_url=config.controller_url, secrets=[secret],
+        default_max_idle_seconds=config.default_max_idle_seconds,
     )
     drone = DroneConfig(
         drone_id=config.drone_id, controller_url=config.controller_url,
@@ -128,22 +136,74 @@ def _unlink_api_token(config: DevConfig) -> None:
             link.unlink()
 
 
-async def run_dev(config: DevConfig) -> None:
+@dataclass(frozen=True)
+class DevParts:
+    """The three parts' configurations and the secret their credentials are signed with."""
+
+    secret: str
+    controller: ControllerConfig
+    drone: DroneConfig
+    proxy: ProxyConfig
+
+
+def prepare_dev(config: DevConfig) -> DevParts:
+    """Check and configure everything before anything starts (PolicyError if refused)."""
     secret = new_secret()
-    controller, drone, proxy = dev_parts(config, secret)
-    publish_api_token(config, secret)
-    tasks = [
-        asyncio.create_task(run_controller(controller, "127.0.0.1", config.controller_port)),
-        asyncio.create_task(run_drone(drone)),
-        asyncio.create_task(run_proxy(proxy)),
-    ]
+    return DevParts(secret, *dev_parts(config, secret))
+
+
+async def run_dev(config: DevConfig, prepared: DevParts | None = None) -> list[str]:
+    """Run until Ctrl-C or SIGTERM (or one part fails, whose error is raised); the runtime
+    names of the named volumes left on the engine."""
+    parts = prepared or prepare_dev(config)
+    publish_api_token(config, parts.secret)
+    server = await asyncio.to_thread(controller_server, parts.controller, "127.0.0.1",
+                                     config.controller_port)
+    serving = asyncio.create_task(server.serve())
+    others: list[asyncio.Task[None]] = []
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
     try:
-        # The controller returns on Ctrl-C (uvicorn handles the signal); then stop the rest.
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        while not server.started and not serving.done():
+            await asyncio.sleep(LISTEN_POLL_SECONDS)
+        if serving.done():
+            await serving  # its error, if it has one
+            return []
+        # After uvicorn installed its handlers: a signal now stops the parts in order.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        others = [asyncio.create_task(run_drone(parts.drone)),
+                  asyncio.create_task(run_proxy(parts.proxy))]
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait([serving, stopping, *others], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        for task in others:  # the drone first: it terminates every backend
+            await _stop(task)
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in others:
+            await _stop(task)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        server.should_exit = True
+        await serving
         _unlink_api_token(config)
+    return await _named_volumes(parts.drone)
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    """Cancel a part and wait for it; its own error (not the cancellation) is raised."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _named_volumes(drone: DroneConfig) -> list[str]:
+    try:
+        engine = make_runtime(drone)
+        try:
+            return sorted(volume.name for volume in await engine.volumes())
+        finally:
+            await engine.close()
+    except (SailplaneError, OSError) as exc:
+        log.debug("could not list the named volumes: %s", exc)
+        return []

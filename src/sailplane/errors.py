@@ -48,7 +48,7 @@ class MountRefused(SailplaneError):
 
 
 class LimitRefused(SailplaneError):
-    """Raised when a request's resource limit is above the drone operator's cap (DESIGN 8.3).
+    """Raised when a request's resource limit is above the drone operator's cap (docs/security.md).
 
     A request may lower a limit, never raise it: the message names the field, the value asked
     for and the cap, and nothing is silently lowered.

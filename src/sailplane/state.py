@@ -1,4 +1,4 @@
-"""The backend lifecycle of DESIGN 2 as an enum, and its one rule: only ever forward.
+"""The backend lifecycle (docs/architecture.md) as an enum, and its one rule: only ever forward.
 
     scheduled -> loading -> starting -> waiting -> ready
               -> terminating -> hard-terminating -> terminated

@@ -9,13 +9,21 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from sailplane.controller import backends, drones
+from sailplane.controller.db import tables
 from sailplane.controller.sweeper import sweep_once
 from sailplane.mounts.policy import Access
 from sailplane.state import BackendState, BackendStatus, TerminationReason, now_ms
-from tests.controller.conftest import CONTROLLER_URL, PROXY_URL, add_drone, spawn_body
+from tests.controller.conftest import (
+    CONTROLLER_URL,
+    PROXY_URL,
+    add_drone,
+    make_client,
+    spawn_body,
+)
+from tests.eventsource import on_message, parse
 
 NEVER_LOST = 1e9
 
@@ -211,13 +219,11 @@ def test_metrics(live: TestClient) -> None:  # the client sends an API token
     assert "sailplane_drones 1.0" in text
 
 
-def events(text: str) -> list[tuple[int, dict[str, Any]]]:
-    parsed = []
-    for block in text.strip().split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in block.splitlines())
-        assert fields["event"] == "status"
-        parsed.append((int(fields["id"]), json.loads(fields["data"])))
-    return parsed
+def events(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """What a browser's EventSource.onmessage sees: (lastEventId, the parsed data)."""
+    seen = on_message(text)
+    assert len(seen) == len(parse(text))  # every event is unnamed, so onmessage gets it
+    return [(event.last_event_id, json.loads(event.data)) for event in seen]
 
 
 def test_status_stream_replays_and_follows(any_client: TestClient) -> None:
@@ -234,15 +240,31 @@ def test_status_stream_replays_and_follows(any_client: TestClient) -> None:
     finally:
         finish.join()
     assert response.headers["content-type"].startswith("text/event-stream")
+    assert "event:" not in response.text
     history = events(response.text)
     assert [e["status"] for _, e in history] == ["scheduled", "loading", "ready", "terminated"]
     assert history[-1][1]["reason"] == "external"
-    ids = [event_id for event_id, _ in history]
-    assert ids == sorted(ids)
+    assert [event_id for event_id, _ in history] == [e["status"] for _, e in history]
 
+    # Plane's clients reconnect with the status they saw last (EventSource does it itself).
     resumed = any_client.get(f"/pub/b/{backend_id}/status-stream",
-                             headers={"last-event-id": str(ids[1])})
-    assert events(resumed.text) == history[2:]
+                             headers={"last-event-id": "ready"})
+    assert resumed.status_code == 200
+    assert events(resumed.text) == history[3:]
+    done = any_client.get(f"/pub/b/{backend_id}/status-stream",
+                          headers={"last-event-id": "terminated"})
+    assert done.status_code == 200 and events(done.text) == []
+    unknown = any_client.get(f"/pub/b/{backend_id}/status-stream",
+                             headers={"last-event-id": "17"})
+    assert unknown.status_code == 200 and events(unknown.text) == history
+
+
+def test_eventsource_parser_follows_the_standard() -> None:
+    stream = (": keep-alive\n\nid: ready\ndata: {\"a\":\r\ndata: 1}\n\n"
+              "event: status\ndata: x\n\ndata: lost")
+    assert [(e.type, e.data, e.last_event_id) for e in parse(stream)] == [
+        ("message", '{"a":\n1}', "ready"), ("status", "x", "ready")]
+    assert [e.data for e in on_message(stream)] == ['{"a":\n1}']
 
 
 def test_drain_stops_scheduling(live: TestClient) -> None:
@@ -311,3 +333,105 @@ def test_terminated_releases_the_key(live: TestClient) -> None:
     second = connect(live, spawn_body(tag="v2"))  # the old tag no longer holds the key
     assert second["spawned"] is True
     assert len(backends.list_backends(live_engine, live_only=True)) == 1
+
+
+def test_undrain_lets_scheduling_resume(live: TestClient) -> None:
+    live.post("/ctrl/d/d1/drain")
+    assert [d["draining"] for d in live.get("/ctrl/drones").json()] == [True]
+    assert live.post("/ctrl/d/d1/undrain").json() == {"draining": False}
+    assert [d["draining"] for d in live.get("/ctrl/drones").json()] == [False]
+    assert connect(live, spawn_body())["drone"] == "d1"
+    error(live.post("/ctrl/d/nosuch/undrain"), 404, "not_found")
+
+
+def test_drain_survives_the_drones_reconnection_until_undone(live: TestClient) -> None:
+    live.post("/ctrl/d/d1/drain")
+    add_drone(engine_of(live))  # registers again, as a reconnecting drone does
+    assert [d["draining"] for d in live.get("/ctrl/drones").json()] == [True]
+
+
+def test_write_to_a_volume_every_drone_offers_read_only_is_the_callers_mistake(
+    client: TestClient,
+) -> None:
+    add_drone(engine_of(client), "d1", volumes={"config": Access.RO})
+    add_drone(engine_of(client), "d2", volumes={"config": Access.RO, "data": Access.RW})
+    mounts = [{"type": "host", "volume": "data", "target": "/data", "read_only": False},
+              {"type": "host", "volume": "config", "target": "/etc/app", "read_only": False}]
+    body = error(client.post("/ctrl/connect", json=spawn_body(
+        executable={"volume_mounts": mounts})), 400, "mount_refused")
+    assert body["message"] == ("host volume 'config' is read-only on every drone; ask for "
+                               "read_only: true")
+    assert body["mount"] == 1
+    mounts[1]["read_only"] = True
+    assert connect(client, spawn_body(executable={"volume_mounts": mounts}))["drone"] == "d2"
+
+
+@pytest.mark.parametrize(("method", "path", "status", "code"), [
+    ("GET", "/nosuch", 404, "not_found"),
+    ("GET", "/ctrl/nosuch", 404, "not_found"),
+    ("GET", "/ctrl/connect", 405, "method_not_allowed"),
+    ("GET", "/ctrl/b/b-0000000000000000", 404, "not_found"),
+    ("POST", "/ctrl/d/nosuch/drain", 404, "not_found"),
+])
+def test_every_error_is_an_error_object(
+    client: TestClient, method: str, path: str, status: int, code: str,
+) -> None:
+    response = client.request(method, path)
+    assert set(response.json()) == {"error"}, response.text
+    body = error(response, status, code)
+    assert body["message"] and "detail" not in response.text
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"{not json", "the body is not valid JSON"),
+    (json.dumps(spawn_body(executable={"image": "Bad Image!!"})).encode(),
+     "spawn_config.executable.image: "),
+    (json.dumps({"spawn_config": {"executable": {"image": "x"},
+                                  "max_idle_seconds": 0}}).encode(),
+     "spawn_config.max_idle_seconds: Input should be greater than 0"),
+])
+def test_validation_errors_are_one_plain_line(
+    live: TestClient, content: bytes, message: str,
+) -> None:
+    response = live.post("/ctrl/connect", content=content,
+                         headers={"content-type": "application/json"})
+    body = error(response, 400, "invalid_request")
+    assert body["message"].startswith(message)
+    for noise in ("Value error, ", "JSON decode error", "0: "):
+        assert noise not in body["message"]
+
+
+def test_a_backend_by_id_carries_its_error_message(live: TestClient) -> None:
+    backend_id = connect(live, spawn_body())["backend_id"]
+    record(engine_of(live), backend_id, BackendStatus.TERMINATED,
+           reason=TerminationReason.ERROR, message="image nosuch/image:2 is not on this drone")
+    body = live.get(f"/ctrl/b/{backend_id}").json()
+    assert (body["status"], body["reason"]) == ("terminated", "error")
+    assert body["message"] == "image nosuch/image:2 is not on this drone"
+    assert live.get(f"/ctrl/b/{backend_id}", headers={"authorization": ""}).status_code == 401
+
+
+def test_docs_are_served_without_a_cdn(client: TestClient) -> None:
+    for page in ("/docs", "/redoc"):
+        html = client.get(page, headers={"authorization": ""}).text
+        assert "cdn." not in html and "googleapis" not in html
+        assets = [src for src in html.split('"') if src.startswith("/docs-assets/")]
+        assert assets, html
+        for asset in assets:
+            assert client.get(asset).status_code == 200, asset
+    schema = client.get("/openapi.json").json()
+    assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    assert schema["paths"]["/ctrl/connect"]["post"]["security"] == [{"HTTPBearer": []}]
+
+
+def test_an_operator_default_idle_limit_applies_when_a_request_gives_none(
+    sqlite_url: str,
+) -> None:
+    for client in make_client(sqlite_url, default_max_idle_seconds=300):
+        add_drone(engine_of(client))
+        given = connect(client, spawn_body("a", max_idle_seconds=5))["backend_id"]
+        default = connect(client, spawn_body("b"))["backend_id"]
+        with engine_of(client).connect() as conn:
+            rows = dict(conn.execute(select(tables.backends.c.id,
+                                            tables.backends.c.max_idle_seconds)).all())
+        assert (rows[given], rows[default]) == (5, 300)

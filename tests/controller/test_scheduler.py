@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sailplane.controller.scheduler import DroneCandidate, NoDroneAvailable, choose_drone
+from sailplane.errors import MountRefused
 from sailplane.mounts.plan import HostVolumeNeed
 from sailplane.mounts.policy import Access
 from sailplane.protocol import HostVolumeOffer
@@ -31,6 +32,15 @@ def refusal(drones: list[DroneCandidate], pool: str = "",
     with pytest.raises(NoDroneAvailable) as caught:
         choose_drone(drones, pool, needs or [], namespace)
     assert caught.value.code == "no_drone_available"
+    return caught.value.message
+
+
+def policy_refusal(drones: list[DroneCandidate], pool: str = "",
+                   needs: list[HostVolumeNeed] | None = None, namespace: str = "") -> str:
+    """The live drones' policies refuse the request: the caller's mistake, not 503."""
+    with pytest.raises(MountRefused) as caught:
+        choose_drone(drones, pool, needs or [], namespace)
+    assert caught.value.code == "mount_refused"
     return caught.value.message
 
 
@@ -78,8 +88,22 @@ def test_write_needs_read_write_offer() -> None:
               drone("b", load=5, volumes={"data": Access.RW})]
     assert choose(drones, needs=[HostVolumeNeed("data", write=True)]) == "b"
     assert choose(drones, needs=[HostVolumeNeed("data", write=False)]) == "a"
-    message = refusal(drones[:1], needs=[HostVolumeNeed("data", write=True)])
-    assert "host volume 'data' read-write" in message
+    message = policy_refusal(drones[:1], needs=[HostVolumeNeed("data", write=True, mount=2)])
+    assert message == "host volume 'data' is read-only on every drone; ask for read_only: true"
+    with pytest.raises(MountRefused) as caught:
+        choose_drone(drones[:1], "", [HostVolumeNeed("data", write=True, mount=2)], "")
+    assert caught.value.mount == 2
+    draining = [drone("a", volumes={"data": Access.RO}), drone("b", draining=True)]
+    assert "read-only on every drone in pool 'gpu'" in policy_refusal(
+        [drone("a", pool="gpu", volumes={"data": Access.RO})], pool="gpu",
+        needs=[HostVolumeNeed("data", write=True)])
+    assert "read-only on every drone" in policy_refusal(
+        draining, needs=[HostVolumeNeed("data", write=True)])
+
+
+def test_a_volume_no_live_drone_offers_can_pass_later() -> None:
+    message = refusal([drone("a")], needs=[HostVolumeNeed("data", write=True)])
+    assert message == "no drone in pool '' offers host volume 'data' read-write to namespace ''"
 
 
 def test_every_need_must_be_offered_by_the_same_drone() -> None:
@@ -96,14 +120,13 @@ def test_namespaces_restrict_a_volume() -> None:
     need = [HostVolumeNeed("data", write=True)]
     assert choose(drones, needs=need, namespace="editor") == "a"
     assert choose(drones, needs=need, namespace="viewer") == "b"
-    message = refusal(drones[:1], needs=need, namespace="viewer")
-    assert message == ("no drone in pool '' offers host volume 'data' read-write "
-                       "to namespace 'viewer'")
+    message = policy_refusal(drones[:1], needs=need, namespace="viewer")
+    assert message == "host volume 'data' is not offered to namespace 'viewer' by any drone"
 
 
 def test_empty_namespace_list_offers_to_nobody() -> None:
-    assert "namespace ''" in refusal([drone("a", volumes={"data": Access.RO}, namespaces=[])],
-                                     needs=[HostVolumeNeed("data", write=False)])
+    lone = drone("a", volumes={"data": Access.RO}, namespaces=[])
+    assert "namespace ''" in policy_refusal([lone], needs=[HostVolumeNeed("data", write=False)])
 
 
 def test_candidates_are_not_mutated_and_result_is_one_of_them() -> None:

@@ -1,1 +1,4 @@
-"""The controller: HTTP API, database, scheduling, key locks and deadlines (DESIGN 1-3)."""
+"""The controller: HTTP API, database, scheduling, key locks and deadlines.
+
+See docs/architecture.md.
+"""

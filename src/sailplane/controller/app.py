@@ -1,22 +1,30 @@
-"""The controller's HTTP API (DESIGN 3). Handlers only parse and call; the work is in
-``backends``, ``drones`` and ``sweeper``, which run in worker threads."""
+"""The controller's HTTP API (docs/architecture.md). Handlers only parse and call; the work is
+in ``backends``, ``drones`` and ``sweeper``, which run in worker threads.
+
+Every error, of ours or of the framework (an unknown route, a malformed body), is JSON
+``{"error": {"code": ..., "message": ...}}``. ``/docs`` and ``/redoc`` serve their assets from
+this process, so they work on a machine without Internet access.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from importlib.resources import files
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request, WebSocket
+from fastapi import Depends, FastAPI, Header, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from sqlalchemy import Engine
+from starlette.exceptions import HTTPException
 
 from sailplane.controller import auth, backends, drones
 from sailplane.controller.auth import Guard, Refused
@@ -33,6 +41,7 @@ from sailplane.controller.models import (
 from sailplane.controller.notify import Notifier
 from sailplane.controller.proxy_socket import serve_proxy
 from sailplane.controller.scheduler import NoDroneAvailable
+from sailplane.controller.status_stream import last_status, status_events
 from sailplane.controller.sweeper import run_sweeper
 from sailplane.credentials import Credential, Role
 from sailplane.errors import MountRefused, SailplaneError
@@ -42,7 +51,11 @@ from sailplane.state import BackendStatus, TerminationReason
 _STATUS_BY_ERROR: dict[type[SailplaneError], int] = {
     MountRefused: 400, BackendNotFound: 404, KeyTagMismatch: 409, NoDroneAvailable: 503,
 }
-STREAM_POLL_SECONDS = 0.5
+_CODE_BY_STATUS = {401: "unauthorized", 403: "forbidden", 404: "not_found",
+                   405: "method_not_allowed", 413: "too_large"}
+# Prefixes pydantic puts before the message of a validator's own error.
+_VALIDATOR_PREFIXES = ("Value error, ", "Assertion failed, ")
+DOCS_ASSETS = "/docs-assets"
 SocketServer = Callable[[WebSocket, Engine, Notifier, Credential | None], Awaitable[None]]
 # Documents the bearer token in the OpenAPI schema (and /docs); the guard reads the header.
 _BEARER = HTTPBearer(auto_error=False, description="a credential of the route's role")
@@ -85,7 +98,9 @@ def create_app(config: ControllerConfig, engine: Engine | None = None) -> FastAP
                         roles, request.url.path)
         return check
 
-    app = FastAPI(title="Sailplane controller", lifespan=lifespan)
+    app = FastAPI(title="Sailplane controller", lifespan=lifespan, docs_url=None,
+                  redoc_url=None, description="Plane's connect API with declarative, secure "
+                  "volume mounts. `/ctrl` routes need `Authorization: Bearer TOKEN`.")
     ctrl = [Depends(require(auth.API))]
 
     @app.exception_handler(SailplaneError)
@@ -107,19 +122,29 @@ def create_app(config: ControllerConfig, engine: Engine | None = None) -> FastAP
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"] if part != "body")
         return JSONResponse({"error": {"code": "invalid_request",
-                                       "message": f"{where}: {first['msg']}"}}, 400)
+                                       "message": validation_message(exc.errors())}}, 400)
 
     @app.exception_handler(HTTPException)
-    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": {"code": "http_error", "message": exc.detail}},
-                            exc.status_code)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        message = str(exc.detail)
+        if exc.status_code == 404:
+            message = f"no route {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        return JSONResponse(
+            {"error": {"code": _CODE_BY_STATUS.get(exc.status_code, "http_error"),
+                       "message": message}}, exc.status_code, headers=exc.headers)
+
+    _serve_docs(app)
 
     @app.post("/ctrl/connect", dependencies=ctrl)
     async def connect(request: ConnectRequest) -> ConnectResponse:
         started = time.perf_counter()
+        spawn = request.spawn_config
+        if spawn and spawn.max_idle_seconds is None and config.default_max_idle_seconds:
+            request = request.model_copy(update={"spawn_config": spawn.model_copy(
+                update={"max_idle_seconds": config.default_max_idle_seconds})})
         response, drone = await asyncio.to_thread(backends.connect, engine, request, urls)
         if drone:
             notifier.notify(f"drone:{drone}")
@@ -141,6 +166,11 @@ def create_app(config: ControllerConfig, engine: Engine | None = None) -> FastAP
     async def hard_terminate(backend_id: str) -> dict[str, bool]:
         return await terminate(backend_id, hard=True)
 
+    @app.get("/ctrl/b/{backend_id}", dependencies=ctrl)
+    async def backend(backend_id: str) -> BackendSummary:
+        """One backend as ``/ctrl/backends`` lists it, with the message of an error."""
+        return await asyncio.to_thread(backends.summary, engine, backend_id)
+
     @app.get("/ctrl/backends", dependencies=ctrl)
     async def list_backends(live: bool = False) -> list[BackendSummary]:
         return await asyncio.to_thread(backends.list_backends, engine, live)
@@ -151,8 +181,15 @@ def create_app(config: ControllerConfig, engine: Engine | None = None) -> FastAP
 
     @app.post("/ctrl/d/{drone_id}/drain", dependencies=ctrl)
     async def drain(drone_id: str) -> dict[str, bool]:
+        """No new backend goes to the drone; its running ones go on. Kept across restarts."""
         await asyncio.to_thread(drones.drain, engine, drone_id)
         return {"draining": True}
+
+    @app.post("/ctrl/d/{drone_id}/undrain", dependencies=ctrl)
+    async def undrain(drone_id: str) -> dict[str, bool]:
+        """The drone takes new backends again."""
+        await asyncio.to_thread(drones.drain, engine, drone_id, False)
+        return {"draining": False}
 
     def socket_route(
         serve: SocketServer, roles: frozenset[Role],
@@ -177,12 +214,14 @@ def create_app(config: ControllerConfig, engine: Engine | None = None) -> FastAP
 
     @app.get("/pub/b/{backend_id}/status-stream")
     async def status_stream(
-        backend_id: str, last_event_id: Annotated[int, Header()] = 0,
+        backend_id: str, last_event_id: Annotated[str | None, Header()] = None,
     ) -> StreamingResponse:
+        """Server-sent events in Plane's shape (sailplane.controller.status_stream)."""
         if not await asyncio.to_thread(backends.exists, engine, backend_id):
             raise BackendNotFound(f"no backend {backend_id!r}")
-        return StreamingResponse(_stream(engine, notifier, backend_id, last_event_id),
-                                 media_type="text/event-stream")
+        events = status_events(engine, notifier, backend_id, last_status(last_event_id))
+        return StreamingResponse(events, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -215,16 +254,36 @@ async def _deny(websocket: WebSocket, exc: Refused) -> None:
         await websocket.close(code=1008, reason=exc.message[:120])
 
 
-async def _stream(
-    engine: Engine, notifier: Notifier, backend_id: str, after: int
-) -> AsyncIterator[str]:
-    """Server-sent events: the history after ``after``, then each new state until the end."""
-    while True:
-        for event_id, state in await asyncio.to_thread(backends.history, engine, backend_id,
-                                                       after):
-            after = event_id
-            body = json.dumps(state.model_dump(mode="json", exclude_none=True))
-            yield f"id: {event_id}\nevent: status\ndata: {body}\n\n"
-            if state.status is BackendStatus.TERMINATED:
-                return
-        await notifier.wait(f"backend:{backend_id}", STREAM_POLL_SECONDS)
+def validation_message(errors: Sequence[Any]) -> str:
+    """The first of pydantic's errors as one line: where, then what, without its prefixes."""
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        reason = (first.get("ctx") or {}).get("error", "")
+        return f"the body is not valid JSON ({reason})" if reason else \
+            "the body is not valid JSON"
+    where = ".".join(str(part) for part in first["loc"] if part != "body")
+    message = str(first["msg"])
+    for prefix in _VALIDATOR_PREFIXES:
+        message = message.removeprefix(prefix)
+    return f"{where}: {message}" if where else message
+
+
+def _serve_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs and ReDoc at /redoc with the assets the package ships (no CDN)."""
+    assets = files("fastapi_offline") / "static"
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(assets)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} - API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png")
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png", with_google_fonts=False)

@@ -274,14 +274,23 @@ def list_backends(engine: Engine, live_only: bool = False) -> list[BackendSummar
         query = query.where(backends.c.status.in_(LIVE_STATUSES))
     with engine.connect() as conn:
         rows = conn.execute(query).mappings().all()
-    return [
-        BackendSummary(
-            backend_id=row["id"], drone=row["drone_id"],
-            key={"name": row["key_name"], "namespace": row["key_namespace"],
-                 "tag": row["key_tag"]},
-            status=BackendStatus(row["status"]), status_time=row["status_time_ms"],
-            address=row["address"], reason=row["reason"], exit_code=row["exit_code"],
-            message=row["message"],
-        )
-        for row in rows
-    ]
+    return [_summary(row) for row in rows]
+
+
+def summary(engine: Engine, backend_id: str) -> BackendSummary:
+    """One backend as :func:`list_backends` shows it (for ``/ctrl`` callers: has the message)."""
+    with engine.connect() as conn:
+        row = conn.execute(select(backends).where(backends.c.id == backend_id)).mappings().first()
+    if row is None:
+        raise BackendNotFound(f"no backend {backend_id!r}")
+    return _summary(row)
+
+
+def _summary(row: Any) -> BackendSummary:
+    return BackendSummary(
+        backend_id=row["id"], drone=row["drone_id"],
+        key={"name": row["key_name"], "namespace": row["key_namespace"], "tag": row["key_tag"]},
+        status=BackendStatus(row["status"]), status_time=row["status_time_ms"],
+        address=row["address"], reason=row["reason"], exit_code=row["exit_code"],
+        message=row["message"],
+    )

@@ -18,3 +18,5 @@ class ControllerConfig(BaseModel):
     insecure: bool = False
     open_metrics: bool = False  # /metrics without a credential
     allowed_origins: list[str] = Field(default_factory=list)  # browser origins let through
+    # The idle limit of a spawn that gives no max_idle_seconds; None: no limit (Plane's API).
+    default_max_idle_seconds: int | None = Field(default=None, gt=0)

@@ -39,10 +39,12 @@ def disconnected(engine: Engine, drone_id: str) -> None:
         conn.execute(update(drones).where(drones.c.id == drone_id).values(connected=False))
 
 
-def drain(engine: Engine, drone_id: str) -> None:
+def drain(engine: Engine, drone_id: str, draining: bool = True) -> None:
+    """Stop (or, with ``draining=False``, resume) scheduling onto a drone; kept across its
+    reconnections and the controller's restarts until changed."""
     with engine.begin() as conn:
         result = conn.execute(update(drones).where(drones.c.id == drone_id)
-                              .values(draining=True))
+                              .values(draining=draining))
     if result.rowcount == 0:
         raise BackendNotFound(f"no drone {drone_id!r}")
 

@@ -1,4 +1,4 @@
-"""The drone operator's caps on what one backend may use (DESIGN 8.3)::
+"""The drone operator's caps on what one backend may use (docs/security.md)::
 
     sailplane drone --default-memory-bytes 536870912 --default-pids-limit 512 \\
                     --max-tmpfs-bytes 1073741824

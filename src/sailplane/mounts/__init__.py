@@ -1,4 +1,4 @@
-"""Declarative, secure volume mounts (DESIGN 4).
+"""Declarative, secure volume mounts (docs/mounts.md).
 
 The pipeline reads forward through these modules: ``sailplane.spec`` (the request) ->
 ``policy`` (what the operator allows) -> ``validate`` (pure rules) -> ``resolve`` (the walk on

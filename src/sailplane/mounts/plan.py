@@ -251,12 +251,13 @@ class HostVolumeNeed:
 
     name: str
     write: bool
+    mount: int | str = 0  # where in the request: an index in volume_mounts, or "mount"
 
 
 def host_volume_needs(executor: ExecutorConfig, values: TemplateValues) -> list[HostVolumeNeed]:
     """Check a request without a policy and list the host volumes it needs, for scheduling."""
     return [
-        HostVolumeNeed(item.volume_name, not item.read_only)
+        HostVolumeNeed(item.volume_name, not item.read_only, item.mount)
         for item in check_mounts(executor, None, values)
         if isinstance(item, HostMountPlan)
     ]

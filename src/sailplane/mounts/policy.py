@@ -179,7 +179,8 @@ def parse_host_volume_flag(flag: str) -> HostVolume:
     path, _, suffix = rest.rpartition(":")
     if path and suffix in ("ro", "rw"):
         access = Access(suffix)
-    elif path and os.path.isdir(path) and not os.path.isdir(rest):
+    elif path and not os.path.isdir(rest) and (os.path.isdir(path) or (
+            suffix.isalpha() and len(suffix) <= 3)):
         # "data=/srv/data:rx": a typo of the access, not a directory named "data:rx".
         raise PolicyError(f"--host-volume {flag!r}: {suffix!r} is not an access; after the path "
                           "give :ro or :rw, then :key for a key-scoped volume")

@@ -1,4 +1,4 @@
-"""The operator's dry run (DESIGN 4.5): a request's JSON in, the mount plan document out.
+"""The operator's dry run (docs/mounts.md): a request's JSON in, the mount plan document out.
 
 This is the surface ``sailplane mounts plan`` prints, so its shape is part of the contract::
 

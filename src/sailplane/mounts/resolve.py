@@ -1,4 +1,4 @@
-"""Safe resolution of a host mount on disk: the descriptor walk of DESIGN 4.3.
+"""Safe resolution of a host mount on disk: the descriptor walk of docs/mounts.md.
 
 The walk starts from an open descriptor of the host volume's root and opens one component at
 a time, never following a symlink:

@@ -50,7 +50,7 @@ class ResolvedTmpfsMount(BaseModel):
     type: Literal["tmpfs"] = "tmpfs"
     target: str
     size_bytes: int
-    # Kept out of the plan's summary (DESIGN 4.5 shows none); the runtimes' entries carry it.
+    # Kept out of the plan's summary (docs/mounts.md shows none); the runtimes' entries carry it.
     mode: int = Field(default=0o1777, exclude=True)
 
 

@@ -1,4 +1,4 @@
-"""Pure validation of mount requests (DESIGN 4.3): no I/O, so every rule is unit-tested.
+"""Pure validation of mount requests (docs/mounts.md): no I/O, so every rule is unit-tested.
 
 Each check raises :class:`~sailplane.errors.MountRefused` with the mount's index (or the
 ``mount`` shorthand's field name) and a message that starts with the field path, for example

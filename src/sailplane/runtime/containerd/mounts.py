@@ -1,4 +1,4 @@
-"""Resolved mounts -> OCI runtime spec ``mounts`` entries (DESIGN 4.4).
+"""Resolved mounts -> OCI runtime spec ``mounts`` entries (docs/mounts.md).
 
 containerd has no named volumes of its own: the runtime provisions each one as a directory
 ``{volume_root}/{name}`` and binds it like a host directory.
