@@ -7,7 +7,17 @@ object with a ``type``. Delivery is at-least-once both ways and both ends are id
   (each acknowledged by an ``event_ack`` carrying its ``seq``; unacknowledged ones are sent
   again after a reconnect), and ``action_ack``s.
 * controller -> drone: ``spawn`` and ``terminate`` actions (each with an ``action_id``, sent
-  again until acknowledged), and ``event_ack``s.
+  again until acknowledged), ``event_ack``s, and a ``lease_renewal`` answering each heartbeat.
+
+No frame may exceed :data:`MAX_FRAME_BYTES` (the WebSocket libraries' default limit at both
+ends): the API refuses at its door whatever could make a bigger one, and the controller checks
+every action before sending it. An action the drone cannot take is answered with an
+``action_refused``, never resent forever.
+
+Leases: each heartbeat lists the backends the drone runs; the ``lease_renewal`` answer extends
+the key leases of those the controller still counts as live and *revokes* the others, which the
+drone kills at once. A drone that hears no renewal stops its backends itself before the leases
+it holds run out (``sailplane.drone.leases``).
 """
 
 from __future__ import annotations
@@ -22,6 +32,8 @@ from sailplane.spec import ExecutorConfig, KeyConfig
 from sailplane.state import BackendState, TerminationReason
 
 PROTOCOL_VERSION = "1"
+# The largest frame either end sends or accepts (the ``websockets`` default ``max_size``).
+MAX_FRAME_BYTES = 1 << 20
 
 
 class SpawnBackend(BaseModel):
@@ -33,6 +45,9 @@ class SpawnBackend(BaseModel):
     key: KeyConfig
     executable: ExecutorConfig
     secret_token: str
+    # Grows each time the key is taken again; reaches the backend as SAILPLANE_FENCING_TOKEN
+    # so it can refuse writes from an older holder of its key.
+    fencing_token: int = 0
 
 
 class TerminateBackend(BaseModel):
@@ -50,7 +65,30 @@ class EventAck(BaseModel):
     seq: int
 
 
-MessageToDrone = Annotated[SpawnBackend | TerminateBackend | EventAck, Field(discriminator="type")]
+class LeaseRenewal(BaseModel):
+    """Controller -> drone, the answer to a heartbeat (``time`` echoes it): the leases of the
+    listed live backends now run ``lease_ms`` from the heartbeat; ``revoked`` are backends the
+    drone listed that the controller counts as terminated (or never knew): kill them now."""
+
+    type: Literal["lease_renewal"] = "lease_renewal"
+    time: int
+    lease_ms: int
+    revoked: list[str] = Field(default_factory=list)
+
+
+class DroneRefused(BaseModel):
+    """Controller -> drone, then the socket closes: this drone may not register (its id is
+    live elsewhere). The drone exits with ``message`` instead of reconnecting."""
+
+    type: Literal["drone_refused"] = "drone_refused"
+    code: str
+    message: str
+
+
+MessageToDrone = Annotated[
+    SpawnBackend | TerminateBackend | EventAck | LeaseRenewal | DroneRefused,
+    Field(discriminator="type"),
+]
 
 
 class HostVolumeOffer(BaseModel):
@@ -68,11 +106,15 @@ class Hello(BaseModel):
     runtime: str
     host_volumes: list[HostVolumeOffer]
     version: str = PROTOCOL_VERSION
+    # Names this drone's state (its directory): the same id with another instance while the
+    # first is live is a second drone taking the first one's name, and is refused.
+    instance: str = ""
 
 
 class Heartbeat(BaseModel):
     type: Literal["heartbeat"] = "heartbeat"
     time: int
+    live: list[str] | None = None  # the backends the drone runs (None: an older drone)
 
 
 class BackendEvent(BaseModel):
@@ -88,8 +130,18 @@ class ActionAck(BaseModel):
     action_id: int
 
 
+class ActionRefused(BaseModel):
+    """Drone -> controller: the drone cannot take this action (it does not parse, or the
+    executor refused it). For a spawn, nothing of the backend exists on the drone, and the
+    controller ends it ``terminated (error)`` with ``message``; either way it is acknowledged."""
+
+    type: Literal["action_refused"] = "action_refused"
+    action_id: int
+    message: str
+
+
 MessageFromDrone = Annotated[
-    Hello | Heartbeat | BackendEvent | ActionAck, Field(discriminator="type")
+    Hello | Heartbeat | BackendEvent | ActionAck | ActionRefused, Field(discriminator="type")
 ]
 
 to_drone: TypeAdapter[MessageToDrone] = TypeAdapter(MessageToDrone)

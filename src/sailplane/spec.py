@@ -6,6 +6,10 @@ know, so a request written for Plane keeps working. The ``volume_mounts`` entrie
 Sailplane's own and forbid unknown fields: a typo such as ``sub_paht`` must fail loudly, not
 silently mount the volume's root.
 
+Every number and size is bounded here too, by what the database columns and the container
+engines accept (the named limits below), so a request is refused with 400 at the door instead
+of failing in a database write or on a drone.
+
 Only the *shape* is checked here, and the hygiene of every name a request carries (DESIGN
 4.2): no control characters in a key, namespace, tag or host volume name, an image reference
 in the OCI grammar, env names a shell could export. Whether a mount is allowed and safe is
@@ -15,6 +19,7 @@ rules refuse control characters in paths too, and the controller runs them at co
 
 from __future__ import annotations
 
+import json
 import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -47,6 +52,19 @@ IMAGE_REFERENCE = re.compile(
     rf"(?P<name>{_IMAGE_NAME})(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?", re.ASCII
 )
 MAX_IMAGE_NAME_LENGTH = 255  # distribution's limit on the name part
+
+# -- bounds: the database columns, the engines' integer types, and sane counts ---------------
+MAX_NAME_LENGTH = 255  # key name, namespace, tag, user: the columns' length
+MAX_POOL_LENGTH = 64  # the drones' pool column
+MAX_ID_LENGTH = 255  # spawn_config.id, cluster
+MAX_SECONDS = 2**31 - 1  # lifetime and idle limits (a 32-bit column; ~68 years)
+INT64_MAX = 2**63 - 1  # what Docker and the OCI spec take for bytes, pids and CPU time
+CPU_PERIOD_RANGE = (1_000, 1_000_000)  # microseconds: the kernel's CFS period bounds
+MAX_ENV_ENTRIES = 1024
+MAX_COMMAND_ARGS = 1024
+MAX_VOLUME_MOUNTS = 64
+MAX_PATH_LENGTH = 4096  # a mount's target or sub_path (bytes are checked by the pipeline)
+MAX_AUTH_BYTES = 16 * 1024  # the connect's ``auth`` as JSON: it travels in every route
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
 
 
@@ -90,8 +108,44 @@ def _env_value(value: str) -> str:
     return value
 
 
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("cannot contain a NUL byte")
+    return value
+
+
+def _auth(value: dict[str, Any]) -> dict[str, Any]:
+    text = json.dumps(value, separators=(",", ":"))
+    if len(text.encode()) > MAX_AUTH_BYTES:
+        raise ValueError(f"is {len(text.encode())} bytes as JSON, over the limit of "
+                         f"{MAX_AUTH_BYTES} (MAX_AUTH_BYTES)")
+    if _holds_nul(value):
+        raise ValueError("cannot contain a NUL byte")
+    return value
+
+
+def _holds_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(item) for item in value)
+    return False
+
+
+# A string no process or database can hold with a NUL in it.
+NoNul = Annotated[str, AfterValidator(_no_nul)]
+
+
 # A name a request carries: refused when it holds a control character.
 CleanName = Annotated[str, AfterValidator(_no_control_characters)]
+# ... and that fits its database column.
+ColumnName = Annotated[str, Field(max_length=MAX_NAME_LENGTH),
+                       AfterValidator(_no_control_characters)]
+Seconds = Annotated[int, Field(gt=0, le=MAX_SECONDS)]
+Int64 = Annotated[int, Field(gt=0, le=INT64_MAX)]
+Path = Annotated[str, Field(max_length=MAX_PATH_LENGTH)]
 
 
 class KeyConfig(BaseModel):
@@ -99,9 +153,9 @@ class KeyConfig(BaseModel):
 
     model_config = _PLANE
 
-    name: CleanName = Field(min_length=1)
-    namespace: CleanName = ""
-    tag: CleanName = ""
+    name: ColumnName = Field(min_length=1)
+    namespace: ColumnName = ""
+    tag: ColumnName = ""
 
 
 class PullPolicy(StrEnum):
@@ -113,8 +167,8 @@ class PullPolicy(StrEnum):
 class RegistryCredentials(BaseModel):
     model_config = _PLANE
 
-    username: str
-    password: str
+    username: Annotated[NoNul, Field(max_length=MAX_PATH_LENGTH)]
+    password: Annotated[NoNul, Field(max_length=MAX_PATH_LENGTH)]
 
 
 class ResourceLimits(BaseModel):
@@ -122,12 +176,13 @@ class ResourceLimits(BaseModel):
 
     model_config = _PLANE
 
-    cpu_period: int | None = Field(default=None, gt=0, description="CPU period in microseconds")
+    cpu_period: int | None = Field(default=None, ge=CPU_PERIOD_RANGE[0],
+                                   le=CPU_PERIOD_RANGE[1], description="CPU period in µs")
     cpu_period_percent: int | None = Field(default=None, ge=1, le=100 * 1024)
-    cpu_time_limit: int | None = Field(default=None, gt=0, description="CPU seconds in total")
-    memory_limit_bytes: int | None = Field(default=None, gt=0)
-    disk_limit_bytes: int | None = Field(default=None, gt=0)
-    pids_limit: int | None = Field(default=None, gt=0)
+    cpu_time_limit: Int64 | None = Field(default=None, description="CPU seconds in total")
+    memory_limit_bytes: Int64 | None = None
+    disk_limit_bytes: Int64 | None = None
+    pids_limit: Int64 | None = None
 
 
 class HostMountSpec(BaseModel):
@@ -136,9 +191,11 @@ class HostMountSpec(BaseModel):
     model_config = _STRICT
 
     type: Literal["host"]
-    volume: CleanName = Field(min_length=1, description="name of an operator-defined host volume")
-    sub_path: str = Field(default="", description="relative path inside the volume; templates")
-    target: str
+    volume: Annotated[str, Field(max_length=MAX_NAME_LENGTH),
+                      AfterValidator(_no_control_characters)] = Field(
+        min_length=1, description="name of an operator-defined host volume")
+    sub_path: Path = Field(default="", description="relative path inside the volume; templates")
+    target: Path
     read_only: StrictBool = True
 
 
@@ -148,8 +205,9 @@ class VolumeMountSpec(BaseModel):
     model_config = _STRICT
 
     type: Literal["volume"]
-    name: str = Field(min_length=1, description="volume name; templates {key} etc. allowed")
-    target: str
+    name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH,
+                      description="volume name; templates {key} etc. allowed")
+    target: Path
     read_only: StrictBool = True
 
 
@@ -159,8 +217,8 @@ class TmpfsMountSpec(BaseModel):
     model_config = _STRICT
 
     type: Literal["tmpfs"]
-    target: str
-    size_bytes: int = Field(gt=0)
+    target: Path
+    size_bytes: Int64
     mode: str = Field(default="1777", pattern=r"^[0-7]{3,4}$", description="octal file mode")
 
 
@@ -179,24 +237,27 @@ class ExecutorConfig(BaseModel):
     credentials: RegistryCredentials | None = None
     env: dict[
         Annotated[str, AfterValidator(_env_name)], Annotated[str, AfterValidator(_env_value)]
-    ] = Field(default_factory=dict)
+    ] = Field(default_factory=dict, max_length=MAX_ENV_ENTRIES)
     # Sailplane's extension (like Kubernetes' args): replaces the image's command.
-    command: list[str] | None = Field(default=None, min_length=1)
+    command: list[NoNul] | None = Field(default=None, min_length=1, max_length=MAX_COMMAND_ARGS)
     resource_limits: ResourceLimits = Field(default_factory=ResourceLimits)
     # Plane's shorthand: true mounts {mount_base}/{key}, a string p mounts {mount_base}/p.
     mount: StrictBool | str | None = None
-    volume_mounts: list[VolumeMount] = Field(default_factory=list)
+    volume_mounts: list[VolumeMount] = Field(default_factory=list, max_length=MAX_VOLUME_MOUNTS)
 
 
 class SpawnConfig(BaseModel):
     model_config = _PLANE
 
-    id: str | None = None
-    cluster: str | None = None
-    pool: str | None = None
+    id: Annotated[str, Field(max_length=MAX_ID_LENGTH),
+                  AfterValidator(_no_control_characters)] | None = None
+    cluster: Annotated[str, Field(max_length=MAX_ID_LENGTH),
+                       AfterValidator(_no_control_characters)] | None = None
+    pool: Annotated[str, Field(max_length=MAX_POOL_LENGTH),
+                    AfterValidator(_no_control_characters)] | None = None
     executable: ExecutorConfig
-    lifetime_limit_seconds: int | None = Field(default=None, gt=0)
-    max_idle_seconds: int | None = Field(default=None, gt=0)
+    lifetime_limit_seconds: Seconds | None = None
+    max_idle_seconds: Seconds | None = None
     use_static_token: bool = False
 
 
@@ -207,9 +268,10 @@ class ConnectRequest(BaseModel):
 
     key: KeyConfig | None = None
     spawn_config: SpawnConfig | None = None
-    user: str | None = None
-    auth: dict[str, Any] = Field(default_factory=dict)
-    pool: str | None = None
+    user: ColumnName | None = None
+    auth: Annotated[dict[str, Any], AfterValidator(_auth)] = Field(default_factory=dict)
+    pool: Annotated[str, Field(max_length=MAX_POOL_LENGTH),
+                    AfterValidator(_no_control_characters)] | None = None
 
     @model_validator(mode="after")
     def _key_or_spawn_config(self) -> ConnectRequest:

@@ -16,6 +16,9 @@ READY_POLL_MAX_SECONDS = 0.1
 READY_PROBE_TIMEOUT_SECONDS = 1.0
 # How long a terminate call waits for the runtime to confirm the kill.
 KILL_CONFIRM_SECONDS = 10.0
+# Terminate-all (Ctrl-C of `sailplane dev`) waits this long for the containers' removal after
+# the last backend is terminated: a thousand removals, bounded in parallel, take seconds.
+REMOVALS_TIMEOUT_SECONDS = 60.0
 # A drone sends a heartbeat this often ...
 HEARTBEAT_INTERVAL_SECONDS = 2.0
 # ... and is no longer scheduled onto when silent this long ...
@@ -28,3 +31,19 @@ SWEEP_INTERVAL_SECONDS = 1.0
 ACTION_POLL_SECONDS = 0.25
 # A disconnected drone or proxy retries with exponential backoff up to this.
 RECONNECT_MAX_SECONDS = 5.0
+# Key leases (``sailplane.controller.leases``): every live backend holds its key under a lease
+# this long, renewed by each heartbeat its drone sends ...
+LEASE_SECONDS = 20.0
+# ... a drone that has heard no renewal for this share of the lease kills its backends itself,
+# leaving the rest of the lease for the kills to finish ...
+LEASE_SELF_STOP_SHARE = 0.6
+# ... and the controller gives a key whose backend it lost to a new backend only this long
+# after the lease ran out (clock drift, a kill still under way).
+KEY_RELEASE_MARGIN_SECONDS = 5.0
+# How often a drone checks its leases.
+LEASE_CHECK_SECONDS = 0.5
+# A connect for a key whose backend is still terminating waits this long for the key before it
+# answers 503 (the backend's grace period plus its kill, usually).
+CONNECT_KEY_WAIT_SECONDS = 15.0
+# A second drone taking the id of one heard from this recently is refused.
+DRONE_ID_LIVE_SECONDS = 10.0

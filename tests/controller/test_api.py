@@ -311,19 +311,23 @@ def test_sweep_idle_counts_from_ready(live: TestClient) -> None:
     assert terminations(engine) == [(backend_id, "swept")]
 
 
-def test_mark_lost_releases_the_key(any_client: TestClient) -> None:
-    engine = engine_of(any_client)
-    add_drone(engine)
-    first = connect(any_client, spawn_body())
-    assert drones.mark_lost(engine, now_ms() - 60_000) == []
-    assert drones.mark_lost(engine, now_ms() + 1_000) == [first["backend_id"]]
-    status = any_client.get(f"/pub/b/{first['backend_id']}/status").json()
-    assert (status["status"], status["reason"]) == ("terminated", "lost")
-    error(any_client.post("/ctrl/connect", json={"key": {"name": "doc-1"}}), 404, "not_found")
-    add_drone(engine)  # the drone says hello again
-    again = connect(any_client, spawn_body())
-    assert again["spawned"] is True
-    assert again["backend_id"] != first["backend_id"]
+def test_mark_lost_keeps_the_key_until_the_lease_ends(database_url: str) -> None:
+    for client in make_client(database_url, connect_key_wait_seconds=0.3):
+        engine = engine_of(client)
+        add_drone(engine)
+        first = connect(client, spawn_body())
+        assert drones.mark_lost(engine, now_ms() - 60_000) == []
+        assert drones.mark_lost(engine, now_ms() + 1_000) == [first["backend_id"]]
+        status = client.get(f"/pub/b/{first['backend_id']}/status").json()
+        assert (status["status"], status["reason"]) == ("terminated", "lost")
+        error(client.post("/ctrl/connect", json={"key": {"name": "doc-1"}}), 404, "not_found")
+        add_drone(engine)  # the drone says hello again
+        # its lease still holds the key: the lost container may still run
+        error(client.post("/ctrl/connect", json=spawn_body()), 503, "key_busy")
+        sweep_once(engine, now_ms() + 26_000, NEVER_LOST)  # lease (20 s) + margin (5 s) later
+        again = connect(client, spawn_body())
+        assert again["spawned"] is True
+        assert again["backend_id"] != first["backend_id"]
 
 
 def test_terminated_releases_the_key(live: TestClient) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -28,10 +29,18 @@ from starlette.exceptions import HTTPException
 
 from sailplane.controller import auth, backends, drones
 from sailplane.controller.auth import Guard, Refused
-from sailplane.controller.backends import BackendNotFound, KeyTagMismatch, Urls
+from sailplane.controller.backends import (
+    BackendExists,
+    BackendNotFound,
+    KeyBusy,
+    KeyTagMismatch,
+    Urls,
+)
 from sailplane.controller.config import ControllerConfig
 from sailplane.controller.db.engine import make_engine, migrate
 from sailplane.controller.drone_socket import serve_drone
+from sailplane.controller.leases import LeaseTerms
+from sailplane.controller.limits import BodyLimit
 from sailplane.controller.models import (
     BackendSummary,
     ConnectResponse,
@@ -49,7 +58,8 @@ from sailplane.spec import ConnectRequest
 from sailplane.state import BackendStatus, TerminationReason
 
 _STATUS_BY_ERROR: dict[type[SailplaneError], int] = {
-    MountRefused: 400, BackendNotFound: 404, KeyTagMismatch: 409, NoDroneAvailable: 503,
+    MountRefused: 400, BackendNotFound: 404, KeyTagMismatch: 409, BackendExists: 409,
+    NoDroneAvailable: 503, KeyBusy: 503,
 }
 _CODE_BY_STATUS = {401: "unauthorized", 403: "forbidden", 404: "not_found",
                    405: "method_not_allowed", 413: "too_large"}
@@ -67,6 +77,7 @@ def create_app(config: ControllerConfig, engine: Engine | None = None) -> FastAP
     engine = engine or make_engine(config.database_url)
     notifier = Notifier()
     urls = Urls(proxy=config.proxy_url, controller=config.controller_url)
+    terms = LeaseTerms.of(config.lease_seconds, config.key_release_margin_seconds)
     registry = CollectorRegistry()
     connect_seconds = Histogram("sailplane_connect_seconds", "Latency of /ctrl/connect",
                                 registry=registry)
@@ -80,7 +91,8 @@ def create_app(config: ControllerConfig, engine: Engine | None = None) -> FastAP
             log.warning("%s: any client may call /ctrl, register as any drone and follow "
                         "routes as a proxy", auth.INSECURE_NOTE)
         await asyncio.to_thread(migrate, engine)
-        sweeper = asyncio.create_task(run_sweeper(engine, notifier, config.lost_after_seconds))
+        sweeper = asyncio.create_task(run_sweeper(engine, notifier, config.lost_after_seconds,
+                                                  terms=terms))
         yield
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -101,6 +113,7 @@ def create_app(config: ControllerConfig, engine: Engine | None = None) -> FastAP
     app = FastAPI(title="Sailplane controller", lifespan=lifespan, docs_url=None,
                   redoc_url=None, description="Plane's connect API with declarative, secure "
                   "volume mounts. `/ctrl` routes need `Authorization: Bearer TOKEN`.")
+    app.add_middleware(BodyLimit)  # every body, /ctrl/connect's first: 413 past the limit
     ctrl = [Depends(require(auth.API))]
 
     @app.exception_handler(SailplaneError)
@@ -145,7 +158,8 @@ def create_app(config: ControllerConfig, engine: Engine | None = None) -> FastAP
         if spawn and spawn.max_idle_seconds is None and config.default_max_idle_seconds:
             request = request.model_copy(update={"spawn_config": spawn.model_copy(
                 update={"max_idle_seconds": config.default_max_idle_seconds})})
-        response, drone = await asyncio.to_thread(backends.connect, engine, request, urls)
+        response, drone = await asyncio.to_thread(backends.connect, engine, request, urls,
+                                                  terms, config.connect_key_wait_seconds)
         if drone:
             notifier.notify(f"drone:{drone}")
         connect_seconds.observe(time.perf_counter() - started)
@@ -205,7 +219,8 @@ def create_app(config: ControllerConfig, engine: Engine | None = None) -> FastAP
             await serve(websocket, engine, notifier, credential)
         return route
 
-    app.add_api_websocket_route("/ctrl/drone-socket", socket_route(serve_drone, auth.DRONE))
+    app.add_api_websocket_route("/ctrl/drone-socket", socket_route(
+        functools.partial(serve_drone, terms=terms), auth.DRONE))
     app.add_api_websocket_route("/ctrl/proxy-socket", socket_route(serve_proxy, auth.PROXY))
 
     @app.get("/pub/b/{backend_id}/status")

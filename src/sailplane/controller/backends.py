@@ -8,10 +8,11 @@ insert wins and the other re-reads and joins the winner's backend.
 from __future__ import annotations
 
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from sailplane.controller.db.queries import LIVE_STATUSES, drone_load
@@ -23,6 +24,7 @@ from sailplane.controller.db.tables import (
     drones,
     tokens,
 )
+from sailplane.controller.leases import DEFAULT_TERMS, LeaseTerms, release
 from sailplane.controller.models import BackendSummary, ConnectResponse, StatusResponse
 from sailplane.controller.scheduler import DroneCandidate, choose_drone
 from sailplane.errors import SailplaneError
@@ -32,16 +34,29 @@ from sailplane.names import is_backend_id, new_backend_id, new_secret
 from sailplane.protocol import HostVolumeOffer, SpawnBackend, TerminateBackend
 from sailplane.spec import ConnectRequest, KeyConfig
 from sailplane.state import BackendState, BackendStatus, TerminationReason, now_ms
-from sailplane.timing import HEARTBEAT_DEADLINE_SECONDS
+from sailplane.timing import CONNECT_KEY_WAIT_SECONDS, HEARTBEAT_DEADLINE_SECONDS
 
 STATIC_TOKEN_PREFIX = "s."
-_CONNECT_ATTEMPTS = 5
+_KEY_POLL_SECONDS = 0.1
 
 
 class KeyTagMismatch(SailplaneError):
     """Raised when a key's live backend was created with another tag (HTTP 409)."""
 
     code = "tag_mismatch"
+
+
+class BackendExists(SailplaneError):
+    """Raised when ``spawn_config.id`` names a backend that exists already (HTTP 409)."""
+
+    code = "backend_exists"
+
+
+class KeyBusy(SailplaneError):
+    """Raised when a key stays held by a backend on its way out for longer than a connect
+    waits (HTTP 503: it passes once that backend is gone)."""
+
+    code = "key_busy"
 
 
 class BackendNotFound(SailplaneError):
@@ -58,48 +73,85 @@ class Urls:
     controller: str
 
 
-def connect(engine: Engine, request: ConnectRequest, urls: Urls) -> tuple[ConnectResponse, str]:
-    """Return the key's live backend or spawn one; also the drone to notify ("" if none)."""
+def connect(
+    engine: Engine, request: ConnectRequest, urls: Urls, terms: LeaseTerms = DEFAULT_TERMS,
+    key_wait_seconds: float = CONNECT_KEY_WAIT_SECONDS,
+) -> tuple[ConnectResponse, str]:
+    """Return the key's live backend or spawn one; also the drone to notify ("" if none).
+
+    A key still held by a backend on its way out (terminating, or lost with its lease not yet
+    run out) is never handed out: the connect waits for the key, up to ``key_wait_seconds``,
+    and then spawns anew (or answers :class:`KeyBusy`, 503)."""
     key = request.key or KeyConfig(name="lk-" + secrets.token_hex(8))
-    for _ in range(_CONNECT_ATTEMPTS):
+    deadline = time.monotonic() + key_wait_seconds
+    while True:
         with engine.begin() as conn:
-            found = _join_live(conn, key, request, urls)
-        if found is not None:
+            found = _join_live(conn, key, request, urls, terms)
+        if isinstance(found, ConnectResponse):
             return found, ""
         if request.spawn_config is None:
+            held = " (its backend is terminating)" if found is _HELD else ""
             raise BackendNotFound(f"no live backend for key {key.name!r} in namespace "
-                                  f"{key.namespace!r}, and no spawn_config to start one")
-        try:
-            return _spawn(engine, key, request, urls)
-        except IntegrityError:
-            continue  # another connect took the key first: join its backend
-    raise SailplaneError("the key stayed contended; try again")
+                                  f"{key.namespace!r}{held}, and no spawn_config to start one")
+        if found is None:
+            try:
+                return _spawn(engine, key, request, urls, terms)
+            except IntegrityError:
+                _check_new_id(engine, request.spawn_config.id)
+                if time.monotonic() < deadline:
+                    continue  # another connect took the key first: join its backend
+        if time.monotonic() >= deadline:
+            raise KeyBusy(f"key {key.name!r} in namespace {key.namespace!r} is still held by a "
+                          f"backend on its way out after {key_wait_seconds:.0f} s; try again")
+        time.sleep(_KEY_POLL_SECONDS)
+
+
+_HELD = "held"
 
 
 def _join_live(
-    conn: Connection, key: KeyConfig, request: ConnectRequest, urls: Urls
-) -> ConnectResponse | None:
+    conn: Connection, key: KeyConfig, request: ConnectRequest, urls: Urls, terms: LeaseTerms,
+) -> ConnectResponse | str | None:
+    """The response joining the key's live backend; None if the key is free, :data:`_HELD`
+    if a backend on its way out still holds it."""
     row = conn.execute(
-        select(backends).join(backend_keys, backend_keys.c.backend_id == backends.c.id).where(
+        select(backends, backend_keys.c.expires_ms)
+        .join(backend_keys, backend_keys.c.backend_id == backends.c.id).where(
             backend_keys.c.namespace == key.namespace, backend_keys.c.name == key.name,
         )
     ).mappings().first()
     if row is None:
         return None
+    status = BackendStatus(row["status"])
+    if status is BackendStatus.TERMINATED:  # lost: the key is free once its lease ran out
+        if not terms.releasable(row["expires_ms"], now_ms()):
+            return _HELD
+        release(conn, row["id"])
+        return None
+    if not status.is_alive or row["stop_requested"]:
+        return _HELD
     if row["key_tag"] != key.tag:
         raise KeyTagMismatch(f"key {key.name!r} has a live backend with tag {row['key_tag']!r}, "
                              f"not {key.tag!r}")
     token = row["static_token"] or _new_token(conn, row["id"], request)
-    return _response(row["id"], False, BackendStatus(row["status"]), token, row["drone_id"],
+    return _response(row["id"], False, status, token, row["drone_id"],
                      row["secret_token"], urls)
 
 
+def _check_new_id(engine: Engine, given: str | None) -> None:
+    """Refuse (409) a ``spawn_config.id`` that names a backend which exists already."""
+    if given and is_backend_id(given) and exists(engine, given):
+        raise BackendExists(f"a backend with id {given!r} exists already; spawn_config.id must "
+                            "be new")
+
+
 def _spawn(
-    engine: Engine, key: KeyConfig, request: ConnectRequest, urls: Urls
+    engine: Engine, key: KeyConfig, request: ConnectRequest, urls: Urls, terms: LeaseTerms,
 ) -> tuple[ConnectResponse, str]:
     spawn_config = request.spawn_config
     assert spawn_config is not None
     given = spawn_config.id
+    _check_new_id(engine, given)
     backend_id = given if given and is_backend_id(given) else new_backend_id()
     needs = host_volume_needs(  # MountRefused here is the caller's 400
         spawn_config.executable, TemplateValues(key.name, key.namespace, backend_id)
@@ -111,6 +163,10 @@ def _spawn(
         secret = new_secret()
         static = STATIC_TOKEN_PREFIX + new_secret() if spawn_config.use_static_token else None
         lifetime = spawn_config.lifetime_limit_seconds
+        fence = conn.execute(
+            select(func.coalesce(func.max(backends.c.fencing_token), 0) + 1).where(
+                backends.c.key_namespace == key.namespace, backends.c.key_name == key.name)
+        ).scalar_one()
         conn.execute(insert(backends).values(
             id=backend_id, drone_id=drone.drone_id, key_namespace=key.namespace,
             key_name=key.name, key_tag=key.tag, status=BackendStatus.SCHEDULED.value,
@@ -118,16 +174,18 @@ def _spawn(
             secret_token=secret, static_token=static, created_ms=now,
             lifetime_deadline_ms=now + lifetime * 1000 if lifetime else None,
             max_idle_seconds=spawn_config.max_idle_seconds, last_active_ms=now,
+            fencing_token=fence,
         ))
         conn.execute(insert(backend_keys).values(
             namespace=key.namespace, name=key.name, backend_id=backend_id,
+            expires_ms=now + terms.lease_ms,
         ))
         conn.execute(insert(backend_states).values(
             backend_id=backend_id, status=BackendStatus.SCHEDULED.value, time_ms=now,
         ))
         token = static or _new_token(conn, backend_id, request)
-        spawn = SpawnBackend(backend_id=backend_id, key=key,
-                             executable=spawn_config.executable, secret_token=secret)
+        spawn = SpawnBackend(backend_id=backend_id, key=key, executable=spawn_config.executable,
+                             secret_token=secret, fencing_token=int(fence))
         queue_action(conn, drone.drone_id, spawn.model_dump(mode="json"))
     response = _response(backend_id, True, BackendStatus.SCHEDULED, token, drone.drone_id,
                          secret, urls)
@@ -204,11 +262,14 @@ def request_termination(
 
 
 def record_state(
-    conn: Connection, backend_id: str, state: BackendState, address: str | None = None
+    conn: Connection, backend_id: str, state: BackendState, address: str | None = None,
+    *, release_key: bool = True,
 ) -> bool:
     """Store one state of a backend's history; False for a stale or repeated one.
 
-    At ``terminated`` the key is released, so the next connect spawns anew."""
+    At ``terminated`` the key is released, so the next connect spawns anew, unless
+    ``release_key`` is False (the controller lost the backend: its lease still holds the key,
+    ``sailplane.controller.leases``)."""
     row = conn.execute(
         select(backends.c.status).where(backends.c.id == backend_id)
     ).first()
@@ -226,7 +287,8 @@ def record_state(
     if state.status is BackendStatus.TERMINATED:
         values |= {"reason": state.reason, "exit_code": state.exit_code,
                    "message": state.message}
-        conn.execute(delete(backend_keys).where(backend_keys.c.backend_id == backend_id))
+        if release_key:
+            release(conn, backend_id)
     conn.execute(update(backends).where(backends.c.id == backend_id).values(**values))
     return True
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from sailplane.timing import DRONE_LOST_SECONDS
+from sailplane.timing import (
+    CONNECT_KEY_WAIT_SECONDS,
+    DRONE_LOST_SECONDS,
+    KEY_RELEASE_MARGIN_SECONDS,
+    LEASE_SECONDS,
+)
 
 
 class ControllerConfig(BaseModel):
@@ -12,6 +17,10 @@ class ControllerConfig(BaseModel):
     proxy_url: str = "http://127.0.0.1:9091"
     controller_url: str = "http://127.0.0.1:9090"
     lost_after_seconds: float = DRONE_LOST_SECONDS
+    # Key leases (sailplane.controller.leases); drones learn the lease from each renewal.
+    lease_seconds: float = LEASE_SECONDS
+    key_release_margin_seconds: float = KEY_RELEASE_MARGIN_SECONDS
+    connect_key_wait_seconds: float = CONNECT_KEY_WAIT_SECONDS
     # Credentials (sailplane.credentials): the secrets that sign them, the first signing new
     # ones. None given: the controller refuses to start unless ``insecure``.
     secrets: list[str] = Field(default_factory=list, repr=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import Engine, func, select, update
@@ -9,34 +11,69 @@ from sqlalchemy import Engine, func, select, update
 from sailplane.controller.backends import BackendNotFound, record_state
 from sailplane.controller.db.queries import LIVE_STATUSES, drone_load
 from sailplane.controller.db.tables import backends, drone_actions, drones
+from sailplane.controller.leases import DEFAULT_TERMS, LeaseTerms, release, renew
 from sailplane.controller.models import DroneSummary
+from sailplane.errors import SailplaneError
 from sailplane.protocol import BackendEvent, Hello, HostVolumeOffer
 from sailplane.state import BackendState, BackendStatus, TerminationReason, now_ms
+from sailplane.timing import DRONE_ID_LIVE_SECONDS
 
 
-def register(engine: Engine, hello: Hello) -> None:
-    values = {
+class DroneIdInUse(SailplaneError):
+    """Raised when a drone registers with the id of another drone that is still live."""
+
+    code = "drone_id_in_use"
+
+
+def register(engine: Engine, hello: Hello, live_seconds: float = DRONE_ID_LIVE_SECONDS) -> str:
+    """Record the drone as connected; returns this connection's id (for :func:`disconnected`).
+    A drone of another ``instance`` (another state directory) heard from within
+    ``live_seconds`` under the same id is refused with :class:`DroneIdInUse`: the two would
+    remove each other's containers."""
+    now = now_ms()
+    connection = secrets.token_hex(8)
+    values = {"connection": connection,
         "pool": hello.pool, "runtime": hello.runtime, "version": hello.version,
         "host_volumes": [v.model_dump(mode="json") for v in hello.host_volumes],
-        "last_seen_ms": now_ms(), "connected": True,
+        "last_seen_ms": now, "connected": True, "instance": hello.instance or None,
     }
     with engine.begin() as conn:
-        exists = conn.execute(select(drones.c.id).where(drones.c.id == hello.drone_id)).first()
-        if exists:
-            conn.execute(update(drones).where(drones.c.id == hello.drone_id).values(**values))
-        else:
+        row = conn.execute(
+            select(drones.c.connected, drones.c.last_seen_ms, drones.c.instance)
+            .where(drones.c.id == hello.drone_id).with_for_update()
+        ).first()
+        if row is None:
             conn.execute(drones.insert().values(id=hello.drone_id, draining=False, **values))
+            return connection
+        connected, last_seen, instance = row
+        if (connected and instance and hello.instance and instance != hello.instance
+                and now - last_seen < live_seconds * 1000):
+            raise DroneIdInUse(
+                f"drone id {hello.drone_id!r} is in use by another live drone (instance "
+                f"{instance}); give this drone another --drone-id")
+        conn.execute(update(drones).where(drones.c.id == hello.drone_id).values(**values))
+    return connection
 
 
-def heartbeat(engine: Engine, drone_id: str) -> None:
+def heartbeat(
+    engine: Engine, drone_id: str, live: list[str] | None = None,
+    terms: LeaseTerms = DEFAULT_TERMS,
+) -> list[str]:
+    """Note the drone alive and renew its backends' leases; the listed backends to revoke."""
+    now = now_ms()
     with engine.begin() as conn:
         conn.execute(update(drones).where(drones.c.id == drone_id)
-                     .values(last_seen_ms=now_ms(), connected=True))
+                     .values(last_seen_ms=now, connected=True))
+        return renew(conn, drone_id, live, now, terms)
 
 
-def disconnected(engine: Engine, drone_id: str) -> None:
+def disconnected(engine: Engine, drone_id: str, connection: str) -> None:
+    """The drone's socket ``connection`` closed; nothing changes if the drone has connected
+    again meanwhile (the old socket's end is often noticed after the new one's start)."""
     with engine.begin() as conn:
-        conn.execute(update(drones).where(drones.c.id == drone_id).values(connected=False))
+        conn.execute(update(drones).where(drones.c.id == drone_id,
+                                          drones.c.connection == connection)
+                     .values(connected=False))
 
 
 def drain(engine: Engine, drone_id: str, draining: bool = True) -> None:
@@ -56,22 +93,34 @@ def apply_events(engine: Engine, drone_id: str, events: list[BackendEvent]) -> N
             owner = conn.execute(
                 select(backends.c.drone_id).where(backends.c.id == event.backend_id)
             ).scalar()
-            if owner == drone_id:  # a drone reports only on its own backends
-                record_state(conn, event.backend_id, event.state, event.address)
+            if owner != drone_id:  # a drone reports only on its own backends
+                continue
+            if (not record_state(conn, event.backend_id, event.state, event.address)
+                    and event.state.status is BackendStatus.TERMINATED):
+                # Already lost here, and now its drone confirms the container is gone: the
+                # key need not wait for the lease to run out.
+                release(conn, event.backend_id)
         conn.execute(update(drones).where(drones.c.id == drone_id)
                      .values(last_seen_ms=now_ms()))
 
 
-def pending_actions(engine: Engine, drone_id: str, after: int = 0) -> list[dict[str, Any]]:
-    """Unacknowledged actions for a drone with an id above ``after``, oldest first."""
+def pending_actions(
+    engine: Engine, drone_id: str, skip: Collection[int] = (),
+) -> list[dict[str, Any]]:
+    """Every unacknowledged action for a drone but those in ``skip``, oldest first.
+
+    Not "those above the last id sent": PostgreSQL hands out sequence values at insert and
+    their transactions commit in any order, so a lower id can appear after a higher one was
+    read. The caller skips what it already sent on this connection instead; unacknowledged
+    actions are few (a drone acknowledges each as it takes it)."""
     with engine.connect() as conn:
         rows = conn.execute(
             select(drone_actions.c.id, drone_actions.c.payload)
-            .where(drone_actions.c.drone_id == drone_id, ~drone_actions.c.acked,
-                   drone_actions.c.id > after)
+            .where(drone_actions.c.drone_id == drone_id, ~drone_actions.c.acked)
             .order_by(drone_actions.c.id)
         ).all()
-    return [{**payload, "action_id": action_id} for action_id, payload in rows]
+    return [{**payload, "action_id": action_id} for action_id, payload in rows
+            if action_id not in skip]
 
 
 def ack_action(engine: Engine, drone_id: str, action_id: int) -> None:
@@ -79,6 +128,26 @@ def ack_action(engine: Engine, drone_id: str, action_id: int) -> None:
         conn.execute(update(drone_actions).where(
             drone_actions.c.id == action_id, drone_actions.c.drone_id == drone_id,
         ).values(acked=True))
+
+
+def refuse_action(engine: Engine, drone_id: str, action_id: int, message: str) -> str | None:
+    """The drone cannot take this action (or it cannot be sent): acknowledge it, and end a
+    spawn's backend ``terminated (error)`` with ``message``. Returns that backend's id."""
+    with engine.begin() as conn:
+        payload = conn.execute(
+            select(drone_actions.c.payload).where(drone_actions.c.id == action_id,
+                                                  drone_actions.c.drone_id == drone_id)
+        ).scalar()
+        conn.execute(update(drone_actions).where(drone_actions.c.id == action_id,
+                                                 drone_actions.c.drone_id == drone_id)
+                     .values(acked=True))
+        if not isinstance(payload, dict) or payload.get("type") != "spawn":
+            return None
+        backend_id = str(payload.get("backend_id"))
+        state = BackendState(status=BackendStatus.TERMINATED, time=now_ms(),
+                             reason=TerminationReason.ERROR, message=message)
+        record_state(conn, backend_id, state)
+        return backend_id
 
 
 def mark_lost(engine: Engine, silent_since_ms: int) -> list[str]:
@@ -92,7 +161,8 @@ def mark_lost(engine: Engine, silent_since_ms: int) -> list[str]:
         for (backend_id,) in rows:
             state = BackendState(status=BackendStatus.TERMINATED, time=now_ms(),
                                  reason=TerminationReason.LOST)
-            if record_state(conn, backend_id, state):
+            # The key stays held until the backend's lease runs out (leases.release_expired).
+            if record_state(conn, backend_id, state, release_key=False):
                 lost.append(backend_id)
     return lost
 

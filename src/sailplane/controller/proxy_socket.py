@@ -11,11 +11,14 @@ import asyncio
 import contextlib
 import logging
 
+from pydantic import ValidationError
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from sailplane.controller import routes
 from sailplane.controller.auth import INSECURE_NOTE
+from sailplane.controller.frames import receive_text
 from sailplane.controller.notify import Notifier
 from sailplane.credentials import Credential
 from sailplane.protocol import ConnectionReport, RouteGone, RouteRequest, from_proxy
@@ -30,7 +33,9 @@ async def serve_proxy(
     websocket: WebSocket, engine: Engine, notifier: Notifier, credential: Credential | None,
 ) -> None:
     """Serve one proxy; ``credential`` is its checked ``proxy`` credential (None: insecure).
-    A proxy may only look routes up and report connections: no other message parses."""
+    A proxy may only look routes up and report connections: no other message parses, and one
+    that does not is logged and skipped; a database error closes the socket (the proxy
+    reconnects)."""
     await websocket.accept()
     client = websocket.client.host if websocket.client else "?"
     if credential is None:
@@ -42,7 +47,13 @@ async def serve_proxy(
     watcher = asyncio.create_task(_drop_gone_routes(websocket, engine, notifier, watched, lock))
     try:
         while True:
-            message = from_proxy.validate_json(await websocket.receive_text())
+            text = await receive_text(websocket)
+            try:
+                message = from_proxy.validate_json(text or "")
+            except ValidationError as exc:
+                log.warning("a proxy sent a message that does not parse (skipped): %s",
+                            str(exc).splitlines()[0])
+                continue
             if isinstance(message, RouteRequest):
                 route = await asyncio.to_thread(routes.lookup, engine, message.token)
                 if route.backend_id:
@@ -53,6 +64,10 @@ async def serve_proxy(
                 await asyncio.to_thread(routes.record_activity, engine, message.counts)
     except WebSocketDisconnect:
         pass
+    except SQLAlchemyError:
+        log.exception("proxy socket: database error; closing it so the proxy reconnects")
+        with contextlib.suppress(RuntimeError):
+            await websocket.close(code=1011, reason="controller store error")
     finally:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -65,7 +80,12 @@ async def _drop_gone_routes(
 ) -> None:
     while True:
         await notifier.wait(BACKENDS_CHANGED, ROUTE_CHECK_SECONDS)
-        for backend_id in await asyncio.to_thread(routes.not_ready, engine, set(watched)):
+        try:
+            gone = await asyncio.to_thread(routes.not_ready, engine, set(watched))
+        except SQLAlchemyError:
+            log.exception("proxy socket: cannot check routes; retrying")
+            continue
+        for backend_id in gone:
             watched.discard(backend_id)
             async with lock:
                 await websocket.send_text(RouteGone(backend_id=backend_id).model_dump_json())

@@ -10,6 +10,7 @@ from sqlalchemy import Engine, select
 from sailplane.controller.backends import request_termination
 from sailplane.controller.db.tables import backends
 from sailplane.controller.drones import mark_lost
+from sailplane.controller.leases import DEFAULT_TERMS, LeaseTerms, release_expired
 from sailplane.controller.notify import Notifier
 from sailplane.state import BackendStatus, TerminationReason, now_ms
 from sailplane.timing import DRONE_LOST_SECONDS, SWEEP_INTERVAL_SECONDS
@@ -18,8 +19,11 @@ log = logging.getLogger(__name__)
 _ALIVE = [s.value for s in BackendStatus if s.is_alive]
 
 
-def sweep_once(engine: Engine, now: int, lost_after_seconds: float) -> list[str]:
+def sweep_once(
+    engine: Engine, now: int, lost_after_seconds: float, terms: LeaseTerms = DEFAULT_TERMS,
+) -> list[str]:
     """Ask for the termination of every backend past a deadline; returns drones to wake.
+    Marks silent drones' backends lost, and frees keys whose lease ran out.
 
     Idle time counts from ``ready`` or the last proxy report of a live connection."""
     with engine.connect() as conn:
@@ -44,17 +48,21 @@ def sweep_once(engine: Engine, now: int, lost_after_seconds: float) -> list[str]
     lost = mark_lost(engine, now - int(lost_after_seconds * 1000))
     for backend_id in lost:
         log.warning("backend %s lost with its drone", backend_id)
+    with engine.begin() as conn:
+        freed = release_expired(conn, now, terms)
+    if freed:
+        log.info("freed %d keys of lost backends whose lease ran out", freed)
     return wake
 
 
 async def run_sweeper(
     engine: Engine, notifier: Notifier, lost_after_seconds: float = DRONE_LOST_SECONDS,
-    interval: float = SWEEP_INTERVAL_SECONDS,
+    interval: float = SWEEP_INTERVAL_SECONDS, terms: LeaseTerms = DEFAULT_TERMS,
 ) -> None:
     while True:
         try:
             for drone in await asyncio.to_thread(sweep_once, engine, now_ms(),
-                                                 lost_after_seconds):
+                                                 lost_after_seconds, terms):
                 notifier.notify(f"drone:{drone}")
         except Exception:
             log.exception("sweep failed; retrying")

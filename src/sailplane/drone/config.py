@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import secrets
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -87,9 +90,35 @@ def _within(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
-def hello_for(config: DroneConfig) -> Hello:
+INSTANCE_FILE = "instance-id"
+
+
+def instance_id(state_dir: Path) -> str:
+    """This drone's instance: a random id kept in its state directory (made on first use).
+    Restarting with the same state is the same drone returning; another state directory under
+    the same drone id is another drone, which the controller refuses while the first is live."""
+    path = state_dir / INSTANCE_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        made = secrets.token_hex(8)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(made)
+        return made
+
+
+def default_drone_id(data_dir: Path, prefix: str = "dev") -> str:
+    """A drone id unique to a data directory (``dev-1a2b3c4d``), so two all-in-one clusters on
+    one engine never share a drone id, and the same directory keeps its id across runs."""
+    digest = hashlib.sha256(str(data_dir.absolute()).encode()).hexdigest()[:8]
+    return f"{prefix}-{digest}"
+
+
+def hello_for(config: DroneConfig, instance: str = "") -> Hello:
     return Hello(
         drone_id=config.drone_id, pool=config.pool, runtime=config.runtime, version=__version__,
+        instance=instance,
         host_volumes=[
             HostVolumeOffer(name=v.name, access=v.access,
                             namespaces=list(v.namespaces) if v.namespaces is not None else None)
@@ -110,7 +139,8 @@ async def run_drone(config: DroneConfig) -> None:
     staging = StagingArea(staging_root(config.state_dir))
     executor = Executor(make_runtime(config), config.policy, store, staging, config.settings)
     await executor.start()
-    agent = DroneAgent(config.controller_url, executor, hello_for(config), config.token)
+    hello = hello_for(config, instance_id(config.state_dir))
+    agent = DroneAgent(config.controller_url, executor, hello, config.token)
     try:
         await agent.run()
     finally:

@@ -1,7 +1,11 @@
 """The controller's tables (SQLAlchemy Core). Only the controller talks to the database.
 
 ``backend_keys`` is the key lock: its primary key (namespace, name) lets at most one live
-backend hold a key, enforced by the database itself, so it holds across controllers.
+backend hold a key, enforced by the database itself, so it holds across controllers. Each row
+is a lease: ``expires_ms`` moves forward with every heartbeat of the backend's drone, and a
+row whose backend the controller lost is deleted only once its lease has run out (plus a
+margin), so a silent drone's container and a new backend never overlap. ``fencing_token``
+grows each time a key is taken.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ drones = Table(
     Column("last_seen_ms", BigInteger, nullable=False),
     Column("connected", Boolean, nullable=False),
     Column("draining", Boolean, nullable=False, default=False),
+    Column("instance", String(64), nullable=True),
+    Column("connection", String(32), nullable=True),  # the socket it is connected by now
 )
 
 backends = Table(
@@ -55,6 +61,8 @@ backends = Table(
     Column("reason", String(32), nullable=True),
     Column("exit_code", Integer, nullable=True),
     Column("message", Text, nullable=True),
+    Column("fencing_token", BigInteger, nullable=True),
+    Index("ix_backends_key", "key_namespace", "key_name"),
 )
 
 backend_keys = Table(
@@ -62,6 +70,7 @@ backend_keys = Table(
     Column("namespace", String(255), primary_key=True),
     Column("name", String(255), primary_key=True),
     Column("backend_id", String(64), ForeignKey("backends.id"), nullable=False, unique=True),
+    Column("expires_ms", BigInteger, nullable=True),
 )
 
 backend_states = Table(
