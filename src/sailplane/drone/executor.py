@@ -179,12 +179,13 @@ class Executor:
         try:
             check_mounts(spawn.executable, self.policy, values)  # fail before any work
             limits = effective_limits(spawn.executable.resource_limits, self.settings.limits)
-            if backend.status is not BackendStatus.LOADING:  # adopted while loading: it is
+            if backend.status.rank < BackendStatus.LOADING.rank:  # adopted later: it is
                 self._set(backend, BackendStatus.LOADING)
             await self.runtime.prepare(
                 spawn.executable.image, spawn.executable.pull_policy or PullPolicy.IF_NOT_PRESENT
             )
-            self._set(backend, BackendStatus.STARTING)
+            if backend.status.rank < BackendStatus.STARTING.rank:
+                self._set(backend, BackendStatus.STARTING)
             await self._start_container(backend, values, limits)
         except BackendExited as exc:  # ran and ended at once (unless its exit came first)
             backend.exited.set()
@@ -193,6 +194,11 @@ class Executor:
             return
         except (MountRefused, LimitRefused, RuntimeFailure) as exc:
             self._finish(backend, TerminationReason.ERROR, message=exc.message)
+            return
+        except Exception as exc:  # any other failure ends it too, never stuck in `starting`
+            log.exception("backend %s: its start failed", backend.backend_id)
+            self._finish(backend, TerminationReason.ERROR,
+                         message=f"the drone failed to start it: {type(exc).__name__}: {exc}")
             return
         if backend.stop_reason is not None:  # terminated while the container was starting
             await self.terminate(backend.backend_id, True, backend.stop_reason)
@@ -213,6 +219,7 @@ class Executor:
                 **spawn.executable.env,
                 "SAILPLANE_BACKEND_ID": spawn.backend_id,
                 "SAILPLANE_SECRET_TOKEN": spawn.secret_token,
+                "SAILPLANE_FENCING_TOKEN": str(spawn.fencing_token),
             },
             mounts=mounts,
             resource_limits=limits,
@@ -337,8 +344,10 @@ class Executor:
                 backend.exited.set()
                 self._finish(backend, backend.stop_reason or TerminationReason.EXITED,
                              exit_code=found.exit_code)
-            elif backend.status.rank < BackendStatus.STARTING.rank:
-                backend.task = asyncio.create_task(self._run(backend))  # never got a container
+            elif (backend.status.rank < BackendStatus.STARTING.rank
+                  or (backend.status is BackendStatus.STARTING and backend.address is None)):
+                # never got a container (the drone died before or while creating it): again
+                backend.task = asyncio.create_task(self._run(backend))
             else:
                 self._finish(backend, TerminationReason.LOST,
                              message="the container vanished while the drone was down")
