@@ -251,7 +251,7 @@ def cluster(
     tmp_path: Path, docker_client: docker.DockerClient, backend_image: str,
 ) -> Iterator[Cluster]:
     if not SAILPLANE.exists():
-        pytest.skip(f"{SAILPLANE} is missing")
+        pytest.fail(f"{SAILPLANE} is missing (scripts/setup makes it)")
     port = free_port()
     drone_id = f"test-{uuid.uuid4().hex[:12]}"
     mount_base = tmp_path / "base"

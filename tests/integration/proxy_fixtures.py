@@ -48,9 +48,9 @@ def demo_image(docker_client: docker.DockerClient) -> str:
     the first build runs debootstrap against the configured Debian mirror). Never pulled."""
     build = REPO / "images" / "build"
     if not (os.access(build, os.X_OK) and shutil.which("docker")):
-        pytest.skip("images/build or the docker CLI is missing")
+        pytest.fail("images/build or the docker CLI is missing (scripts/setup installs it)")
     if not shutil.which("debootstrap") and not has_image(docker_client, DEMO_IMAGE):
-        pytest.skip("debootstrap is missing (scripts/setup installs it)")
+        pytest.fail("debootstrap is missing (scripts/setup installs it)")
     done = subprocess.run([str(build), "demo"], capture_output=True, text=True,
                           timeout=IMAGE_BUILD_TIMEOUT_SECONDS, check=False)
     if done.returncode != 0:
@@ -108,7 +108,7 @@ def proxy_cluster(
     demo_image: str,
 ) -> Iterator[ProxyCluster]:
     if not SAILPLANE.exists():
-        pytest.skip(f"{SAILPLANE} is missing")
+        pytest.fail(f"{SAILPLANE} is missing (scripts/setup makes it)")
     tmp = tmp_path_factory.mktemp("proxy-cluster")
     port, proxy_port = free_port(), free_port()
     drone_id = f"test-{uuid.uuid4().hex[:12]}"
