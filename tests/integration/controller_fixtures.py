@@ -223,17 +223,17 @@ class Cluster:
         body: dict[str, Any] = response.json()
         return body
 
-    def stream(self, backend_id: str, timeout: float = 20.0) -> list[tuple[int, dict[str, Any]]]:
+    def stream(self, backend_id: str, timeout: float = 20.0) -> list[tuple[str, dict[str, Any]]]:
         """The status stream from the start until ``terminated``: (event id, data) pairs."""
-        events: list[tuple[int, dict[str, Any]]] = []
-        event_id = 0
+        events: list[tuple[str, dict[str, Any]]] = []
+        event_id = ""
         with self.http.stream("GET", f"/pub/b/{backend_id}/status-stream",
                               timeout=timeout) as response:
             assert response.status_code == 200
             assert response.headers["content-type"].startswith("text/event-stream")
             for line in response.iter_lines():
                 if line.startswith("id: "):
-                    event_id = int(line.removeprefix("id: "))
+                    event_id = line.removeprefix("id: ")  # the status
                 elif line.startswith("data: "):
                     events.append((event_id, json.loads(line.removeprefix("data: "))))
                     if events[-1][1]["status"] == "terminated":

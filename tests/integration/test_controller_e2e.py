@@ -55,7 +55,7 @@ def test_lifecycle_connect_ready_http_stream_and_soft_terminate(
     assert statuses[-1] == "terminated"
     assert statuses[5:-1] in (["terminating"], ["terminating", "hard-terminating"])
     ids = [event_id for event_id, _ in events]
-    assert ids == sorted(set(ids))
+    assert len(ids) == len(set(ids))
     times = [data["time"] for _, data in events]
     assert times == sorted(times)
     assert events[-1][1]["reason"] == "external"
