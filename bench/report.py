@@ -2,7 +2,10 @@
 
 Each script runs as a subprocess with a time limit; its output goes into the report as it
 was printed, under the figure's target, with the date and the machine it ran on. The spawn
-benchmark's samples become a plot of latency distributions, ours against the raw runtimes.
+benchmark's samples become a plot of latency distributions, ours against the raw runtimes;
+the density benchmark draws its own plot (spawn latency against live backends).
+
+With ``--only``, the sections of the other benchmarks already in the output file are kept.
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 PLOT = "bench/spawn-latency.png"
+DENSITY_PLOT = "bench/density.png"
+# run_all fills to 300 backends per runtime (about 8 minutes for both on the 2-core machine);
+# `bench/density.py` alone fills to 1,000, the figure the target is about.
+DENSITY_N = 300
 
 # (script, arguments, time limit in seconds, what the figure promises)
 BENCHMARKS: list[tuple[str, list[str], int, str]] = [
@@ -36,6 +43,11 @@ BENCHMARKS: list[tuple[str, list[str], int, str]] = [
     ("bench/proxy.py", [], 600,
      "the proxy, one process, reaches at least 0.5x nginx's requests per second as a reverse "
      "proxy, with a p99 at most 2x nginx's"),
+    ("bench/density.py", ["--n", str(DENSITY_N), "--probes", "10", "--plot", DENSITY_PLOT],
+     1800,
+     "1,000 live backends on one drone with spawn p50 at that load at most 1.5x an idle "
+     "drone's, and all of them stopped in at most 15 s (run_all fills to "
+     f"{DENSITY_N}; `bench/density.py` alone fills to 1,000)"),
 ]
 
 
@@ -80,6 +92,17 @@ def plot(samples: dict[str, list[float]], path: Path) -> None:
     figure.savefig(path, dpi=120)
 
 
+def merged(existing: str, fresh: list[str]) -> list[str]:
+    """The sections of ``existing`` (a BENCHMARKS.md) with those of ``fresh`` in place of the
+    ones of the same script, in the order of BENCHMARKS; new ones at the end."""
+    old = ["## " + part for part in existing.split("\n## ")[1:]]
+    by_script = {section.split("`")[1]: section.rstrip("\n") + "\n" for section in old}
+    by_script.update({section.split("`")[1]: section for section in fresh})
+    order = [script for script, *_ in BENCHMARKS]
+    return sorted(by_script.values(), key=lambda section: (
+        order.index(section.split("`")[1]) if section.split("`")[1] in order else len(order)))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
@@ -99,13 +122,17 @@ def main() -> int:
                             f"```\n{output}\n```\n\n({seconds:.0f} s, exit status {status})\n")
             if script == "bench/spawn.py" and samples_file.exists():
                 plot(json.loads(samples_file.read_text()), ROOT / PLOT)
-                sections.append(f"![spawn latency distributions]({PLOT})\n")
+                sections[-1] += f"\n![spawn latency distributions]({PLOT})\n"
+            if script == "bench/density.py" and status == 0:
+                sections[-1] += f"\n![spawn latency against live backends]({DENSITY_PLOT})\n"
     header = (
         "# Benchmarks\n\n"
         f"Written by `bench/run_all` on {datetime.date.today().isoformat()}, on "
         f"{machine()}. Every figure is printed beside its baseline, measured in the same run; "
         "ratios compare the two. Loads go only to loopback and to containers started here.\n"
     )
+    if args.only and args.output.exists():
+        sections = merged(args.output.read_text(), sections)
     args.output.write_text(header + "\n" + "\n".join(sections))
     print(f"wrote {args.output}")
     return 1 if failed else 0

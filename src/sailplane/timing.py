@@ -19,6 +19,9 @@ KILL_CONFIRM_SECONDS = 10.0
 # Terminate-all (Ctrl-C of `sailplane dev`) waits this long for the containers' removal after
 # the last backend is terminated: a thousand removals, bounded in parallel, take seconds.
 REMOVALS_TIMEOUT_SECONDS = 60.0
+# Terminate-all (Ctrl-C of `sailplane dev`) waits this long for the containers' removal after
+# the last backend is terminated: a thousand removals, bounded in parallel, take seconds.
+REMOVALS_TIMEOUT_SECONDS = 60.0
 # A drone sends a heartbeat this often ...
 HEARTBEAT_INTERVAL_SECONDS = 2.0
 # ... and is no longer scheduled onto when silent this long ...

@@ -185,3 +185,53 @@ def test_a_backend_that_exits_as_it_starts_is_exited_with_its_code(store, stagin
         assert runtime.removed == ([] if keep else ["b-brief"])
 
     asyncio.run(scenario())
+
+
+class ExitingRuntime(FakeRuntime):
+    """Every signalled backend exits at once, as a well-behaved backend does on SIGTERM; a
+    removal takes a moment."""
+
+    async def signal(self, backend_id: str, hard: bool) -> None:
+        self.exit(backend_id, 137 if hard else 0)
+
+    async def remove(self, backend_id: str) -> None:
+        await asyncio.sleep(0.01)
+        await super().remove(backend_id)
+
+
+def test_terminate_all_returns_once_every_container_is_removed(store, staging):
+    runtime = ExitingRuntime()
+    ids = [f"b-{index}" for index in range(50)]
+
+    async def scenario() -> None:
+        server, runtime.address = await http_server()
+        executor = Executor(runtime, MountPolicy(), store, staging, ExecutorSettings())
+        try:
+            await executor.start()
+            for backend_id in ids:
+                executor.spawn(spawn_of(backend_id))
+            await asyncio.gather(*(executor.wait_for(b, S.READY, WITHIN) for b in ids))
+            assert executor.live_count == 50
+            await executor.terminate_all(TerminationReason.EXTERNAL)
+            assert sorted(runtime.removed) == sorted(ids)
+            assert executor.live_count == 0
+            # Finished backends leave the executor's memory; the store still answers for them.
+            assert executor._backends == {}
+            assert all(executor.status(b) is S.TERMINATED for b in ids)
+            await executor.wait_for(ids[0], S.TERMINATED, WITHIN)
+            assert history(store, ids[0])[-2:] == [S.TERMINATING, S.TERMINATED]
+        finally:
+            await executor.close()
+            server.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_backend_never_known_is_a_key_error_for_wait_for(store, staging):
+    async def scenario() -> None:
+        executor = Executor(FakeRuntime(), MountPolicy(), store, staging)
+        with pytest.raises(KeyError):
+            await executor.wait_for("b-nobody", S.READY, WITHIN)
+        assert executor.status("b-nobody") is None
+
+    asyncio.run(scenario())

@@ -42,6 +42,7 @@ from sailplane.timing import (
     DEFAULT_GRACE_SECONDS,
     DEFAULT_STARTUP_TIMEOUT_SECONDS,
     KILL_CONFIRM_SECONDS,
+    REMOVALS_TIMEOUT_SECONDS,
 )
 
 log = logging.getLogger(__name__)
@@ -114,10 +115,28 @@ class Executor:
         await self.runtime.close()
 
     async def terminate_all(self, reason: TerminationReason) -> None:
-        """Soft-terminate every backend this drone runs, at once; for ``sailplane dev``'s
-        Ctrl-C, which must leave no container behind."""
+        """Soft-terminate every backend this drone runs, all at once, and return when their
+        containers are removed too; for ``sailplane dev``'s Ctrl-C, which must leave nothing
+        behind.
+
+        Everything is started together, and the runtime bounds how many engine calls run at
+        a time (``runtime/calls.py``), so a thousand backends cost about a thousand engine
+        calls divided by that bound, plus one grace period for those slow to exit."""
         live = [b.backend_id for b in self._backends.values() if b.status.is_alive]
+        log.info("terminating %d backends", len(live))
         await asyncio.gather(*(self.terminate(backend_id, False, reason) for backend_id in live))
+        await self.removals_done(REMOVALS_TIMEOUT_SECONDS)
+
+    async def removals_done(self, timeout: float) -> bool:
+        """Wait (at most ``timeout``) for the container removals under way; whether all
+        finished."""
+        pending = set(self._background)
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=timeout)
+        if pending:
+            log.warning("%d container removals still under way after %.0f s", len(pending),
+                        timeout)
+        return not pending
 
     # -- commands --------------------------------------------------------------------------
 
@@ -158,14 +177,26 @@ class Executor:
         """Wait until the backend has reached ``status`` (or passed it)."""
         async with asyncio.timeout(timeout):
             while True:
-                backend = self._backends[backend_id]
+                backend = self._backends.get(backend_id)
+                if backend is None:  # finished and forgotten (or never known: KeyError)
+                    if self.status(backend_id) is None:
+                        raise KeyError(backend_id)
+                    return
                 if backend.status.rank >= status.rank:
                     return
                 await backend.changed.wait()
 
     def status(self, backend_id: str) -> BackendStatus | None:
         backend = self._backends.get(backend_id)
-        return None if backend is None else backend.status
+        if backend is not None:
+            return backend.status
+        record = self.store.get(backend_id)  # a finished backend lives on in the store only
+        return None if record is None else record.status
+
+    @property
+    def live_count(self) -> int:
+        """Backends not yet terminated."""
+        return sum(1 for b in self._backends.values() if b.status is not BackendStatus.TERMINATED)
 
     def address(self, backend_id: str) -> BackendAddress | None:
         backend = self._backends.get(backend_id)
@@ -289,12 +320,26 @@ class Executor:
         if backend.task and backend.task is not asyncio.current_task():
             backend.task.cancel()
         if may_have_container and not self.settings.keep_containers:
-            self._in_background(self._remove(backend.backend_id))
+            self._in_background(self._remove(backend.backend_id, forget=True))
+        else:
+            self._forget(backend)
 
-    async def _remove(self, backend_id: str) -> None:
-        """Remove the container, then the staging mounts it was bound from."""
-        await self.runtime.remove(backend_id)
-        self.staging.release(backend_id)
+    async def _remove(self, backend_id: str, forget: bool = False) -> None:
+        """Remove the container, then the staging mounts it was bound from; with ``forget``
+        the executor then drops the finished backend (the store keeps its record)."""
+        try:
+            await self.runtime.remove(backend_id)
+            self.staging.release(backend_id)
+        finally:
+            backend = self._backends.get(backend_id)
+            if forget and backend is not None:
+                self._forget(backend)
+
+    def _forget(self, backend: _Backend) -> None:
+        """A terminated backend leaves memory: what a drone holds grows with its live
+        backends, not with every backend it ever ran."""
+        if backend.status is BackendStatus.TERMINATED:
+            self._backends.pop(backend.backend_id, None)
 
     def _set(
         self, backend: _Backend, status: BackendStatus, *,
@@ -323,8 +368,10 @@ class Executor:
         # Known before the engine is asked: an exit reported meanwhile finds its backend.
         backends = [self._adopted(record) for record in self.store.unfinished()]
         owned = {found.backend_id: found for found in await self.runtime.owned()}
+        known = {backend.backend_id for backend in backends}  # some may be finished by now
         for backend_id in owned:
-            if backend_id not in self._backends:  # unknown, or terminated in an earlier run
+            if backend_id not in known and backend_id not in self._backends:
+                # unknown, or terminated in an earlier run
                 log.info("removing container of unknown or finished backend %s", backend_id)
                 await self._remove(backend_id)
         for backend in backends:

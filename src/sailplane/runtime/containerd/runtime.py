@@ -1,7 +1,11 @@
 """The containerd runtime, through ``ctr`` in a namespace of its own (DESIGN 5).
 
-- Images come from the namespace's image store: import a local archive (``docker save IMAGE |
-  ctr -n sailplane images import -``); a missing one is pulled only if the pull policy says so.
+- Images come from the namespace's image store; one missing there is imported from the local
+  Docker engine if it has it (``images.py``), and pulled only if neither has it and the pull
+  policy says so.
+- Every ``ctr`` call (and every backend's network set-up) holds one of ``MAX_ENGINE_CALLS``
+  slots (``runtime/calls.py``), so stopping a thousand backends never runs a thousand ``ctr``
+  processes at once.
 - A backend is one ``ctr run --detach`` in a network namespace of its own on Sailplane's CNI
   bridge (``network.py``), firewalled like Docker's backends, with only the capabilities of
   ``BACKEND_CAPABILITIES``. It listens on ``PORT`` (8080) at its own address, where the drone
@@ -50,12 +54,14 @@ from sailplane.runtime.base import (
     OwnedBackend,
     Runtime,
 )
+from sailplane.runtime.calls import MAX_ENGINE_CALLS, EngineCalls
 from sailplane.runtime.containerd.cgroup import (
     MIN_PIDS_LIMIT,
     prepare_pids_cgroup,
     remove_pids_cgroup,
 )
 from sailplane.runtime.containerd.ctr import DEFAULT_NAMESPACE, Ctr, CtrError, normalize_image
+from sailplane.runtime.containerd.images import DockerImages, import_command
 from sailplane.runtime.containerd.mounts import to_ctr_mount_flag, to_oci_mounts
 from sailplane.runtime.containerd.network import DEFAULT_SUBNET, CniNetwork, remove_network
 from sailplane.runtime.firewall import EgressPolicy
@@ -100,9 +106,12 @@ class ContainerdRuntime(Runtime):
     def __init__(
         self, drone_id: str, state_dir: Path, address: str, namespace: str = DEFAULT_NAMESPACE,
         subnet: str = DEFAULT_SUBNET, egress: EgressPolicy | None = None,
+        max_engine_calls: int = MAX_ENGINE_CALLS, docker_images: DockerImages | None = None,
     ) -> None:
         self.drone_id = drone_id
         self.ctr = Ctr(address, namespace)
+        self.calls = EngineCalls("containerd", max_engine_calls)  # ctr processes at once
+        self.docker_images = docker_images or DockerImages()
         self.volume_root = state_dir / "volumes"
         self.log_dir = state_dir / "logs"
         self._backends: dict[str, str] = {}  # container id -> backend id, of this drone
@@ -115,31 +124,54 @@ class ContainerdRuntime(Runtime):
         self._runs: set[asyncio.Future[str]] = set()  # `ctr run`s under way
         self._volumes_lock = threading.Lock()
 
+    async def _ctr(self, *args: str) -> str:
+        """One ``ctr`` call, holding one of the runtime's engine-call slots."""
+        async with self.calls.slot():
+            return await self.ctr(*args)
+
     # -- images ----------------------------------------------------------------------------
 
     async def prepare(self, image: str, pull_policy: PullPolicy) -> None:
+        """containerd's store, else the local Docker engine's (imported, once per image even
+        under concurrent spawns), else a registry if the pull policy allows one."""
         ref = normalize_image(image)
         if pull_policy is not PullPolicy.ALWAYS:
             if await self._has_image(ref):
                 return
+            if await self.docker_images.size(image) is not None:
+                await self.docker_images.import_once(image, self.ctr, self.calls.slot)
+                if not await self._has_image(ref, cached=False):
+                    raise RuntimeFailure(
+                        f"image {image!r} was imported from the local Docker engine but "
+                        f"containerd does not list it as {ref!r}"
+                    )
+                return
             if pull_policy is PullPolicy.NEVER:
-                raise RuntimeFailure(
-                    f"image {image!r} is not present in containerd namespace "
-                    f"{self.ctr.namespace!r} and pull_policy is Never (import it: "
-                    f"docker save {image} | ctr -n {self.ctr.namespace} images import -)"
-                )
+                raise RuntimeFailure(self._missing(image, ref, "pull_policy is Never"))
         try:
-            await self.ctr("images", "pull", ref, timeout=PULL_TIMEOUT_SECONDS)
+            async with self.calls.slot():
+                await self.ctr("images", "pull", ref, timeout=PULL_TIMEOUT_SECONDS)
         except CtrError as exc:
-            raise RuntimeFailure(f"image {image!r} could not be pulled: {exc.message}") from exc
+            raise RuntimeFailure(self._missing(
+                image, ref, f"a pull failed: {exc.message}")) from exc
         self._images_seen[ref] = time.monotonic()
 
-    async def _has_image(self, ref: str) -> bool:
+    def _missing(self, image: str, ref: str, why: str) -> str:
+        docker = ("nor in the local Docker engine's" if self.docker_images.available()
+                  else "and there is no docker CLI to look in Docker's")
+        return (
+            f"image {image!r} is not in containerd's store (namespace {self.ctr.namespace!r} "
+            f"at {self.ctr.address}, as {ref!r}) {docker}, and {why}; build it into Docker "
+            f"(images/build) and spawn again, or import it: {import_command(image, self.ctr)}"
+        )
+
+    async def _has_image(self, ref: str, cached: bool = True) -> bool:
         seen = self._images_seen.get(ref)
-        if seen is not None and time.monotonic() - seen < IMAGE_SEEN_SECONDS:
+        if cached and seen is not None and time.monotonic() - seen < IMAGE_SEEN_SECONDS:
             return True
         try:
-            listed = await self.ctr("images", "ls", "-q", f"name=={ref}")
+            async with self.calls.slot():
+                listed = await self.ctr("images", "ls", "-q", f"name=={ref}")
         except CtrError as exc:
             raise RuntimeFailure(f"cannot inspect image {ref!r}: {exc.message}") from exc
         if ref not in listed.split():
@@ -170,7 +202,8 @@ class ContainerdRuntime(Runtime):
             )]
         self._backends[cid] = spec.backend_id
         try:
-            ip = await self.network.attach(cid)
+            async with self.calls.slot():
+                ip = await self.network.attach(cid)
         except RuntimeFailure:
             await self.remove(spec.backend_id)
             raise
@@ -188,7 +221,7 @@ class ContainerdRuntime(Runtime):
         # Shielded: a backend that exits at once is reported (and this call cancelled by the
         # executor) before ctr returns; ctr is then left to finish rather than killed half-way,
         # and the container is the executor's to remove like that of any exited backend.
-        run = asyncio.ensure_future(self.ctr(*args))
+        run = asyncio.ensure_future(self._ctr(*args))
         self._runs.add(run)
         run.add_done_callback(self._runs.discard)
         try:
@@ -338,13 +371,13 @@ class ContainerdRuntime(Runtime):
 
     async def _containers_binding(self, source: str) -> list[str]:
         try:
-            cids = (await self.ctr("containers", "ls", "-q")).split()
+            cids = (await self._ctr("containers", "ls", "-q")).split()
         except CtrError as exc:
             raise RuntimeFailure(f"cannot list containers: {exc.message}") from exc
         users = []
         for cid in cids:
             try:
-                spec = json.loads(await self.ctr("containers", "info", "--spec", cid))
+                spec = json.loads(await self._ctr("containers", "info", "--spec", cid))
             except CtrError as exc:
                 if exc.not_found:  # removed since it was listed
                     continue
@@ -370,28 +403,37 @@ class ContainerdRuntime(Runtime):
     async def signal(self, backend_id: str, hard: bool) -> None:
         signal = "SIGKILL" if hard else "SIGTERM"
         try:
-            await self.ctr("tasks", "kill", "--signal", signal, container_id(backend_id))
+            await self._ctr("tasks", "kill", "--signal", signal, container_id(backend_id))
         except CtrError as exc:
             if not (exc.not_found or "already finished" in exc.message):
                 raise RuntimeFailure(f"cannot signal backend {backend_id}: {exc.message}") \
                     from exc
 
     async def remove(self, backend_id: str) -> None:
-        """Delete the task (killing it if it still runs), then the container and its
-        snapshot, its network namespace, then its log."""
+        """Delete the container, its stopped task and its snapshot (one ``ctr containers
+        delete`` does all three; a task still running is force-deleted first), then its
+        network namespace, its log and its cgroup."""
         cid = container_id(backend_id)
+        try:
+            await self._ctr("containers", "delete", cid)
+        except CtrError as exc:
+            if not exc.not_found:  # a task still running (or created): kill it, then again
+                await self._remove_running(backend_id, cid)
+        async with self.calls.slot():
+            await self.network.detach(cid)
+        self._backends.pop(cid, None)
+        self._log_path(cid).unlink(missing_ok=True)
+        await asyncio.to_thread(remove_pids_cgroup, self.ctr.namespace, cid)
+
+    async def _remove_running(self, backend_id: str, cid: str) -> None:
         for args in (("tasks", "delete", "--force", cid), ("containers", "delete", cid)):
             try:
-                await self.ctr(*args)
+                await self._ctr(*args)
             except CtrError as exc:
                 if not exc.not_found:
                     raise RuntimeFailure(
                         f"cannot remove backend {backend_id}: {exc.message}"
                     ) from exc
-        await self.network.detach(cid)
-        self._backends.pop(cid, None)
-        self._log_path(cid).unlink(missing_ok=True)
-        await asyncio.to_thread(remove_pids_cgroup, self.ctr.namespace, cid)
 
     # -- watching --------------------------------------------------------------------------
 
@@ -495,7 +537,7 @@ class ContainerdRuntime(Runtime):
         await self._watching()
         value = json.dumps(self.drone_id)
         try:
-            listed = await self.ctr("containers", "ls", "-q", f'labels."{DRONE_LABEL}"=={value}')
+            listed = await self._ctr("containers", "ls", "-q", f'labels."{DRONE_LABEL}"=={value}')
             tasks = await self._tasks()
         except CtrError as exc:
             raise RuntimeFailure(f"cannot list containers: {exc.message}") from exc
@@ -519,7 +561,7 @@ class ContainerdRuntime(Runtime):
 
     async def _tasks(self) -> dict[str, str]:
         """Container id -> task status (RUNNING, STOPPED, ...), for every task there is."""
-        listed = await self.ctr("tasks", "ls")
+        listed = await self._ctr("tasks", "ls")
         tasks = {}
         for line in listed.splitlines()[1:]:
             fields = line.split()
@@ -529,7 +571,7 @@ class ContainerdRuntime(Runtime):
 
     async def _labels(self, cid: str) -> dict[str, str] | None:
         try:
-            info = json.loads(await self.ctr("containers", "info", cid))
+            info = json.loads(await self._ctr("containers", "info", cid))
         except CtrError as exc:
             if exc.not_found:
                 return None
@@ -544,7 +586,8 @@ class ContainerdRuntime(Runtime):
             recorded = labels.get(EXIT_CODE_LABEL, "")
             return int(recorded) if recorded.isdigit() else -1
         try:
-            _, stderr = await self.ctr.output("tasks", "delete", cid)
+            async with self.calls.slot():
+                _, stderr = await self.ctr.output("tasks", "delete", cid)
         except CtrError as exc:
             if exc.not_found:
                 return -1
@@ -552,12 +595,12 @@ class ContainerdRuntime(Runtime):
         match = _REAPED_CODE.search(stderr)
         code = int(match.group(1)) if match else 0
         with contextlib.suppress(CtrError):
-            await self.ctr("containers", "label", cid, f"{EXIT_CODE_LABEL}={code}")
+            await self._ctr("containers", "label", cid, f"{EXIT_CODE_LABEL}={code}")
         return code
 
     async def metrics(self, backend_id: str) -> BackendMetrics:
         try:
-            raw = await self.ctr("tasks", "metrics", "--format", "json",
+            raw = await self._ctr("tasks", "metrics", "--format", "json",
                                  container_id(backend_id))
         except CtrError as exc:
             raise RuntimeFailure(f"no metrics for backend {backend_id}: {exc.message}") from exc
@@ -572,6 +615,7 @@ class ContainerdRuntime(Runtime):
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
+        self.calls.close()
 
 
 async def _drain(queue: asyncio.Queue[BackendExit]) -> AsyncIterator[BackendExit]:

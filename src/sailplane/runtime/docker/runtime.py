@@ -1,8 +1,9 @@
 """The Docker Engine runtime, through the ``docker`` SDK.
 
-The SDK is blocking, so every call runs in a worker thread (``asyncio.to_thread``); exits
-come from one thread that follows Docker's event stream (``die`` events filtered by this
-drone's label), never from polling containers.
+The SDK is blocking, so every call runs on the runtime's own pool of worker threads, at most
+``MAX_ENGINE_CALLS`` at once (``runtime/calls.py``), with as many pooled connections to the
+engine; exits come from one thread that follows Docker's event stream (``die`` events
+filtered by this drone's label), never from polling containers.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from sailplane.runtime.base import (
     OwnedBackend,
     Runtime,
 )
+from sailplane.runtime.calls import MAX_ENGINE_CALLS, EngineCalls
 from sailplane.runtime.docker.mounts import to_docker_mounts
 from sailplane.runtime.docker.network import ensure_isolated_network, remove_isolated_network
 from sailplane.runtime.firewall import EgressPolicy
@@ -59,13 +61,15 @@ def container_name(backend_id: str) -> str:
 class DockerRuntime(Runtime):
     def __init__(
         self, drone_id: str, client: docker.DockerClient | None = None,
-        egress: EgressPolicy | None = None,
+        egress: EgressPolicy | None = None, max_engine_calls: int = MAX_ENGINE_CALLS,
     ) -> None:
         self.drone_id = drone_id
         self.egress = egress or EgressPolicy()
         self._network: str | None = None  # the isolated network, once it is ensured
+        self.calls = EngineCalls("docker", max_engine_calls)
         try:
-            self.client = client or docker.from_env()
+            # One pooled connection per call in flight, and one for the event stream.
+            self.client = client or docker.from_env(max_pool_size=max_engine_calls + 1)
         except docker.errors.DockerException as exc:
             raise RuntimeFailure(f"cannot reach the Docker engine: {exc}") from exc
         self._exits: asyncio.Queue[BackendExit] | None = None
@@ -77,7 +81,7 @@ class DockerRuntime(Runtime):
     # -- images ----------------------------------------------------------------------------
 
     async def prepare(self, image: str, pull_policy: PullPolicy) -> None:
-        await asyncio.to_thread(self._prepare, image, pull_policy)
+        await self.calls.thread(self._prepare, image, pull_policy)
 
     def _prepare(self, image: str, pull_policy: PullPolicy) -> None:
         if pull_policy is not PullPolicy.ALWAYS:
@@ -99,7 +103,7 @@ class DockerRuntime(Runtime):
     # -- containers ------------------------------------------------------------------------
 
     async def start(self, spec: BackendSpec) -> BackendAddress:
-        return await asyncio.to_thread(self._start, spec)
+        return await self.calls.thread(self._start, spec)
 
     def _start(self, spec: BackendSpec) -> BackendAddress:
         if self._network is None:
@@ -220,7 +224,7 @@ class DockerRuntime(Runtime):
         check_mountable(mount.name, volume.attrs.get("Labels"), mount.namespace, mount.mount)
 
     async def volumes(self) -> list[NamedVolume]:
-        return await asyncio.to_thread(self._volumes)
+        return await self.calls.thread(self._volumes)
 
     def _volumes(self) -> list[NamedVolume]:
         try:
@@ -236,7 +240,7 @@ class DockerRuntime(Runtime):
         return found
 
     async def remove_volume(self, name: str) -> None:
-        await asyncio.to_thread(self._remove_volume, name)
+        await self.calls.thread(self._remove_volume, name)
 
     def _remove_volume(self, name: str) -> None:
         labels = self._volume_labels(name)
@@ -259,7 +263,7 @@ class DockerRuntime(Runtime):
             raise RuntimeFailure(f"cannot remove volume {name!r}: {exc.explanation}") from exc
 
     async def signal(self, backend_id: str, hard: bool) -> None:
-        await asyncio.to_thread(self._signal, backend_id, "SIGKILL" if hard else "SIGTERM")
+        await self.calls.thread(self._signal, backend_id, "SIGKILL" if hard else "SIGTERM")
 
     def _signal(self, backend_id: str, signal: str) -> None:
         try:
@@ -271,7 +275,7 @@ class DockerRuntime(Runtime):
                 raise RuntimeFailure(f"cannot signal backend {backend_id}: {exc}") from exc
 
     async def remove(self, backend_id: str) -> None:
-        await asyncio.to_thread(self._remove, backend_id)
+        await self.calls.thread(self._remove, backend_id)
 
     def _remove(self, backend_id: str) -> None:
         try:
@@ -311,7 +315,7 @@ class DockerRuntime(Runtime):
         self._watcher.start()
 
     async def owned(self) -> list[OwnedBackend]:
-        return await asyncio.to_thread(self._owned)
+        return await self.calls.thread(self._owned)
 
     def _owned(self) -> list[OwnedBackend]:
         containers = self.client.containers.list(
@@ -330,7 +334,7 @@ class DockerRuntime(Runtime):
         return found
 
     async def metrics(self, backend_id: str) -> BackendMetrics:
-        return await asyncio.to_thread(self._metrics, backend_id)
+        return await self.calls.thread(self._metrics, backend_id)
 
     def _metrics(self, backend_id: str) -> BackendMetrics:
         try:
@@ -342,13 +346,14 @@ class DockerRuntime(Runtime):
         return BackendMetrics(memory_bytes=memory, cpu_seconds=cpu_ns / 1e9)
 
     async def remove_isolation(self) -> bool:
-        return await asyncio.to_thread(remove_isolated_network, self.client)
+        return await self.calls.thread(remove_isolated_network, self.client)
 
     async def close(self) -> None:
         if self._stream is not None:
             self._stream.close()
         if self._watcher is not None:
             await asyncio.to_thread(self._watcher.join, 5)
+        self.calls.close()
         self.client.close()
 
 
