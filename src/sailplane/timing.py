@@ -16,11 +16,8 @@ READY_POLL_MAX_SECONDS = 0.1
 READY_PROBE_TIMEOUT_SECONDS = 1.0
 # How long a terminate call waits for the runtime to confirm the kill.
 KILL_CONFIRM_SECONDS = 10.0
-# Terminate-all (Ctrl-C of `sailplane dev`) waits this long for the containers' removal after
-# the last backend is terminated: a thousand removals, bounded in parallel, take seconds.
-REMOVALS_TIMEOUT_SECONDS = 60.0
-# Terminate-all (Ctrl-C of `sailplane dev`) waits this long for the containers' removal after
-# the last backend is terminated: a thousand removals, bounded in parallel, take seconds.
+# Terminate-all (Ctrl-C of `sailplane dev`) waits at most this long for the containers' removal
+# after the last backend is terminated; removals still under way then go on in the background.
 REMOVALS_TIMEOUT_SECONDS = 60.0
 # A drone sends a heartbeat this often ...
 HEARTBEAT_INTERVAL_SECONDS = 2.0
