@@ -50,3 +50,9 @@ def test_a_host_volume_exposing_the_data_directory_is_refused(
                        host_volumes=[f"x={volume.format(root=tmp_path)}:rw"])
     with pytest.raises(PolicyError):
         dev_parts(config)
+
+
+def test_the_built_in_drone_id_is_unique_to_the_data_directory(tmp_path):
+    ids = [dev_parts(DevConfig(data_dir=tmp_path / name))[1].drone_id for name in ("a", "b", "a")]
+    assert ids[0] != ids[1] and ids[0] == ids[2]
+    assert all(drone_id.startswith("dev-") for drone_id in ids)

@@ -24,6 +24,7 @@ from sailplane import __version__
 from sailplane.client import ApiError, ControllerClient, find_token
 from sailplane.credentials import CredentialError, Role
 from sailplane.drone.limits import OperatorLimits
+from sailplane.drone.warm_pool import WarmPoolSpec
 from sailplane.errors import MountRefused, PolicyError, RuntimeFailure, SailplaneError
 from sailplane.mounts.named import runtime_name
 from sailplane.mounts.pin import StagingArea, staging_root
@@ -32,6 +33,7 @@ from sailplane.mounts.report import plan_document
 from sailplane.mounts.validate import check_volume_name
 from sailplane.proxy import limits as proxy_limits
 from sailplane.runtime.base import RUNTIMES, NamedVolume, Runtime, RuntimeName
+from sailplane.runtime.containerd.network import DEFAULT_SUBNET
 from sailplane.state import BackendStatus
 from sailplane.timing import DEFAULT_GRACE_SECONDS, DEFAULT_STARTUP_TIMEOUT_SECONDS
 from sailplane.volume_flags import parse_volume_flag
@@ -108,6 +110,19 @@ ContainerdAddress = Annotated[
 ]
 ContainerdNamespace = Annotated[
     str, typer.Option(help="containerd namespace for the backends (containerd runtime).")
+]
+ContainerdSubnet = Annotated[
+    str, typer.Option(help="Addresses of the containerd backends' bridge (containerd runtime).")
+]
+WarmPools = Annotated[
+    list[str] | None,
+    typer.Option("--warm-pool", help="IMAGE or IMAGE=N, repeatable: keep N (default 2) "
+                 "containers of IMAGE started, claimed by matching spawns (docker runtime)."),
+]
+EgressAllow = Annotated[
+    list[str] | None,
+    typer.Option("--egress-allow", help="CIDR, repeatable: a private network backends may "
+                 "reach (they reach no private range, no address of this host, else)."),
 ]
 # The operator's caps (sailplane.drone.limits); absent: the default, 0: no cap.
 MaxTmpfsBytes = Annotated[
@@ -309,6 +324,9 @@ def drone(
     runtime: RuntimeOption = "docker",
     containerd_address: ContainerdAddress = None,
     containerd_namespace: ContainerdNamespace = "sailplane",
+    containerd_subnet: ContainerdSubnet = DEFAULT_SUBNET,
+    egress_allow: EgressAllow = None,
+    warm_pool: WarmPools = None,
     named_volumes: NamedVolumesFlag = True,
     max_named_volumes_per_namespace: MaxNamedVolumes = None,
     max_tmpfs_bytes: MaxTmpfsBytes = None,
@@ -339,10 +357,12 @@ def drone(
         drone_id=drone_id or named or socket.gethostname(), controller_url=controller, pool=pool,
         policy=limits.cap_policy(mount_policy), state_dir=state_dir, token=token,
         runtime=runtime_name, containerd_address=containerd_address,
-        containerd_namespace=containerd_namespace,
+        containerd_namespace=containerd_namespace, containerd_subnet=containerd_subnet,
+        egress_allow=tuple(egress_allow or ()),
         settings=ExecutorSettings(grace_seconds=grace_seconds,
                                   startup_timeout_seconds=startup_timeout,
-                                  keep_containers=keep_containers, limits=limits),
+                                  keep_containers=keep_containers, limits=limits,
+                                  warm_pools=_warm_pools(warm_pool)),
     )
     _serve("the drone", lambda: asyncio.run(run_drone(config)))
 
@@ -394,7 +414,13 @@ def dev(
     runtime: RuntimeOption = "docker",
     containerd_address: ContainerdAddress = None,
     containerd_namespace: ContainerdNamespace = "sailplane",
-    drone_id: Annotated[str, typer.Option(help="The built-in drone's id.")] = "dev",
+    containerd_subnet: ContainerdSubnet = DEFAULT_SUBNET,
+    egress_allow: EgressAllow = None,
+    warm_pool: WarmPools = None,
+    drone_id: Annotated[
+        str | None,
+        typer.Option(help="The built-in drone's id (default: dev- and a hash of the data dir)."),
+    ] = None,
     default_max_idle_seconds: DefaultMaxIdle = None,
     named_volumes: NamedVolumesFlag = True,
     max_named_volumes_per_namespace: MaxNamedVolumes = None,
@@ -418,6 +444,8 @@ def dev(
                        host_volumes=host_volume or [], runtime=_runtime_name(runtime),
                        containerd_address=containerd_address,
                        containerd_namespace=containerd_namespace, drone_id=drone_id,
+                       containerd_subnet=containerd_subnet, egress_allow=egress_allow or [],
+                       warm_pools=list(_warm_pools(warm_pool)),
                        limits=OperatorLimits.from_flags(max_tmpfs_bytes, default_memory_bytes,
                                                         default_pids_limit),
                        named_volumes=named_volumes,
@@ -932,6 +960,13 @@ def _describe(state: dict[str, Any]) -> str:
     if state.get("message"):
         text += f": {state['message']}"
     return text
+
+
+def _warm_pools(flags: list[str] | None) -> tuple[WarmPoolSpec, ...]:
+    try:
+        return tuple(WarmPoolSpec.parse(flag) for flag in flags or ())
+    except ValueError as exc:
+        _fail(str(exc))
 
 
 def _runtime_name(runtime: str) -> RuntimeName:

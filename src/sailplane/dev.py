@@ -27,15 +27,23 @@ from pydantic import BaseModel, Field
 from sailplane.controller.config import ControllerConfig
 from sailplane.controller.run import controller_server
 from sailplane.credentials import Role, dev_token_link, mint, new_secret, write_private
-from sailplane.drone.config import DroneConfig, check_protected, make_runtime, run_drone
+from sailplane.drone.config import (
+    DroneConfig,
+    check_protected,
+    default_drone_id,
+    make_runtime,
+    run_drone,
+)
 from sailplane.drone.executor import ExecutorSettings
 from sailplane.drone.limits import OperatorLimits
+from sailplane.drone.warm_pool import WarmPoolSpec
 from sailplane.errors import SailplaneError
 from sailplane.mounts.policy import MountPolicy
 from sailplane.proxy.limits import ProxyLimits
 from sailplane.proxy.run import ProxyConfig, run_proxy
 from sailplane.runtime.base import RuntimeName
 from sailplane.runtime.containerd.ctr import DEFAULT_NAMESPACE
+from sailplane.runtime.containerd.network import DEFAULT_SUBNET
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +55,16 @@ LISTEN_POLL_SECONDS = 0.02
 class DevConfig(BaseModel):
     controller_port: int = 9090
     proxy_port: int = 9091
-    drone_id: str = "dev"
+    drone_id: str | None = None  # default: default_drone_id(data_dir), unique to the directory
     data_dir: Path = Path(".sailplane")
     mount_base: Path | None = None  # default: {data_dir}/volumes/default
     host_volumes: list[str] = []
     runtime: RuntimeName = "docker"
     containerd_address: str | None = None
     containerd_namespace: str = DEFAULT_NAMESPACE
+    containerd_subnet: str = DEFAULT_SUBNET
+    egress_allow: list[str] = []
+    warm_pools: list[WarmPoolSpec] = []  # the built-in drone's --warm-pool
     limits: OperatorLimits = Field(default_factory=OperatorLimits)  # the built-in drone's caps
     named_volumes: bool = True
     max_named_volumes_per_namespace: int | None = Field(default=None, ge=0)
@@ -85,13 +96,16 @@ def dev_parts(
     mount_base = config.default_mount_base().absolute()
     mount_base.mkdir(parents=True, exist_ok=True)
     data_dir = config.data_dir.absolute()
+    # Two all-in-one clusters on one engine must never share a drone id (they would remove
+    # each other's containers): the default is derived from the data directory.
+    drone_id = config.drone_id or default_drone_id(data_dir)
     controller = ControllerConfig(
         database_url=f"sqlite:///{data_dir}/controller.db", proxy_url=config.proxy_url,
         controller_url=config.controller_url, secrets=[secret],
         default_max_idle_seconds=config.default_max_idle_seconds,
     )
     drone = DroneConfig(
-        drone_id=config.drone_id, controller_url=config.controller_url,
+        drone_id=drone_id, controller_url=config.controller_url,
         policy=config.limits.cap_policy(
             MountPolicy.from_flags(str(mount_base), config.host_volumes)
         ).model_copy(update={
@@ -101,8 +115,9 @@ def dev_parts(
         state_dir=data_dir / "drone", terminate_on_exit=True, runtime=config.runtime,
         containerd_address=config.containerd_address,
         containerd_namespace=config.containerd_namespace,
-        settings=ExecutorSettings(limits=config.limits),
-        token=mint(secret, Role.DRONE, config.drone_id), protected=[data_dir],
+        containerd_subnet=config.containerd_subnet, egress_allow=tuple(config.egress_allow),
+        settings=ExecutorSettings(limits=config.limits, warm_pools=tuple(config.warm_pools)),
+        token=mint(secret, Role.DRONE, drone_id), protected=[data_dir],
     )
     check_protected(drone.policy, drone.state_dir, drone.protected)
     proxy = ProxyConfig(controller_url=config.controller_url, port=config.proxy_port,

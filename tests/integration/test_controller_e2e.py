@@ -28,7 +28,7 @@ def _container_gone(client: docker.DockerClient, backend_id: str) -> bool:
     return False
 
 
-def _statuses(events: list[tuple[int, dict[str, Any]]]) -> list[str]:
+def _statuses(events: list[tuple[str, dict[str, Any]]]) -> list[str]:
     return [data["status"] for _, data in events]
 
 

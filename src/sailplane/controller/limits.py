@@ -2,8 +2,9 @@
 
 A body announced too large (``Content-Length``) is answered 413 before it is read; one that
 turns out too large while it streams in (chunked) is cut off at the limit and answered 413 the
-same way, before the app reads any of it. The limit keeps every message derived from a request (a spawn for a drone, a route
-for a proxy) far below the sockets' frame limit (``protocol.MAX_FRAME_BYTES``).
+same way, before the app reads any of it. The limit keeps every message derived from a
+request (a spawn for a drone, a route for a proxy) far below the sockets' frame limit
+(``protocol.MAX_FRAME_BYTES``).
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from typing import Any
 from sailplane.drone.limits import OperatorLimits, effective_limits
 from sailplane.drone.readiness import wait_until_ready
 from sailplane.drone.store import BackendRecord, DroneStore
+from sailplane.drone.warm_pool import WarmPool, WarmPoolSpec
 from sailplane.errors import BackendExited, LimitRefused, MountRefused, RuntimeFailure
 from sailplane.mounts.pin import StagingArea
 from sailplane.mounts.plan import check_mounts, plan_mounts
@@ -54,6 +55,7 @@ class ExecutorSettings:
     startup_timeout_seconds: float = DEFAULT_STARTUP_TIMEOUT_SECONDS
     keep_containers: bool = False  # for debugging: leave stopped containers in place
     limits: OperatorLimits = field(default_factory=OperatorLimits)
+    warm_pools: tuple[WarmPoolSpec, ...] = ()  # --warm-pool IMAGE[=N]
 
 
 @dataclass
@@ -81,6 +83,7 @@ class Executor:
         self.store = store
         self.staging = staging  # where host mounts are pinned for the runtime
         self.settings = settings or ExecutorSettings()
+        self.warm_pool: WarmPool | None = None  # containers started ahead, if the drone has any
         self.new_events = asyncio.Event()  # set whenever the outbox grows
         self._backends: dict[str, _Backend] = {}
         self._exit_task: asyncio.Task[None] | None = None
@@ -93,6 +96,12 @@ class Executor:
         exits = self.runtime.exits()
         self._exit_task = asyncio.create_task(self._follow_exits(exits))
         await self._adopt()
+        if self.settings.warm_pools:
+            self.warm_pool = WarmPool(
+                self.runtime, list(self.settings.warm_pools),
+                effective_limits(ResourceLimits(), self.settings.limits),
+            )
+            self.warm_pool.start()
 
     async def close(self, *, remove_isolation: bool = False) -> None:
         """Stop managing; running containers are left for the next start to adopt.
@@ -106,6 +115,8 @@ class Executor:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, *self._background, return_exceptions=True)
+        if self.warm_pool is not None:  # unclaimed warm containers are not backends: go
+            await self.warm_pool.close()
         if remove_isolation:
             try:
                 if not await self.runtime.remove_isolation():
@@ -256,8 +267,12 @@ class Executor:
             resource_limits=limits,
             command=spawn.executable.command,
         )
+        warm = self.warm_pool.take(spawn.executable) if self.warm_pool else None
         try:
-            address = await self.runtime.start(spec)
+            if warm is not None and self.warm_pool is not None:
+                address = await self.warm_pool.claim(warm, spawn, mounts)
+            else:
+                address = await self.runtime.start(spec)
         except BackendExited:
             created.release()  # it ran: its directories stay, as after any exit
             raise

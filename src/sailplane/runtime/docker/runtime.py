@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -32,6 +33,7 @@ from sailplane.runtime.base import (
     BACKEND_PORT,
     DRONE_LABEL,
     VOLUME_LABEL,
+    WARM_LABEL,
     BackendAddress,
     BackendExit,
     BackendMetrics,
@@ -39,6 +41,7 @@ from sailplane.runtime.base import (
     NamedVolume,
     OwnedBackend,
     Runtime,
+    WarmContainer,
 )
 from sailplane.runtime.calls import MAX_ENGINE_CALLS, EngineCalls
 from sailplane.runtime.docker.mounts import to_docker_mounts
@@ -52,6 +55,21 @@ DEFAULT_CPU_PERIOD_US = 100_000
 # A started container without its port is waited for this long to see if it has exited.
 EXIT_SETTLE_SECONDS = 5
 _PORT_KEY = f"{BACKEND_PORT}/tcp"
+
+
+WARM_PREFIX = "sailplane-warm-"
+
+
+def backend_of(labels: dict[str, str], name: str) -> str | None:
+    """The backend a container of this drone serves: its label, or, for a claimed warm
+    container (its labels fixed before it had a backend), its name; None if unclaimed."""
+    if BACKEND_LABEL in labels:
+        return labels[BACKEND_LABEL]
+    name = name.lstrip("/")
+    if WARM_LABEL in labels and name.startswith("sailplane-") and not name.startswith(
+            WARM_PREFIX):
+        return name.removeprefix("sailplane-")
+    return None
 
 
 def container_name(backend_id: str) -> str:
@@ -137,20 +155,27 @@ class DockerRuntime(Runtime):
             )
         return BackendExited(int(status.get("StatusCode", -1)))
 
-    def _create(self, spec: BackendSpec) -> Container:
-        options: dict[str, Any] = {
-            "name": container_name(spec.backend_id),
-            "environment": {**spec.env, "PORT": str(BACKEND_PORT)},
-            "labels": {BACKEND_LABEL: spec.backend_id, DRONE_LABEL: self.drone_id},
+    def _options(self, name: str, labels: dict[str, str], env: dict[str, str],
+                 limits: ResourceLimits) -> dict[str, Any]:
+        """``containers.create`` arguments every backend container gets: isolated, limited,
+        its port published on loopback."""
+        return {
+            "name": name,
+            "environment": {**env, "PORT": str(BACKEND_PORT)},
+            "labels": {**labels, DRONE_LABEL: self.drone_id},
             "ports": {_PORT_KEY: ("127.0.0.1", None)},
-            "mounts": to_docker_mounts(spec.mounts),
             "security_opt": ["no-new-privileges"],
             "cap_drop": ["ALL"],
             "cap_add": list(BACKEND_CAPABILITIES),
             "network": self._network,
             "detach": True,
-            **_limits(spec.resource_limits),
+            **_limits(limits),
         }
+
+    def _create(self, spec: BackendSpec) -> Container:
+        options = self._options(container_name(spec.backend_id),
+                                {BACKEND_LABEL: spec.backend_id}, spec.env, spec.resource_limits)
+        options["mounts"] = to_docker_mounts(spec.mounts)
         if spec.command is not None:
             options["command"] = spec.command
         disk = spec.resource_limits.disk_limit_bytes
@@ -304,7 +329,7 @@ class DockerRuntime(Runtime):
             try:
                 for event in self._stream:
                     attributes = event.get("Actor", {}).get("Attributes", {})
-                    backend_id = attributes.get(BACKEND_LABEL)
+                    backend_id = backend_of(attributes, attributes.get("name", ""))
                     if backend_id:
                         exit_ = BackendExit(backend_id, int(attributes.get("exitCode", -1)))
                         loop.call_soon_threadsafe(queue.put_nowait, exit_)
@@ -323,10 +348,14 @@ class DockerRuntime(Runtime):
         )
         found = []
         for container in containers:
+            backend_id = backend_of(container.labels, container.name or "")
+            if backend_id is None:  # a warm container nobody claimed: the pool makes new ones
+                self._remove_named(container.name or container.id or "")
+                continue
             running = container.status == "running"
             state = container.attrs.get("State", {})
             found.append(OwnedBackend(
-                backend_id=container.labels[BACKEND_LABEL],
+                backend_id=backend_id,
                 running=running,
                 address=_published(container) if running else None,
                 exit_code=None if running else int(state.get("ExitCode", -1)),
@@ -344,6 +373,49 @@ class DockerRuntime(Runtime):
         memory = int(stats.get("memory_stats", {}).get("usage", 0))
         cpu_ns = int(stats.get("cpu_stats", {}).get("cpu_usage", {}).get("total_usage", 0))
         return BackendMetrics(memory_bytes=memory, cpu_seconds=cpu_ns / 1e9)
+
+    # -- warm containers (drone/warm_pool.py) -----------------------------------------------
+
+    async def start_warm(self, image: str, limits: ResourceLimits) -> WarmContainer:
+        return await self.calls.thread(self._start_warm, image, limits)
+
+    def _start_warm(self, image: str, limits: ResourceLimits) -> WarmContainer:
+        if self._network is None:
+            self._network = ensure_isolated_network(self.client, self.egress)
+        name = f"{WARM_PREFIX}{uuid.uuid4().hex[:16]}"
+        try:
+            container = self.client.containers.create(
+                image, **self._options(name, {WARM_LABEL: image}, {}, limits))
+            container.start()
+            container.reload()
+        except docker.errors.APIError as exc:
+            self._remove_named(name)
+            raise RuntimeFailure(f"cannot start a warm container of {image!r}: "
+                                 f"{exc.explanation}") from exc
+        address = _published(container)
+        if address is None:
+            self._remove_named(name)
+            raise RuntimeFailure(f"a warm container of {image!r} exited as it started")
+        return WarmContainer(name, image, address, int(container.attrs["State"]["Pid"]))
+
+    async def claim_warm(self, warm: WarmContainer, backend_id: str) -> BackendAddress:
+        try:
+            await self.calls.thread(self.client.api.rename, warm.name, container_name(backend_id))
+        except docker.errors.APIError as exc:
+            raise RuntimeFailure(f"cannot claim warm container {warm.name}: {exc}") from exc
+        return warm.address
+
+    async def discard_warm(self, warm: WarmContainer) -> None:
+        await self.calls.thread(self._remove_named, warm.name)
+
+    def _remove_named(self, name: str) -> None:
+        try:
+            self.client.api.remove_container(name, force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: removal already in progress
+                raise RuntimeFailure(f"cannot remove container {name}: {exc}") from exc
 
     async def remove_isolation(self) -> bool:
         return await self.calls.thread(remove_isolated_network, self.client)
