@@ -1,4 +1,4 @@
-"""Deadlines: lifetime limits, idle backends, and drones gone silent (DESIGN 2)."""
+"""Deadlines: lifetime limits, idle backends, and drones gone silent (docs/architecture.md)."""
 
 from __future__ import annotations
 

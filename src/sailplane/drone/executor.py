@@ -1,4 +1,4 @@
-"""The executor: runs each backend through the lifecycle of DESIGN 2 on one runtime.
+"""The executor: runs each backend through the lifecycle of docs/architecture.md on one runtime.
 
     spawn -> loading (image) -> starting (mounts resolved, container started)
           -> waiting (port answers HTTP) -> ready

@@ -1,4 +1,4 @@
-"""The contract between a drone and a container runtime (DESIGN 5).
+"""The contract between a drone and a container runtime (docs/runtimes.md).
 
 A runtime starts backends from a :class:`BackendSpec` whose mounts are already resolved (it
 never sees a request's raw paths), tells the drone when one exits, and can list the backends
@@ -21,7 +21,7 @@ from sailplane.mounts.named import VOLUME_LABEL as VOLUME_LABEL  # re-exported: 
 from sailplane.mounts.resolved import ResolvedMount
 from sailplane.spec import PullPolicy, ResourceLimits
 
-# The runtimes shipped (DESIGN 5), as ``sailplane drone --runtime`` names them.
+# The runtimes shipped (docs/runtimes.md), as ``sailplane drone --runtime`` names them.
 RuntimeName = Literal["docker", "containerd"]
 RUNTIMES: tuple[RuntimeName, ...] = ("docker", "containerd")
 

@@ -1,4 +1,4 @@
-"""The containerd runtime, through ``ctr`` in a namespace of its own (DESIGN 5).
+"""The containerd runtime, through ``ctr`` in a namespace of its own (docs/runtimes.md).
 
 - Images come from the namespace's image store; one missing there is imported from the local
   Docker engine if it has it (``images.py``), and pulled only if neither has it and the pull
@@ -11,7 +11,7 @@
   ``BACKEND_CAPABILITIES``. It listens on ``PORT`` (8080) at its own address, where the drone
   reaches it. The address, the backend id and the drone id are container labels, so a
   restarted drone finds and adopts its own.
-- Mounts are the OCI mounts of DESIGN 4.4 as ``--mount`` flags; a named volume is a directory
+- Mounts are the OCI mounts of docs/mounts.md as ``--mount`` flags; a named volume is a directory
   ``{state_dir}/volumes/{name}`` (mode 0750, ``name`` its namespaced runtime name), made on
   first use and kept, its labels recorded in ``{state_dir}/volumes/.labels/{name}.json``.
 - Exits come from one ``ctr events`` process filtered to ``/tasks/exit`` in the namespace, never
