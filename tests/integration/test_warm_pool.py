@@ -152,3 +152,15 @@ def test_a_restarted_drone_adopts_a_claimed_backend_and_drops_unclaimed_ones(
             await terminated(executor, backend_id)
 
     asyncio.run(scenario())
+
+
+def test_closing_the_pool_while_it_fills_leaves_no_container(drone: DroneHarness) -> None:
+    async def scenario() -> None:
+        async with drone.running() as executor:
+            pool = WarmPool(executor.runtime, [WarmPoolSpec(drone.image, 2)], ResourceLimits())
+            pool.start()
+            await asyncio.sleep(0.05)  # a start is under way
+            await pool.close()
+            assert warm_containers(drone) == []
+
+    asyncio.run(scenario())

@@ -75,6 +75,8 @@ class WarmPool:
         self._ready: dict[str, list[WarmContainer]] = {image: [] for image in self._sizes}
         self._wanted = asyncio.Event()
         self._filler: asyncio.Task[None] | None = None
+        # The start under way, shielded: a start cancelled half-way would leave its container.
+        self._starting: asyncio.Future[WarmContainer] | None = None
 
     def start(self) -> None:
         self._filler = asyncio.create_task(self._fill())
@@ -121,6 +123,9 @@ class WarmPool:
             self._filler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._filler
+        if self._starting is not None:
+            with contextlib.suppress(RuntimeFailure):
+                await self._discard(await self._starting)
         for ready in self._ready.values():
             while ready:
                 await self._discard(ready.pop())
@@ -141,18 +146,26 @@ class WarmPool:
                              size)
 
     async def _started(self, image: str) -> WarmContainer | None:
-        """A new warm container that answers HTTP, or None (logged) if none could be had."""
+        """A new warm container that answers HTTP, or None (logged) if none could be had.
+
+        If the pool closes meanwhile, the container is still removed: during the start by
+        :meth:`close` (which waits for it), during the readiness wait here."""
+        self._starting = asyncio.ensure_future(self.runtime.start_warm(image, self.limits))
         try:
-            warm = await self.runtime.start_warm(image, self.limits)
+            warm = await asyncio.shield(self._starting)
         except RuntimeFailure as exc:
+            self._starting = None
             log.warning("warm pool %s: cannot start a container: %s", image, exc.message)
             return None
+        self._starting = None
         try:
             await asyncio.wait_for(wait_until_ready(warm.address), WARM_READY_SECONDS)
-        except TimeoutError:
+        except BaseException as exc:
+            await asyncio.shield(self._discard(warm))
+            if not isinstance(exc, TimeoutError):
+                raise
             log.warning("warm pool %s: a container did not answer in %.0f s", image,
                         WARM_READY_SECONDS)
-            await self._discard(warm)
             return None
         return warm
 
