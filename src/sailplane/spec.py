@@ -10,11 +10,12 @@ Every number and size is bounded here too, by what the database columns and the 
 engines accept (the named limits below), so a request is refused with 400 at the door instead
 of failing in a database write or on a drone.
 
-Only the *shape* is checked here, and the hygiene of every name a request carries (DESIGN
-4.2): no control characters in a key, namespace, tag or host volume name, an image reference
-in the OCI grammar, env names a shell could export. Whether a mount is allowed and safe is
-decided by the mount pipeline (``sailplane.mounts``): policy -> validate -> resolve; its pure
-rules refuse control characters in paths too, and the controller runs them at connect time.
+Only the *shape* is checked here, and the hygiene of every name a request carries
+(docs/mounts.md): no control characters in a key, namespace, tag or host volume name, an
+image reference in the OCI grammar, env names a shell could export. Whether a mount is
+allowed and safe is decided by the mount pipeline (``sailplane.mounts``): policy -> validate
+-> resolve; its pure rules refuse control characters in paths too, and the controller runs
+them at connect time.
 """
 
 from __future__ import annotations
