@@ -105,7 +105,7 @@ def test_key_only_without_live_backend_404(live: TestClient) -> None:
 
 def test_no_drone_503_with_reason(client: TestClient) -> None:
     body = error(client.post("/ctrl/connect", json=spawn_body()), 503, "no_drone_available")
-    assert body["message"] == "no drone is connected in pool ''"
+    assert body["message"] == "no drone is connected"
 
 
 def test_no_drone_offers_the_volume_503(live: TestClient) -> None:

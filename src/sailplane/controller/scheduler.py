@@ -49,6 +49,10 @@ def _in_pool(pool: str) -> str:
     return f" in pool {pool!r}" if pool else ""
 
 
+def _to_namespace(namespace: str) -> str:
+    return f" to namespace {namespace!r}" if namespace else ""
+
+
 def check_policies(
     live: list[DroneCandidate], pool: str, needs: list[HostVolumeNeed], namespace: str
 ) -> None:
@@ -71,18 +75,18 @@ def choose_drone(
 ) -> DroneCandidate:
     live = [d for d in drones if d.pool == pool and d.fresh]
     if not live:
-        raise NoDroneAvailable(f"no drone is connected in pool {pool!r}")
+        raise NoDroneAvailable(f"no drone is connected{_in_pool(pool)}")
     check_policies(live, pool, needs, namespace)
     open_ = [d for d in live if not d.draining]
     if not open_:
-        raise NoDroneAvailable(f"every drone in pool {pool!r} is draining")
+        raise NoDroneAvailable(f"every drone{_in_pool(pool)} is draining")
     eligible = open_
     for need in needs:
         eligible = [d for d in eligible if offers(d, need, namespace)]
         if not eligible:
             access = "read-write" if need.write else "read-only"
             raise NoDroneAvailable(
-                f"no drone in pool {pool!r} offers host volume {need.name!r} {access} "
-                f"to namespace {namespace!r}"
+                f"no drone{_in_pool(pool)} offers host volume {need.name!r} {access}"
+                f"{_to_namespace(namespace)}"
             )
     return min(eligible, key=lambda d: (d.load, d.drone_id))
