@@ -35,7 +35,7 @@ from .conftest import refused
         ("data=/srv/a:b:ro", "data", "/srv/a:b", Access.RO, Scope.VOLUME),
         ("data=/srv/a:rw:ro", "data", "/srv/a:rw", Access.RO, Scope.VOLUME),
         ("data=/srv/x:", "data", "/srv/x:", Access.RO, Scope.VOLUME),
-        ("data=/srv/x:RO", "data", "/srv/x:RO", Access.RO, Scope.VOLUME),  # part of the path
+        ("data=/srv/x:b1", "data", "/srv/x:b1", Access.RO, Scope.VOLUME),  # part of the path
         ("data=/a=b", "data", "/a=b", Access.RO, Scope.VOLUME),
         ("data=C:\\data:rw", "data", "C:\\data", Access.RW, Scope.VOLUME),
         ("data=C:\\data", "data", "C:\\data", Access.RO, Scope.VOLUME),

@@ -180,7 +180,7 @@ def parse_host_volume_flag(flag: str) -> HostVolume:
     if path and suffix in ("ro", "rw"):
         access = Access(suffix)
     elif path and not os.path.isdir(rest) and (os.path.isdir(path) or (
-            suffix.isalpha() and len(suffix) <= 3)):
+            0 < len(suffix) <= 3 and set(suffix.lower()) <= set("rwox"))):
         # "data=/srv/data:rx": a typo of the access, not a directory named "data:rx".
         raise PolicyError(f"--host-volume {flag!r}: {suffix!r} is not an access; after the path "
                           "give :ro or :rw, then :key for a key-scoped volume")
