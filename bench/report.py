@@ -33,10 +33,14 @@ DENSITY_N = 300
 BENCHMARKS: list[tuple[str, list[str], int, str]] = [
     ("bench/mounts.py", [], 300,
      "resolving a depth-4 host mount costs at most 3x os.path.realpath, and under 1% of a "
-     "container start"),
+     "container start; resolving and pinning it, under 5%"),
     ("bench/spawn.py", [], 900,
      "a spawn to `ready` through the executor takes at most 1.15x raw Docker's (and raw "
-     "`ctr run`'s) create + start + first HTTP answer, median"),
+     "`ctr run`'s) create + start + first HTTP answer, median; the isolated raw series shows "
+     "what backend isolation itself costs"),
+    ("bench/warm.py", [], 600,
+     "a spawn that claims a warm container, its mount injected, answers in at most 0.25x raw "
+     "Docker's create + start + first HTTP answer with the same bind mount, median"),
     ("bench/connect.py", [], 300,
      "a connect to a live key reaches at least 0.5x the requests per second of one indexed "
      "read on the same server stack"),
@@ -83,7 +87,7 @@ def plot(samples: dict[str, list[float]], path: Path) -> None:
 
     figure, axes = plt.subplots(figsize=(8, 4))
     names = list(samples)
-    axes.boxplot([samples[name] for name in names], vert=False, showmeans=True)
+    axes.boxplot([samples[name] for name in names], orientation="horizontal", showmeans=True)
     axes.set_yticks(range(1, len(names) + 1), names)
     axes.set_xlabel("cold spawn to first HTTP answer (ms)")
     axes.set_title("Spawn latency: Sailplane's executor against the raw runtimes")

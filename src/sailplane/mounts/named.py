@@ -19,10 +19,12 @@ the runtimes read and write the volumes.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from sailplane.errors import MountRefused
+from sailplane.mounts.resolved import ResolvedVolumeMount
 from sailplane.mounts.validate import check_volume_name
 
 PREFIX = "sailplane."
@@ -100,6 +102,32 @@ def check_mountable(
 
 def _field(mount: int | str) -> str:
     return f"volume_mounts[{mount}].name" if isinstance(mount, int) else mount
+
+
+def provision(
+    missing: Sequence[ResolvedVolumeMount], held: Callable[[], Counter[str]],
+    create: Callable[[ResolvedVolumeMount], None], delete: Callable[[str], None],
+) -> None:
+    """Create the volumes a start needs that do not exist yet, each runtime its own way.
+
+    Every namespace's cap is checked first (``held`` counts the volumes each namespace holds,
+    asked only when a cap applies), so a refused start creates nothing; if one create fails,
+    the ones made before it are deleted again (``delete`` must not raise)."""
+    if any(mount.max_per_namespace is not None for mount in missing):
+        counts = held()
+        for mount in missing:
+            check_room(counts[mount.namespace], mount.max_per_namespace, mount.name,
+                       mount.namespace, mount.mount)
+            counts[mount.namespace] += 1
+    created: list[str] = []
+    try:
+        for mount in missing:
+            create(mount)
+            created.append(mount.name)
+    except BaseException:
+        for name in created:
+            delete(name)
+        raise
 
 
 def check_room(held: int, cap: int | None, runtime: str, namespace: str, mount: int | str) -> None:

@@ -39,7 +39,7 @@ from typing import Any
 from urllib.parse import quote
 
 from sailplane.errors import RuntimeFailure
-from sailplane.mounts.named import check_mountable, check_room, owner_of, volume_labels
+from sailplane.mounts.named import check_mountable, owner_of, provision, volume_labels
 from sailplane.mounts.resolved import ResolvedVolumeMount
 from sailplane.runtime.base import (
     BACKEND_CAPABILITIES,
@@ -281,22 +281,15 @@ class ContainerdRuntime(Runtime):
                                 mount.mount)
                 if path.is_symlink() or not path.is_dir():
                     raise RuntimeFailure(f"volume {mount.name!r} exists but is not a directory")
-            if any(mount.max_per_namespace is not None for mount in missing.values()):
-                held = Counter(volume.namespace for volume in self._volumes())
-                for mount in missing.values():
-                    check_room(held[mount.namespace], mount.max_per_namespace, mount.name,
-                               mount.namespace, mount.mount)
-                    held[mount.namespace] += 1
-            created: list[str] = []
-            try:
-                for mount in missing.values():
-                    self._create_volume(mount)
-                    created.append(mount.name)
-            except BaseException:
-                for name in created:
-                    with contextlib.suppress(RuntimeFailure):
-                        self._delete_volume(name)
-                raise
+            provision(list(missing.values()), self._namespace_counts, self._create_volume,
+                      self._undo_volume)
+
+    def _namespace_counts(self) -> Counter[str]:
+        return Counter(volume.namespace for volume in self._volumes())
+
+    def _undo_volume(self, name: str) -> None:
+        with contextlib.suppress(RuntimeFailure):
+            self._delete_volume(name)
 
     def _create_volume(self, mount: ResolvedVolumeMount) -> None:
         """The record first, then the directory: a directory never exists without one."""

@@ -25,7 +25,7 @@ from docker.models.containers import Container
 from docker.types import Ulimit
 
 from sailplane.errors import BackendExited, RuntimeFailure
-from sailplane.mounts.named import check_mountable, check_room, owner_of, volume_labels
+from sailplane.mounts.named import check_mountable, owner_of, provision, volume_labels
 from sailplane.mounts.resolved import ResolvedVolumeMount
 from sailplane.runtime.base import (
     BACKEND_CAPABILITIES,
@@ -208,22 +208,15 @@ class DockerRuntime(Runtime):
                     missing.setdefault(mount.name, mount)
                 else:
                     check_mountable(mount.name, labels, mount.namespace, mount.mount)
-            if any(mount.max_per_namespace is not None for mount in missing.values()):
-                held = Counter(volume.namespace for volume in self._volumes())
-                for mount in missing.values():
-                    check_room(held[mount.namespace], mount.max_per_namespace, mount.name,
-                               mount.namespace, mount.mount)
-                    held[mount.namespace] += 1
-            created: list[str] = []
-            try:
-                for mount in missing.values():
-                    self._create_volume(mount)
-                    created.append(mount.name)
-            except BaseException:
-                for name in created:
-                    with contextlib.suppress(docker.errors.APIError):
-                        self.client.api.remove_volume(name)
-                raise
+            provision(list(missing.values()), self._namespace_counts, self._create_volume,
+                      self._undo_volume)
+
+    def _namespace_counts(self) -> Counter[str]:
+        return Counter(volume.namespace for volume in self._volumes())
+
+    def _undo_volume(self, name: str) -> None:
+        with contextlib.suppress(docker.errors.APIError):
+            self.client.api.remove_volume(name)
 
     def _volume_labels(self, name: str) -> dict[str, str] | None:
         """An existing volume's labels ({} for none), or None if there is no such volume."""
