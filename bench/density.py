@@ -309,7 +309,7 @@ async def run(engine: Engine, args: argparse.Namespace, state_dir: Path) -> Resu
     finally:
         with contextlib.suppress(Exception):
             await executor.terminate_all(TerminationReason.EXTERNAL)
-        await executor.close()
+        await executor.close(remove_isolation=True)  # leave the machine as found
         store.close()
         await engine.remove_everything(drone_id, state_dir)
         staging.sweep(keep=())

@@ -338,7 +338,7 @@ async def run(
                       file=sys.stderr)
                 break
     finally:
-        await bench.executor.close()
+        await bench.executor.close(remove_isolation=True)  # leave the machine as found
         bench.store.close()
         await bench.remove_everything()
     return executor_times, raw_times, isolated_times

@@ -131,7 +131,7 @@ class WarmBench:
                     times[name].append(await kind())
         finally:
             await self.warm.close()
-            await self.cold.close()
+            await self.cold.close(remove_isolation=True)  # leave the machine as found
             for store in self.stores:
                 store.close()
             for found in self.client.api.containers(
