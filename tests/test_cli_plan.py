@@ -1,4 +1,4 @@
-"""``sailplane mounts plan`` (DESIGN 4.5), run as the real console script in a subprocess."""
+"""``sailplane mounts plan`` (docs/mounts.md), run as the real console script in a subprocess."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from sailplane.runtime.containerd.mounts import to_oci_mounts
 from sailplane.runtime.docker.mounts import to_docker_mounts
 
 from .mounts.conftest import mode_of, snapshot
-from .mounts.examples import DESIGN_3_REQUEST, design_4_5_mounts
+from .mounts.examples import EXAMPLE_REQUEST, example_plan_mounts
 
 SAILPLANE = Path(sys.executable).parent / "sailplane"
 
@@ -61,11 +61,11 @@ def request_file(tmp_path: Path, text: str) -> str:
     return str(path)
 
 
-def test_design_3_request_prints_the_plan_document_of_design_4_5(drone, tmp_path):
-    status, document = run(*policy_flags(drone), request_file(tmp_path, DESIGN_3_REQUEST))
+def test_design_3_request_prints_the_example_plan_document(drone, tmp_path):
+    status, document = run(*policy_flags(drone), request_file(tmp_path, EXAMPLE_REQUEST))
     assert status == 0
     assert list(document) == ["mounts", "docker", "oci"]
-    shown = design_4_5_mounts(f"{drone}/data")
+    shown = example_plan_mounts(f"{drone}/data")
     assert [mount for mount in document["mounts"] if mount in shown] == shown
     assert document["mounts"] == [
         {"type": "host", "host_path": f"{drone}/default/doc-42", "target": "/plane-data",
@@ -98,14 +98,14 @@ def test_design_3_request_prints_the_plan_document_of_design_4_5(drone, tmp_path
 
 def test_without_apply_nothing_is_created(drone, tmp_path):
     before = snapshot(drone)
-    status, _ = run(*policy_flags(drone), request_file(tmp_path, DESIGN_3_REQUEST))
+    status, _ = run(*policy_flags(drone), request_file(tmp_path, EXAMPLE_REQUEST))
     assert status == 0
     assert snapshot(drone) == before
     assert not (drone / "data" / "editor").exists()
 
 
 def test_with_apply_the_directories_appear_with_mode_0750(drone, tmp_path):
-    status, _ = run(*policy_flags(drone), "--apply", request_file(tmp_path, DESIGN_3_REQUEST))
+    status, _ = run(*policy_flags(drone), "--apply", request_file(tmp_path, EXAMPLE_REQUEST))
     assert status == 0
     for made in ("data/editor", "data/editor/doc-42", "default/doc-42"):
         assert (drone / made).is_dir()
@@ -113,7 +113,7 @@ def test_with_apply_the_directories_appear_with_mode_0750(drone, tmp_path):
 
 
 def test_the_request_can_come_from_stdin(drone):
-    status, document = run(*policy_flags(drone), "-", stdin=DESIGN_3_REQUEST)
+    status, document = run(*policy_flags(drone), "-", stdin=EXAMPLE_REQUEST)
     assert status == 0
     assert document["mounts"][1]["host_path"] == f"{drone}/data/editor/doc-42"
 
@@ -130,7 +130,7 @@ def test_an_executable_alone_uses_the_key_and_namespace_flags(drone):
 
 
 def test_a_refused_mount_prints_its_index_and_exits_2(drone):
-    request = json.loads(DESIGN_3_REQUEST)
+    request = json.loads(EXAMPLE_REQUEST)
     request["spawn_config"]["executable"]["volume_mounts"][1]["sub_path"] = "../data"
     status, document = run(*policy_flags(drone), "-", stdin=json.dumps(request))
     assert status == 2
@@ -142,7 +142,7 @@ def test_a_refused_mount_prints_its_index_and_exits_2(drone):
 
 def test_a_refused_mount_leaves_nothing_created_even_with_apply(drone):
     os.symlink("/etc", drone / "data" / "planted")
-    request = json.loads(DESIGN_3_REQUEST)
+    request = json.loads(EXAMPLE_REQUEST)
     request["spawn_config"]["executable"]["volume_mounts"][1] = {
         "type": "host", "volume": "data", "sub_path": "planted/x", "target": "/etc/app"}
     before = snapshot(drone)
@@ -155,7 +155,7 @@ def test_a_refused_mount_leaves_nothing_created_even_with_apply(drone):
 
 
 def test_a_refused_plane_mount_names_the_mount_field(drone):
-    request = json.loads(DESIGN_3_REQUEST)
+    request = json.loads(EXAMPLE_REQUEST)
     request["key"]["name"] = "../escape"
     status, document = run(*policy_flags(drone), "-", stdin=json.dumps(request))
     assert status == 2
@@ -164,7 +164,7 @@ def test_a_refused_plane_mount_names_the_mount_field(drone):
 
 
 def test_an_unknown_field_in_a_volume_mount_is_refused_naming_the_mount(drone):
-    request = json.loads(DESIGN_3_REQUEST)
+    request = json.loads(EXAMPLE_REQUEST)
     request["spawn_config"]["executable"]["volume_mounts"][2]["sub_paht"] = "x"
     status, document = run(*policy_flags(drone), "-", stdin=json.dumps(request))
     assert status == 2
@@ -175,14 +175,14 @@ def test_an_unknown_field_in_a_volume_mount_is_refused_naming_the_mount(drone):
 
 @pytest.mark.parametrize("root", ["/etc", "/var/run", "/"])
 def test_a_forbidden_policy_root_exits_2_with_bad_policy(drone, root):
-    status, document = run("--host-volume", f"data={root}", "-", stdin=DESIGN_3_REQUEST)
+    status, document = run("--host-volume", f"data={root}", "-", stdin=EXAMPLE_REQUEST)
     assert status == 2
     assert document["error"]["code"] == "bad_policy"
     assert f"root {root!r}" in document["error"]["message"]
 
 
 def test_a_malformed_host_volume_flag_exits_2_with_bad_policy():
-    status, document = run("--host-volume", "data", "-", stdin=DESIGN_3_REQUEST)
+    status, document = run("--host-volume", "data", "-", stdin=EXAMPLE_REQUEST)
     assert status == 2
     assert document["error"]["code"] == "bad_policy"
 
@@ -192,7 +192,7 @@ def test_a_toml_policy_file_is_used(drone, tmp_path):
     policy.write_text(f'mount_base = "{drone}/default"\n'
                       f'[host_volumes.data]\npath = "{drone}/data"\nnamespaces = ["games"]\n'
                       f'[host_volumes.config]\npath = "{drone}/config"\naccess = "ro"\n')
-    status, document = run("--policy", str(policy), "-", stdin=DESIGN_3_REQUEST)
+    status, document = run("--policy", str(policy), "-", stdin=EXAMPLE_REQUEST)
     assert status == 2  # the data volume is for namespace "games" only
     assert document["error"] == {
         "code": "mount_refused", "mount": 0,

@@ -22,7 +22,7 @@ from sailplane.spec import (
     control_character,
 )
 
-from .mounts.examples import DESIGN_3_REQUEST, PLANE_CONNECT_REQUEST
+from .mounts.examples import EXAMPLE_REQUEST, PLANE_CONNECT_REQUEST
 
 
 def errors_of(model: type[Any], data: Any) -> list[tuple[str, tuple[str | int, ...]]]:
@@ -38,8 +38,8 @@ def executable(*volume_mounts: dict[str, Any], **fields: Any) -> dict[str, Any]:
 # --- documented examples ------------------------------------------------------------------
 
 
-def test_the_design_3_example_parses_unchanged():
-    request = ConnectRequest.model_validate_json(DESIGN_3_REQUEST)
+def test_the_example_example_parses_unchanged():
+    request = ConnectRequest.model_validate_json(EXAMPLE_REQUEST)
     assert request.key is not None and request.spawn_config is not None
     assert (request.key.name, request.key.namespace, request.key.tag) == ("doc-42", "editor", "")
     spawn = request.spawn_config
@@ -62,9 +62,9 @@ def test_the_design_3_example_parses_unchanged():
     assert (request.user, request.auth) == ("alice", {"role": "editor"})
 
 
-def test_the_design_3_example_parses_from_a_dict_too():
-    assert ConnectRequest.model_validate(json.loads(DESIGN_3_REQUEST)) == (
-        ConnectRequest.model_validate_json(DESIGN_3_REQUEST)
+def test_the_example_example_parses_from_a_dict_too():
+    assert ConnectRequest.model_validate(json.loads(EXAMPLE_REQUEST)) == (
+        ConnectRequest.model_validate_json(EXAMPLE_REQUEST)
     )
 
 
@@ -173,7 +173,7 @@ def test_unknown_fields_in_a_volume_mount_are_rejected_naming_the_field(entry, f
 
 
 def test_unknown_fields_are_rejected_inside_a_whole_connect_request_too():
-    data = json.loads(DESIGN_3_REQUEST)
+    data = json.loads(EXAMPLE_REQUEST)
     data["spawn_config"]["executable"]["volume_mounts"][0]["sub_paht"] = "x"
     errors = errors_of(ConnectRequest, data)
     assert ("extra_forbidden",
@@ -278,7 +278,7 @@ def test_read_only_accepts_only_real_booleans(loose):
     assert info.value.errors()[0]["loc"] == ("volume_mounts", 0, "host", "read_only")
 
 
-# --- input hygiene (DESIGN 4.2) -----------------------------------------------------------
+# --- input hygiene -----------------------------------------------------------
 
 CONTROLS = [chr(code) for code in (*range(0x20), *range(0x7F, 0xA0))]
 DIGEST = "sha256:" + "0123456789abcdef" * 4

@@ -4,7 +4,7 @@ The drone tests run on both runtimes: the ``runtime`` fixture (ids ``docker``, `
 chooses an :class:`Engine`, and the containerd one gets the image imported into its own
 namespace (``sailplane-test-drone``) once per session.
 
-Nothing is pulled: the image is ``sailplane/static:latest`` built by ``images/build`` (DESIGN 6),
+Nothing is pulled: the image is ``sailplane/static:latest`` built by ``images/build``,
 or, where that script is missing, an equivalent built here from the host's static busybox.
 Every container a test starts carries the label ``dev.sailplane.test=1`` and is removed when
 the test ends, whatever its outcome.

@@ -1,4 +1,4 @@
-"""The drone's executor against the real Docker engine and containerd (DESIGN 2, 4, 5, 6;
+"""The drone's executor against the real Docker engine and containerd (docs/architecture.md;
 issues #3 and #7).
 
 Every test runs once per runtime (the ``runtime`` fixture: ids ``docker`` and ``containerd``),

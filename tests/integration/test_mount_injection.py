@@ -18,7 +18,7 @@ import pytest
 from docker.models.containers import Container
 
 from sailplane.errors import MountRefused
-from sailplane.mounts.inject import eject, inject, write_identity
+from sailplane.mounts.inject import claim, eject, inject
 from sailplane.mounts.pin import StagingArea
 
 pytestmark = pytest.mark.docker
@@ -119,7 +119,7 @@ def test_a_target_that_is_not_a_normalized_absolute_path_is_refused(
 
 def test_the_identity_file_is_written_on_a_tmpfs_of_its_own(container: Container) -> None:
     identity = {"backend_id": "b-1", "key": "doc-42", "secret_token": "s3cret"}
-    write_identity(pid_of(container), identity)
+    claim(pid_of(container), [], identity)
     code, out = run(container, "cat /run/sailplane/identity.json")
     assert code == 0 and json.loads(out) == identity
     code, out = run(container, "grep ' /run/sailplane ' /proc/mounts")

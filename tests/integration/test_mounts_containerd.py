@@ -1,4 +1,4 @@
-"""DESIGN 4.4 through containerd: the OCI mounts that ``to_oci_mounts`` makes from a plan,
+"""Mounts through containerd: the OCI mounts that ``to_oci_mounts`` makes from a plan,
 given to ``ctr run --mount``, do what the resolved mounts say inside a container.
 
 This uses the containerd that Docker's package runs (dockerd starts its own when no system

@@ -1,4 +1,4 @@
-"""DESIGN 4.4 against the real Docker engine: the ``HostConfig.Mounts`` entries that
+"""The mount translation against the real Docker engine: the ``HostConfig.Mounts`` entries that
 ``to_docker_mounts`` makes from a plan do what the resolved mounts say inside a container."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The drone operator's caps on a real engine (DESIGN 8.3; issue #10): every backend runs under
+"""The drone operator's caps on a real engine (docs/isolation.md): every backend runs under
 the operator's default memory and pids limits, a request may lower them, and one asking for
 more (or for a tmpfs above the cap) ends ``terminated``/``error`` with nothing left behind.
 

@@ -1,12 +1,12 @@
-"""Requests copied from the documents the tests hold the code to (DESIGN 3, Plane's docs).
+"""Requests copied from the documents the tests hold the code to (README, Plane's docs).
 
 Kept as JSON text, unchanged, so a test parses exactly what a reader of the document sees.
 """
 
 from __future__ import annotations
 
-# DESIGN.md section 3, verbatim.
-DESIGN_3_REQUEST = """
+# The example connect request of docs/architecture.md and the README.
+EXAMPLE_REQUEST = """
 {
   "key": {"name": "doc-42", "namespace": "editor", "tag": ""},
   "spawn_config": {
@@ -62,10 +62,10 @@ PLANE_CONNECT_REQUEST = """
 }
 """
 
-# The three mounts DESIGN 4.5 prints for the DESIGN 3 request, with the data volume at ROOT.
-# (DESIGN 4.5 shows only these; the same request also asks for the config volume at /etc/app
+# The three mounts the example plan shows for that request, with the data volume at ROOT.
+# (the example shows only these; the same request also asks for the config volume at /etc/app
 # and Plane's ``mount: true`` at /plane-data, which a full plan contains as well.)
-def design_4_5_mounts(data_root: str) -> list[dict[str, object]]:
+def example_plan_mounts(data_root: str) -> list[dict[str, object]]:
     return [
         {"type": "host", "host_path": f"{data_root}/editor/doc-42", "target": "/var/lib/app",
          "read_only": False},

@@ -1,4 +1,4 @@
-"""From a request to resolved mounts (``sailplane.mounts.plan``): DESIGN 3 in, DESIGN 4.5 out."""
+"""From a request to resolved mounts (``sailplane.mounts.plan``): example in, plan out."""
 
 from __future__ import annotations
 
@@ -13,20 +13,20 @@ from sailplane.mounts.validate import TemplateValues
 from sailplane.spec import ConnectRequest
 
 from .conftest import VALUES, Volumes, executor, host, refused, snapshot
-from .examples import DESIGN_3_REQUEST, design_4_5_mounts
+from .examples import EXAMPLE_REQUEST, example_plan_mounts
 
 
-def design_3_plan(volumes: Volumes, *, apply: bool = False) -> list[dict[str, object]]:
-    request = ConnectRequest.model_validate_json(DESIGN_3_REQUEST)
+def example_plan(volumes: Volumes, *, apply: bool = False) -> list[dict[str, object]]:
+    request = ConnectRequest.model_validate_json(EXAMPLE_REQUEST)
     assert request.key is not None and request.spawn_config is not None
     values = TemplateValues(key=request.key.name, namespace=request.key.namespace, backend="")
     resolved = plan_mounts(request.spawn_config.executable, volumes.policy(), values, apply=apply)
     return [mount.model_dump() for mount in resolved]
 
 
-def test_the_design_3_request_plans_the_mounts_of_design_4_5(volumes):
-    plan = design_3_plan(volumes)
-    shown = design_4_5_mounts(str(volumes.data))
+def test_the_example_request_plans_the_example_mounts(volumes):
+    plan = example_plan(volumes)
+    shown = example_plan_mounts(str(volumes.data))
     assert [mount for mount in plan if mount in shown] == shown
     # ... and the two the document leaves out: the config volume (read-only by default) and
     # Plane's "mount": true, which comes first.
@@ -41,11 +41,11 @@ def test_the_design_3_request_plans_the_mounts_of_design_4_5(volumes):
     ]
 
 
-def test_the_design_3_dry_run_creates_nothing_and_apply_creates_the_key_directories(volumes):
+def test_the_example_dry_run_creates_nothing_and_apply_creates_the_key_directories(volumes):
     before = snapshot(volumes.top)
-    design_3_plan(volumes)
+    example_plan(volumes)
     assert snapshot(volumes.top) == before
-    design_3_plan(volumes, apply=True)
+    example_plan(volumes, apply=True)
     assert (volumes.data / "editor" / "doc-42").is_dir()
     assert (volumes.default / "doc-42").is_dir()
     assert sorted(snapshot(volumes.top)) == sorted(

@@ -1,4 +1,4 @@
-"""The drone operator's policy (DESIGN 4.2): flags, TOML, forbidden roots, authorization."""
+"""The drone operator's policy (docs/mounts.md): flags, TOML, forbidden roots, authorization."""
 
 from __future__ import annotations
 

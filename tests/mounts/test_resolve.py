@@ -1,4 +1,4 @@
-"""The descriptor walk on a real tree (DESIGN 4.3): symlinks anywhere are refused, for both
+"""The descriptor walk on a real tree (docs/mounts.md): symlinks anywhere are refused, for both
 methods, in dry run and apply mode, and under a concurrent attacker swapping components."""
 
 from __future__ import annotations

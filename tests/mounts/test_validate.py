@@ -1,4 +1,4 @@
-"""The pure rules of DESIGN 4.3 (``sailplane.mounts.validate``): no disk involved."""
+"""The pure mount rules (``sailplane.mounts.validate``): no disk involved."""
 
 from __future__ import annotations
 

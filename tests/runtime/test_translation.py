@@ -1,4 +1,4 @@
-"""Resolved mounts -> Docker ``HostConfig.Mounts`` and OCI ``mounts``, as DESIGN 4.4's table."""
+"""Resolved mounts -> Docker ``HostConfig.Mounts`` and OCI ``mounts``, per docs/runtimes.md."""
 
 from __future__ import annotations
 

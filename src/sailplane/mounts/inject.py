@@ -13,8 +13,9 @@ mount both need a mount placed inside their mount namespace after the fact. The 
 
 Because the walk happens inside the container's own root and never follows a symlink, a
 backend that planted ``/data -> /`` cannot make the mount land anywhere but inside itself.
-:func:`eject` takes a mount out again; :func:`write_identity` puts
-``/run/sailplane/identity.json`` on a tmpfs of its own, so a warm backend learns who it is.
+:func:`eject` takes a mount out again. :func:`claim` does what a warm container needs in one
+helper process: every mount attached, then ``/run/sailplane/identity.json`` written on a tmpfs
+of its own, so the backend learns who it is.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ _AT_FDCWD = -100
 
 # Run with ``python -S -c``: only ctypes and os, so it starts in milliseconds. argv: the
 # namespace's and the root's fds (passed), the operation, the target path, then the tree's fd
-# ("attach") or the file name ("identity"); "claim" reads a JSON plan on stdin instead:
+# ("attach") or the identity file's name ("claim"), which reads a JSON plan on stdin instead:
 # {"attach": [[tree fd, target], ...], "identity": {...}}, all in one process.
 _HELPER = r'''
 import ctypes, json, os, stat, sys
@@ -100,8 +101,6 @@ elif op == "claim":
 elif op == "detach":
     os.close(walk(target, False))
     check(libc.umount2(target.encode(), 0x2 | 0x8), "umount")  # MNT_DETACH, UMOUNT_NOFOLLOW
-elif op == "identity":
-    identity(target, sys.argv[5], sys.stdin.buffer.read())
 '''
 
 
@@ -187,12 +186,3 @@ def eject(pid: int, target: str, *, mount: int | str, field: str) -> None:
     if done.returncode != 0:
         raise MountRefused(mount, f"{field}: cannot unmount {target!r} inside the backend: "
                                   f"{done.stderr.decode(errors='replace').strip()}")
-
-
-def write_identity(pid: int, identity: dict[str, Any]) -> None:
-    """Write ``/run/sailplane/identity.json`` (mode 0644) on a fresh tmpfs in the container."""
-    done = _run_helper(pid, ["identity", IDENTITY_DIR, IDENTITY_FILE],
-                       stdin=json.dumps(identity).encode())
-    if done.returncode != 0:
-        raise MountRefused("identity", "cannot write the backend's identity: "
-                                       f"{done.stderr.decode(errors='replace').strip()}")
