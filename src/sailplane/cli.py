@@ -45,8 +45,10 @@ DEFAULT_CONTROLLER = "http://127.0.0.1:9090"
 _PLAIN: dict[str, Any] = {"rich_markup_mode": None, "pretty_exceptions_enable": False}
 app = typer.Typer(no_args_is_help=True, help="Sailplane: session backends with secure mounts.",
                   **_PLAIN)
-mounts_app = typer.Typer(no_args_is_help=True, help="Inspect how a drone would mount things.",
-                         **_PLAIN)
+mounts_app = typer.Typer(
+    no_args_is_help=True, help="Plan mounts (a dry run), and add or remove mounts of running "
+    "backends.", **_PLAIN,
+)
 app.add_typer(mounts_app, name="mounts")
 volumes_app = typer.Typer(
     no_args_is_help=True, help="Named volumes Sailplane created on this machine's engine.",
@@ -697,6 +699,53 @@ def drones_undrain(
     with _client(controller, token_file, json_output) as client:
         result = client.drain(drone_id, False)
     _print_json(result) if json_output else typer.echo(f"drone {drone_id} takes backends again")
+
+
+@mounts_app.command("add")
+def mounts_add(
+    backend_id: Annotated[str, typer.Argument(help="Backend id (a running backend).")],
+    spec: Annotated[str, typer.Argument(
+        help="host:VOLUME[/SUB_PATH]:TARGET[:ro|:rw] (read-only unless :rw), or one "
+             "volume_mounts entry as JSON.")],
+    json_output: JsonOutput = False,
+    controller: ControllerUrl = DEFAULT_CONTROLLER,
+    token_file: TokenFile = None,
+) -> None:
+    """Hot-plug a mount into a running backend: its drone authorizes and pins it as at a
+    spawn, then mounts it inside the container. Prints the backend's mounts."""
+    try:
+        mount = json.loads(spec) if spec.lstrip().startswith("{") else parse_volume_flag(spec)
+    except ValueError as exc:  # JSONDecodeError too
+        _fail(f"SPEC {str(exc).removeprefix('--volume ')}", as_json=json_output)
+    with _client(controller, token_file, json_output) as client:
+        result = client.add_mount(backend_id, mount)
+    _print_mounts(result, json_output)
+
+
+@mounts_app.command("rm")
+def mounts_rm(
+    backend_id: Annotated[str, typer.Argument(help="Backend id (a running backend).")],
+    target: Annotated[str, typer.Option(help="The mount's path inside the container.")],
+    json_output: JsonOutput = False,
+    controller: ControllerUrl = DEFAULT_CONTROLLER,
+    token_file: TokenFile = None,
+) -> None:
+    """Take a mount (hot-plugged or from the spawn) out of a running backend. Prints the
+    backend's mounts."""
+    with _client(controller, token_file, json_output) as client:
+        result = client.remove_mount(backend_id, target)
+    _print_mounts(result, json_output)
+
+
+def _print_mounts(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        _print_json(result)
+        return
+    table = Table("target", "type", "access", "from")
+    for mount in result["mounts"]:
+        table.add_row(mount["target"], mount["type"], "ro" if mount["read_only"] else "rw",
+                      "hot-plug" if mount["hot_plugged"] else "spawn")
+    Console(highlight=False).print(table)
 
 
 StateDir = Annotated[

@@ -78,6 +78,18 @@ class ControllerClient:
         result: dict[str, Any] = self._json(self.http.get(f"/ctrl/b/{backend_id}"))
         return result
 
+    def add_mount(self, backend_id: str, mount: dict[str, Any]) -> dict[str, Any]:
+        """Hot-plug one ``volume_mounts`` entry into a running backend; its mounts after."""
+        result: dict[str, Any] = self._json(
+            self.http.post(f"/ctrl/b/{backend_id}/mounts", json=mount))
+        return result
+
+    def remove_mount(self, backend_id: str, target: str) -> dict[str, Any]:
+        """Take the mount at ``target`` out of a running backend; its mounts after."""
+        result: dict[str, Any] = self._json(
+            self.http.delete(f"/ctrl/b/{backend_id}/mounts", params={"target": target}))
+        return result
+
     def drain(self, drone_id: str, draining: bool = True) -> dict[str, Any]:
         """Drain a drone (no new backends), or undrain it with ``draining=False``."""
         verb = "drain" if draining else "undrain"

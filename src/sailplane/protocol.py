@@ -8,6 +8,8 @@ object with a ``type``. Delivery is at-least-once both ways and both ends are id
   again after a reconnect), and ``action_ack``s.
 * controller -> drone: ``spawn`` and ``terminate`` actions (each with an ``action_id``, sent
   again until acknowledged), ``event_ack``s, and a ``lease_renewal`` answering each heartbeat.
+* hot-plug: ``add_mount`` / ``remove_mount`` (controller -> drone), each answered by one
+  ``mount_result`` with its ``request_id``; sent once, for an HTTP caller who waits.
 
 No frame may exceed :data:`MAX_FRAME_BYTES` (the WebSocket libraries' default limit at both
 ends): the API refuses at its door whatever could make a bigger one, and the controller checks
@@ -26,9 +28,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter
 
+from sailplane.mounts.hot_plug import MountInfo
 from sailplane.mounts.policy import Access
 from sailplane.names import BackendId
-from sailplane.spec import ExecutorConfig, KeyConfig
+from sailplane.spec import ExecutorConfig, KeyConfig, VolumeMount
 from sailplane.state import BackendState, TerminationReason
 
 PROTOCOL_VERSION = "1"
@@ -85,8 +88,31 @@ class DroneRefused(BaseModel):
     message: str
 
 
+class AddMount(BaseModel):
+    """Controller -> drone: hot-plug ``mount`` into the running backend (``drone.hot_plug``).
+
+    Not an action: an HTTP caller waits for the answer, so it is sent once, never stored or
+    resent; the drone answers with a ``mount_result`` carrying the same ``request_id``."""
+
+    type: Literal["add_mount"] = "add_mount"
+    request_id: str
+    backend_id: BackendId
+    mount: VolumeMount
+
+
+class RemoveMount(BaseModel):
+    """Controller -> drone: take the mount at ``target`` out of the running backend; answered
+    like :class:`AddMount`."""
+
+    type: Literal["remove_mount"] = "remove_mount"
+    request_id: str
+    backend_id: BackendId
+    target: str = Field(max_length=4096)
+
+
 MessageToDrone = Annotated[
-    SpawnBackend | TerminateBackend | EventAck | LeaseRenewal | DroneRefused,
+    SpawnBackend | TerminateBackend | EventAck | LeaseRenewal | DroneRefused | AddMount
+    | RemoveMount,
     Field(discriminator="type"),
 ]
 
@@ -140,8 +166,27 @@ class ActionRefused(BaseModel):
     message: str
 
 
+class MountChangeError(BaseModel):
+    """Why a hot-plug change was refused: a stable code, the field it concerns, the reason."""
+
+    code: str
+    message: str
+    field: str | None = None
+
+
+class MountResult(BaseModel):
+    """Drone -> controller, the answer to an ``add_mount`` or ``remove_mount``: the backend's
+    mounts after the change, or the error (then nothing changed)."""
+
+    type: Literal["mount_result"] = "mount_result"
+    request_id: str
+    mounts: list[MountInfo] = Field(default_factory=list)
+    error: MountChangeError | None = None
+
+
 MessageFromDrone = Annotated[
-    Hello | Heartbeat | BackendEvent | ActionAck | ActionRefused, Field(discriminator="type")
+    Hello | Heartbeat | BackendEvent | ActionAck | ActionRefused | MountResult,
+    Field(discriminator="type"),
 ]
 
 to_drone: TypeAdapter[MessageToDrone] = TypeAdapter(MessageToDrone)

@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_late
 from sqlalchemy import Engine
 from starlette.exceptions import HTTPException
 
-from sailplane.controller import auth, backends, drones
+from sailplane.controller import auth, backends, drones, mount_changes
 from sailplane.controller.auth import Guard, Refused
 from sailplane.controller.backends import (
     BackendExists,
@@ -39,6 +39,7 @@ from sailplane.controller.backends import (
 from sailplane.controller.config import ControllerConfig
 from sailplane.controller.db.engine import make_engine, migrate
 from sailplane.controller.drone_socket import serve_drone
+from sailplane.controller.join_batch import JoinBatcher
 from sailplane.controller.leases import LeaseTerms
 from sailplane.controller.limits import BodyLimit
 from sailplane.controller.models import (
@@ -78,6 +79,7 @@ def create_app(config: ControllerConfig, engine: Engine | None = None) -> FastAP
     notifier = Notifier()
     urls = Urls(proxy=config.proxy_url, controller=config.controller_url)
     terms = LeaseTerms.of(config.lease_seconds, config.key_release_margin_seconds)
+    joins = JoinBatcher(engine, urls)
     registry = CollectorRegistry()
     connect_seconds = Histogram("sailplane_connect_seconds", "Latency of /ctrl/connect",
                                 registry=registry)
@@ -94,6 +96,7 @@ def create_app(config: ControllerConfig, engine: Engine | None = None) -> FastAP
         sweeper = asyncio.create_task(run_sweeper(engine, notifier, config.lost_after_seconds,
                                                   terms=terms))
         yield
+        await joins.close()
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
@@ -154,14 +157,20 @@ def create_app(config: ControllerConfig, engine: Engine | None = None) -> FastAP
     @app.post("/ctrl/connect", dependencies=ctrl)
     async def connect(request: ConnectRequest) -> ConnectResponse:
         started = time.perf_counter()
-        spawn = request.spawn_config
-        if spawn and spawn.max_idle_seconds is None and config.default_max_idle_seconds:
-            request = request.model_copy(update={"spawn_config": spawn.model_copy(
-                update={"max_idle_seconds": config.default_max_idle_seconds})})
-        response, drone = await asyncio.to_thread(backends.connect, engine, request, urls,
-                                                  terms, config.connect_key_wait_seconds)
-        if drone:
-            notifier.notify(f"drone:{drone}")
+        # A live key is answered by a batch (sailplane.controller.join_batch); anything else
+        # by the full path, which also joins a key that became live in between.
+        joined = await joins.join(request) if request.key is not None else None
+        if joined is not None:
+            response = joined
+        else:
+            spawn = request.spawn_config
+            if spawn and spawn.max_idle_seconds is None and config.default_max_idle_seconds:
+                request = request.model_copy(update={"spawn_config": spawn.model_copy(
+                    update={"max_idle_seconds": config.default_max_idle_seconds})})
+            response, drone = await asyncio.to_thread(backends.connect, engine, request, urls,
+                                                      terms, config.connect_key_wait_seconds)
+            if drone:
+                notifier.notify(f"drone:{drone}")
         connect_seconds.observe(time.perf_counter() - started)
         return response
 
@@ -219,6 +228,7 @@ def create_app(config: ControllerConfig, engine: Engine | None = None) -> FastAP
             await serve(websocket, engine, notifier, credential)
         return route
 
+    app.include_router(mount_changes.router(engine), dependencies=ctrl)  # hot-plug
     app.add_api_websocket_route("/ctrl/drone-socket", socket_route(
         functools.partial(serve_drone, terms=terms), auth.DRONE))
     app.add_api_websocket_route("/ctrl/proxy-socket", socket_route(serve_proxy, auth.PROXY))

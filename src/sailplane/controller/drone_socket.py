@@ -27,7 +27,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from sailplane.controller import drones
+from sailplane.controller import drone_calls, drones
 from sailplane.controller.auth import INSECURE_NOTE
 from sailplane.controller.frames import receive_text
 from sailplane.controller.leases import DEFAULT_TERMS, LeaseTerms
@@ -45,6 +45,7 @@ from sailplane.protocol import (
     Hello,
     LeaseRenewal,
     MessageFromDrone,
+    MountResult,
     from_drone,
 )
 from sailplane.timing import ACTION_POLL_SECONDS
@@ -93,6 +94,8 @@ async def serve_drone(
         log.info("drone %s connected (pool %r)", drone_id, hello.pool)
     link = _DroneLink(websocket, engine, notifier, drone_id, terms)
     sender = asyncio.create_task(link.send_actions())
+    calls = drone_calls.of(websocket.app)  # hot-plug's questions go out through this link
+    calls.attach(drone_id, link.send)
     try:
         while True:
             text = await receive_text(websocket)
@@ -113,6 +116,7 @@ async def serve_drone(
         with contextlib.suppress(RuntimeError):
             await websocket.close(code=CLOSE_STORE_ERROR, reason="controller store error")
     finally:
+        calls.detach(drone_id, link.send)
         sender.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await sender
@@ -157,6 +161,8 @@ class _DroneLink:
             log.warning("drone %s refused action %d: %s", drone_id, message.action_id,
                         message.message)
             await self._refuse(message.action_id, message.message)
+        elif isinstance(message, MountResult):
+            drone_calls.of(self.websocket.app).answered(drone_id, message)
         else:
             log.warning("drone %s sent an unexpected %s (skipped)", drone_id, message.type)
 

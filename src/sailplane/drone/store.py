@@ -1,4 +1,5 @@
-"""The drone's local SQLite state: its backends, and an outbox of state events.
+"""The drone's local SQLite state: its backends, their hot-plugged mounts, and an outbox of
+state events.
 
 Every state change is written to the outbox in order, in the same transaction as the
 backend's new status, and stays there until the controller acknowledges it, so a dropped
@@ -15,8 +16,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
+from sailplane.mounts.hot_plug import LiveMount
 from sailplane.protocol import SpawnBackend
 from sailplane.runtime.base import BackendAddress
 from sailplane.state import BackendState, BackendStatus, TerminationReason
@@ -30,12 +32,19 @@ CREATE TABLE IF NOT EXISTS backends (
     port INTEGER,
     stop_reason TEXT
 );
+CREATE TABLE IF NOT EXISTS backend_mounts (
+    backend_id TEXT PRIMARY KEY,
+    mounts TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     backend_id TEXT NOT NULL,
     state TEXT NOT NULL
 );
 """
+
+
+_live_mounts: TypeAdapter[list[LiveMount]] = TypeAdapter(list[LiveMount])
 
 
 class BackendRecord(BaseModel):
@@ -115,6 +124,23 @@ class DroneStore:
             "WHERE status != ? ORDER BY rowid", (BackendStatus.TERMINATED.value,),
         ).fetchall()
         return [_record(row) for row in rows]
+
+    def mounts(self, backend_id: str) -> list[LiveMount] | None:
+        """A backend's mounts as hot-plug last left them; None if it never changed them
+        (then they are those of its spawn)."""
+        row = self._db.execute(
+            "SELECT mounts FROM backend_mounts WHERE backend_id = ?", (backend_id,)
+        ).fetchone()
+        return None if row is None else _live_mounts.validate_json(row[0])
+
+    def set_mounts(self, backend_id: str, mounts: list[LiveMount]) -> None:
+        """Record a backend's mounts after a hot-plug change, so a restarted drone knows
+        which pins its running backends hold."""
+        self._db.execute(
+            "INSERT INTO backend_mounts (backend_id, mounts) VALUES (?, ?) "
+            "ON CONFLICT (backend_id) DO UPDATE SET mounts = excluded.mounts",
+            (backend_id, _live_mounts.dump_json(mounts).decode()),
+        )
 
     def pending(self, after: int = 0, limit: int = 1000) -> list[OutboxEvent]:
         """Unacknowledged events after sequence number ``after``, in order."""

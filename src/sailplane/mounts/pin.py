@@ -24,6 +24,7 @@ starting drone removes those of backends it no longer has (:meth:`sweep`).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -183,6 +184,17 @@ class StagingArea:
             _detach(str(entry))
             entry.rmdir()
         directory.rmdir()
+
+    def release_one(self, backend_id: str, index: int) -> None:
+        """Detach and remove one staging mount of a backend (a hot-plugged mount taken out,
+        or one whose injection failed); its directory goes too once it is empty."""
+        staging = Path(self.path(backend_id, index))
+        if not staging.is_dir():
+            return
+        _detach(str(staging))
+        staging.rmdir()
+        with contextlib.suppress(OSError):  # the backend's other pins are still there
+            staging.parent.rmdir()
 
     def backends(self) -> list[str]:
         """The backends that have a staging directory."""

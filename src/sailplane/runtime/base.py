@@ -168,6 +168,12 @@ class Runtime(abc.ABC):
         """Remove an unclaimed (or failed) warm container; gone already is fine."""
         raise RuntimeFailure(f"{type(self).__name__} has no warm pools")
 
+    async def init_pid(self, backend_id: str) -> int | None:
+        """The host pid of the first process of the backend's running container, whose mount
+        namespace hot-plug changes (``drone/hot_plug.py``); RuntimeFailure if it is not
+        running. None: this runtime cannot tell, so its backends take no hot-plug."""
+        return None
+
     async def remove_isolation(self) -> bool:
         """Remove the network backends run on and its firewall rules, unless a backend (of
         any drone) is still on it; whether they were removed. Nothing there is fine."""
