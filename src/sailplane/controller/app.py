@@ -39,7 +39,6 @@ from sailplane.controller.backends import (
 from sailplane.controller.config import ControllerConfig
 from sailplane.controller.db.engine import make_engine, migrate
 from sailplane.controller.drone_socket import serve_drone
-from sailplane.controller.join_batch import JoinBatcher
 from sailplane.controller.leases import LeaseTerms
 from sailplane.controller.limits import BodyLimit
 from sailplane.controller.models import (
@@ -79,7 +78,6 @@ def create_app(config: ControllerConfig, engine: Engine | None = None) -> FastAP
     notifier = Notifier()
     urls = Urls(proxy=config.proxy_url, controller=config.controller_url)
     terms = LeaseTerms.of(config.lease_seconds, config.key_release_margin_seconds)
-    joins = JoinBatcher(engine, urls)
     registry = CollectorRegistry()
     connect_seconds = Histogram("sailplane_connect_seconds", "Latency of /ctrl/connect",
                                 registry=registry)
@@ -96,7 +94,6 @@ def create_app(config: ControllerConfig, engine: Engine | None = None) -> FastAP
         sweeper = asyncio.create_task(run_sweeper(engine, notifier, config.lost_after_seconds,
                                                   terms=terms))
         yield
-        await joins.close()
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
@@ -157,20 +154,14 @@ def create_app(config: ControllerConfig, engine: Engine | None = None) -> FastAP
     @app.post("/ctrl/connect", dependencies=ctrl)
     async def connect(request: ConnectRequest) -> ConnectResponse:
         started = time.perf_counter()
-        # A live key is answered by a batch (sailplane.controller.join_batch); anything else
-        # by the full path, which also joins a key that became live in between.
-        joined = await joins.join(request) if request.key is not None else None
-        if joined is not None:
-            response = joined
-        else:
-            spawn = request.spawn_config
-            if spawn and spawn.max_idle_seconds is None and config.default_max_idle_seconds:
-                request = request.model_copy(update={"spawn_config": spawn.model_copy(
-                    update={"max_idle_seconds": config.default_max_idle_seconds})})
-            response, drone = await asyncio.to_thread(backends.connect, engine, request, urls,
-                                                      terms, config.connect_key_wait_seconds)
-            if drone:
-                notifier.notify(f"drone:{drone}")
+        spawn = request.spawn_config
+        if spawn and spawn.max_idle_seconds is None and config.default_max_idle_seconds:
+            request = request.model_copy(update={"spawn_config": spawn.model_copy(
+                update={"max_idle_seconds": config.default_max_idle_seconds})})
+        response, drone = await asyncio.to_thread(backends.connect, engine, request, urls,
+                                                  terms, config.connect_key_wait_seconds)
+        if drone:
+            notifier.notify(f"drone:{drone}")
         connect_seconds.observe(time.perf_counter() - started)
         return response
 
