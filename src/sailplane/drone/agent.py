@@ -24,17 +24,20 @@ from websockets.asyncio.client import ClientConnection
 
 from sailplane.controller_socket import bearer, socket_url, stay_connected
 from sailplane.drone.executor import Executor
+from sailplane.drone.hot_plug import HotPlug
 from sailplane.drone.leases import LeaseKeeper
 from sailplane.errors import SailplaneError
 from sailplane.protocol import (
     ActionAck,
     ActionRefused,
+    AddMount,
     BackendEvent,
     DroneRefused,
     EventAck,
     Heartbeat,
     Hello,
     LeaseRenewal,
+    RemoveMount,
     SpawnBackend,
     TerminateBackend,
     to_drone,
@@ -63,6 +66,7 @@ class DroneAgent:
         self.heartbeat_seconds = heartbeat_seconds
         self.connected = asyncio.Event()
         self.leases = LeaseKeeper(executor)
+        self.hot_plug = HotPlug(executor)
         self._terminations: set[asyncio.Task[None]] = set()
         # Terminates that came before their backend's spawn, unacknowledged until it comes.
         self._early: dict[str, TerminateBackend] = {}
@@ -129,6 +133,8 @@ class DroneAgent:
                 raise DroneRefusedError(message.message)
             elif isinstance(message, SpawnBackend):
                 await self._spawn(socket, message)
+            elif isinstance(message, AddMount | RemoveMount):
+                self.hot_plug.receive(message, socket.send)
             else:
                 await self._terminate(socket, message)
 

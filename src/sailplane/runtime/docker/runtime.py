@@ -367,6 +367,18 @@ class DockerRuntime(Runtime):
         cpu_ns = int(stats.get("cpu_stats", {}).get("cpu_usage", {}).get("total_usage", 0))
         return BackendMetrics(memory_bytes=memory, cpu_seconds=cpu_ns / 1e9)
 
+    async def init_pid(self, backend_id: str) -> int | None:
+        return await self.calls.thread(self._init_pid, backend_id)
+
+    def _init_pid(self, backend_id: str) -> int:
+        try:
+            state = self.client.api.inspect_container(container_name(backend_id))["State"]
+        except docker.errors.APIError as exc:
+            raise RuntimeFailure(f"cannot inspect backend {backend_id}: {exc}") from exc
+        if not state.get("Running") or not state.get("Pid"):
+            raise RuntimeFailure(f"the container of backend {backend_id} is not running")
+        return int(state["Pid"])
+
     # -- warm containers (drone/warm_pool.py) -----------------------------------------------
 
     async def start_warm(self, image: str, limits: ResourceLimits) -> WarmContainer:
