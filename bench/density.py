@@ -249,7 +249,7 @@ class ContainerdEngine(Engine):
         return {"containers": len(await self._ours(drone_id)), "netns": len(netns)}
 
     async def remove_everything(self, drone_id: str, state_dir: Path) -> None:
-        network = CniNetwork(state_dir / "containerd")
+        network = CniNetwork()
         for cid in await self._ours(drone_id):
             for args in (("tasks", "delete", "--force", cid), ("containers", "delete", cid)):
                 with contextlib.suppress(CtrError):

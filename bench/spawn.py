@@ -15,8 +15,8 @@ from the request to the first HTTP answer:
   bench's own (``sailplane-bench``) into which the image is imported from ``docker save``.
 
 Each runtime also has a second raw baseline, the same raw call with the backend isolation the
-drone now gives (docker: the ``sailplane-backends`` network and the capability cut; containerd:
-a network namespace of its own wired by the same CNI calls), so one run shows what isolation
+drone now gives (an empty network namespace wired to Sailplane's own bridge by the same CNI
+call the runtime makes, and the capability cut), so one run shows what isolation
 itself costs beside what Sailplane adds on top of it.
 
 The three alternate, and which goes first rotates every round, so all see the same machine. The
@@ -65,7 +65,7 @@ from sailplane.runtime.base import (
 from sailplane.runtime.containerd.ctr import Ctr, CtrError, default_address, normalize_image
 from sailplane.runtime.containerd.network import CniNetwork
 from sailplane.runtime.containerd.runtime import ContainerdRuntime
-from sailplane.runtime.docker.network import NETWORK_NAME
+from sailplane.runtime.docker.network import backend_network
 from sailplane.runtime.docker.runtime import DockerRuntime
 from sailplane.spec import ExecutorConfig, KeyConfig, PullPolicy
 from sailplane.state import BackendStatus, TerminationReason
@@ -114,6 +114,7 @@ class DockerBench:
         self.run_id = uuid.uuid4().hex[:10]
         self.drone_id = f"bench-{self.run_id}"
         self.client = docker.from_env()
+        self.network = backend_network()
         self.store = DroneStore(state_dir / "drone.sqlite3")
         self.executor = Executor(DockerRuntime(self.drone_id), MountPolicy(), self.store,
                                  StagingArea(state_dir.resolve() / "staging"))
@@ -130,27 +131,37 @@ class DockerBench:
 
     async def _raw(self, isolated: bool) -> float:
         """What the executor does for a backend, with nothing of Sailplane but the polling;
-        ``isolated``: on the backends' network with the capability cut, as the runtime does."""
+        ``isolated``: as the runtime does it, an empty network namespace wired to the
+        backends' bridge by CNI, with the capability cut; otherwise Docker's default bridge and
+        a port published on loopback."""
         name = f"sailplane-bench-raw-{uuid.uuid4().hex[:12]}"
         started = time.perf_counter()
-        options: dict[str, Any] = {  # as DockerRuntime creates a backend's container
+        options: dict[str, Any] = {
             "name": name, "detach": True, "environment": {"PORT": str(BACKEND_PORT)},
-            "labels": {BENCH_LABEL: self.run_id}, "ports": {PORT_KEY: ("127.0.0.1", None)},
-            "security_opt": ["no-new-privileges"],
+            "labels": {BENCH_LABEL: self.run_id}, "security_opt": ["no-new-privileges"],
         }
         if isolated:
-            options.update(network=NETWORK_NAME, cap_drop=["ALL"],
+            options.update(network_mode="none", cap_drop=["ALL"],
                            cap_add=list(BACKEND_CAPABILITIES))
+        else:
+            options.update(ports={PORT_KEY: ("127.0.0.1", None)})
         container = self.client.containers.create(self.image, **options)
         container.start()
         container.reload()
-        binding = container.attrs["NetworkSettings"]["Ports"][PORT_KEY][0]
-        address = BackendAddress("127.0.0.1", int(binding["HostPort"]))
+        if isolated:
+            netns = container.attrs["NetworkSettings"]["SandboxKey"]
+            address = BackendAddress(await self.network.attach(str(container.id), netns),
+                                     BACKEND_PORT)
+        else:
+            binding = container.attrs["NetworkSettings"]["Ports"][PORT_KEY][0]
+            address = BackendAddress("127.0.0.1", int(binding["HostPort"]))
         await asyncio.wait_for(wait_until_ready(address), SPAWN_TIMEOUT_SECONDS)
         elapsed = time.perf_counter() - started
         if not await answers_http(address):
             raise RuntimeError(f"raw container {name} stopped answering")
         self.client.api.remove_container(name, force=True)
+        if isolated:
+            await self.network.detach(str(container.id))
         return elapsed
 
     async def _until_removed(self, label: str) -> None:
@@ -197,7 +208,7 @@ class ContainerdBench:
         self.phases: list[dict[str, int]] = []
         self.raw_logs = state_dir / "raw-logs"
         self.raw_logs.mkdir()
-        self.network = CniNetwork(state_dir / "raw-cni")
+        self.network = CniNetwork()
 
     def import_image(self) -> None:
         saved = subprocess.run(["docker", "save", self.image], capture_output=True, check=True)

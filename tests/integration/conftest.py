@@ -50,8 +50,8 @@ from sailplane.runtime.containerd.ctr import (
 from sailplane.runtime.containerd.network import CniNetwork, bridge_exists, remove_network
 from sailplane.runtime.containerd.runtime import ADDRESS_LABEL, ContainerdRuntime
 from sailplane.runtime.containerd.runtime import container_id as ctr_container_id
-from sailplane.runtime.docker.network import NETWORK_NAME as DOCKER_NETWORK
-from sailplane.runtime.docker.network import remove_isolated_network
+from sailplane.runtime.docker.network import backend_network
+from sailplane.runtime.docker.network import remove_network as remove_docker_network
 from sailplane.runtime.docker.runtime import DockerRuntime, container_name
 from sailplane.spec import ExecutorConfig
 
@@ -74,17 +74,23 @@ ENV PATH=/bin
 
 @pytest.fixture(scope="session")
 def docker_client() -> Iterator[docker.DockerClient]:
-    """The engine. The isolated backend network and its firewall rules, which the first
-    backend started makes, are removed at the end unless they were there before."""
+    """The engine. The backends' bridge and its firewall rules, which the first backend
+    started makes, are removed at the end unless they were there before."""
     try:
         client = docker.from_env()
         client.ping()
     except docker.errors.DockerException as exc:
         pytest.fail(f"no Docker engine answers ({exc}); start dockerd or run scripts/test")
-    had_network = bool(client.networks.list(names=[DOCKER_NETWORK]))
+    had_bridge = backend_network().exists()
     yield client
-    if not had_network:
-        remove_isolated_network(client)
+
+    async def all_containers() -> set[str]:
+        return {c["Id"] for c in client.api.containers(all=True, quiet=True)}
+
+    # Tests remove containers behind the drone's back, which leaves their addresses booked.
+    asyncio.run(backend_network().release_stale(all_containers))
+    if not had_bridge:
+        asyncio.run(remove_docker_network())
     client.close()
 
 
@@ -325,7 +331,8 @@ class DockerEngine(Engine):
 
     def ip(self, backend_id: str) -> str:
         state = self.client.api.inspect_container(container_name(backend_id))
-        address: str = state["NetworkSettings"]["Networks"][DOCKER_NETWORK]["IPAddress"]
+        address = backend_network().address_of(state["Id"])
+        assert address is not None, f"backend {backend_id} has no address on the bridge"
         return address
 
     def exec(self, backend_id: str, argv: list[str], user: str = "0") -> tuple[int, str]:
@@ -428,7 +435,7 @@ class ContainerdEngine(Engine):
         """Named volumes are directories in the state dir, which goes with tmp_path."""
         value = json.dumps(drone_id)
         listed = self.ctr("containers", "ls", "-q", f'labels."{DRONE_LABEL}"=={value}')
-        network = CniNetwork(self.state_dir)
+        network = CniNetwork()
         for cid in listed.stdout.split():
             self.ctr("tasks", "delete", "--force", cid, check=False)
             self.ctr("containers", "delete", cid, check=False)

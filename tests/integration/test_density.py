@@ -132,7 +132,7 @@ def test_containerd_imports_an_image_from_docker_once_for_concurrent_spawns(
         finally:
             await executor.close()
             store.close()
-            network = CniNetwork(state)
+            network = CniNetwork()
             for spawn in spawns:  # if the test failed half-way
                 with contextlib.suppress(RuntimeFailure):
                     await network.detach(ctr_container_id(spawn.backend_id))

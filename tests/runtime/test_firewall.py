@@ -11,7 +11,7 @@ from sailplane.runtime.firewall import DENIED_BY_DEFAULT, EgressPolicy, chains, 
 
 def test_replies_pass_everything_else_from_a_backend_to_the_host_is_dropped():
     input_chain, _ = chains("sp0")
-    assert rules("sp0", EgressPolicy(), "RETURN")[input_chain] == [
+    assert rules("sp0", EgressPolicy())[input_chain] == [
         ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
         ["-j", "DROP"],
     ]
@@ -19,19 +19,12 @@ def test_replies_pass_everything_else_from_a_backend_to_the_host_is_dropped():
 
 def test_forwarding_allows_the_allow_list_then_drops_other_backends_and_private_ranges():
     _, forward_chain = chains("sp0")
-    forward = rules("sp0", EgressPolicy(allow=("10.1.2.0/24",)), "RETURN")[forward_chain]
-    assert forward[0] == ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "RETURN"]
-    assert forward[1] == ["-d", "10.1.2.0/24", "-j", "RETURN"]  # before any drop
+    forward = rules("sp0", EgressPolicy(allow=("10.1.2.0/24",)))[forward_chain]
+    assert forward[0] == ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"]
+    assert forward[1] == ["-d", "10.1.2.0/24", "-j", "ACCEPT"]  # before any drop
     assert forward[2] == ["-o", "sp0", "-j", "DROP"]
     assert forward[3:-1] == [["-d", cidr, "-j", "DROP"] for cidr in DENIED_BY_DEFAULT]
-    assert forward[-1] == ["-j", "RETURN"]  # the public internet: Docker's rules decide
-
-
-def test_a_bridge_docker_does_not_know_accepts_what_is_allowed():
-    _, forward_chain = chains("sp0")
-    forward = rules("sp0", EgressPolicy(allow=("10.1.2.0/24",)), "ACCEPT")[forward_chain]
-    assert forward[1] == ["-d", "10.1.2.0/24", "-j", "ACCEPT"]
-    assert forward[-1] == ["-j", "ACCEPT"]
+    assert forward[-1] == ["-j", "ACCEPT"]  # the public internet
 
 
 @pytest.mark.parametrize("cidr", ["10.0.0.300/8", "fd00::/8", "example.com", ""])
@@ -47,6 +40,6 @@ def test_the_default_denies_the_private_loopback_and_link_local_ranges():
 
 
 def test_every_chain_name_fits_iptables_and_jumps_name_the_bridge():
-    for name in chains("sp-backends"):
+    for name in chains("sp-docker0"):
         assert len(name) <= 28
     assert all(rule[:2] in (["-i", "sp0"], ["-o", "sp0"]) for _, rule in jumps("sp0", "FORWARD"))

@@ -1,22 +1,24 @@
 """Firewall rules that keep backends on a bridge away from the host and from each other.
 
-Both runtimes put backends on a Linux bridge of Sailplane's own (Docker: a managed network;
-containerd: a CNI bridge). For a bridge ``BR`` the drone installs, with ``iptables``::
+Both runtimes put backends on a Linux bridge of Sailplane's own, wired by CNI
+(``runtime/bridge_network.py``). For a bridge ``BR`` the drone installs, with ``iptables``::
 
     INPUT                 -i BR -j SP-IN-BR      backend -> any address of the host
     DOCKER-USER|FORWARD   -i BR -j SP-FWD-BR     backend -> anywhere else
+    DOCKER-USER|FORWARD   -o BR, replies         -> ACCEPT
+    nat POSTROUTING       -s SUBNET -j SP-NAT-BR  masquerade what leaves by another interface
 
     SP-IN-BR   replies (ESTABLISHED,RELATED) accepted; everything else dropped
     SP-FWD-BR  replies return; the operator's allow-list returns; another backend on BR is
                dropped; private, link-local, loopback and multicast ranges are dropped; the
-               rest goes on (RETURN to Docker's own rules, or ACCEPT for a bridge Docker does
-               not know)
+               rest is accepted
 
 So a backend answers the connections the drone and the proxy open to it (they are replies),
 reaches no other backend and no service of the host (not even on the bridge's gateway
 address), and reaches the public internet unless the operator denies it. ``FORWARD`` sees
-traffic between two ports of one bridge because Docker loads ``br_netfilter``; the drone loads
-it too where it can.
+traffic between two ports of one bridge only with ``br_netfilter``, which the drone loads.
+Rules go into ``DOCKER-USER`` where Docker runs: Docker's own ``FORWARD`` rules come after it
+and drop what they do not know.
 
 :func:`rules` is pure (tested without root); :func:`install` is idempotent (the chains are
 rebuilt, the jumps added once) and :func:`remove` takes everything out again. IPv4 only: the
@@ -35,7 +37,6 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal
 
 from sailplane.errors import RuntimeFailure
 
@@ -51,7 +52,6 @@ IPTABLES_TIMEOUT_SECONDS = 30
 # One change at a time: threads of one drone, and drones (processes) of one host.
 _lock = threading.Lock()
 LOCK_FILE = "/run/lock/sailplane-firewall.lock"
-Verdict = Literal["RETURN", "ACCEPT"]
 
 
 @dataclass(frozen=True)
@@ -79,20 +79,19 @@ def nat_chain(bridge: str) -> str:
     return f"SP-NAT-{bridge}"
 
 
-def rules(bridge: str, policy: EgressPolicy, last: Verdict) -> dict[str, list[list[str]]]:
+def rules(bridge: str, policy: EgressPolicy) -> dict[str, list[list[str]]]:
     """Every rule of the two chains, as iptables arguments after ``-A CHAIN``.
 
-    >>> rules("sp0", EgressPolicy(deny=("10.0.0.0/8",)), "RETURN")["SP-IN-sp0"][-1]
+    >>> rules("sp0", EgressPolicy(deny=("10.0.0.0/8",)))["SP-IN-sp0"][-1]
     ['-j', 'DROP']
     """
     input_chain, forward_chain = chains(bridge)
     replies = ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED"]
-    forward = [[*replies, "-j", "RETURN" if last == "RETURN" else "ACCEPT"]]
-    forward += [["-d", cidr, "-j", "RETURN" if last == "RETURN" else "ACCEPT"]
-                for cidr in policy.allow]
+    forward = [[*replies, "-j", "ACCEPT"]]
+    forward += [["-d", cidr, "-j", "ACCEPT"] for cidr in policy.allow]
     forward.append(["-o", bridge, "-j", "DROP"])
     forward += [["-d", cidr, "-j", "DROP"] for cidr in policy.deny]
-    forward.append(["-j", last])
+    forward.append(["-j", "ACCEPT"])
     return {input_chain: [[*replies, "-j", "ACCEPT"], ["-j", "DROP"]], forward_chain: forward}
 
 
@@ -105,17 +104,15 @@ def jumps(bridge: str, forward_parent: str) -> list[tuple[str, list[str]]]:
                               "ESTABLISHED,RELATED", "-j", "ACCEPT"])]
 
 
-def install(bridge: str, policy: EgressPolicy, *, docker_bridge: bool,
-            masquerade: str | None = None) -> None:
+def install(bridge: str, policy: EgressPolicy, *, masquerade: str) -> None:
     """Install (or rebuild) a bridge's chains and jumps; safe to call again at any time.
 
-    ``masquerade``: a subnet whose traffic leaving by another interface is masqueraded
-    (``SP-NAT-{bridge}`` in the ``nat`` table), for a bridge Docker does not manage: one rule
-    for all its backends rather than one per backend."""
+    ``masquerade``: the bridge's subnet, whose traffic leaving by another interface is
+    masqueraded (``SP-NAT-{bridge}`` in the ``nat`` table): one rule for all its backends
+    rather than one per backend."""
     with _exclusive():
-        _install(bridge, policy, docker_bridge=docker_bridge)
-        if masquerade is not None:
-            _install_masquerade(bridge, masquerade)
+        _install(bridge, policy)
+        _install_masquerade(bridge, masquerade)
 
 
 def _install_masquerade(bridge: str, subnet: str) -> None:
@@ -129,20 +126,16 @@ def _install_masquerade(bridge: str, subnet: str) -> None:
         _iptables("-t", "nat", "-I", "POSTROUTING", "1", *jump)
 
 
-def _install(bridge: str, policy: EgressPolicy, *, docker_bridge: bool) -> None:
+def _install(bridge: str, policy: EgressPolicy) -> None:
     _load_br_netfilter()
     parent = "DOCKER-USER" if _chain_exists("DOCKER-USER") else "FORWARD"
-    last: Verdict = "RETURN" if docker_bridge else "ACCEPT"
-    for chain, chain_rules in rules(bridge, policy, last).items():
+    for chain, chain_rules in rules(bridge, policy).items():
         if not _chain_exists(chain):
             _iptables("-N", chain)
         _iptables("-F", chain)
         for rule in chain_rules:
             _iptables("-A", chain, *rule)
     for parent_chain, rule in jumps(bridge, parent):
-        # A bridge Docker manages gets its replies accepted by Docker's own rules.
-        if docker_bridge and "-o" in rule:
-            continue
         if not _iptables_ok("-C", parent_chain, *rule):
             _iptables("-I", parent_chain, "1", *rule)
     log.info("firewall: backends on %s isolated (chains %s)", bridge, ", ".join(chains(bridge)))
@@ -230,4 +223,4 @@ def _load_br_netfilter() -> None:
             flag.write("1")
     except OSError as exc:
         log.warning("firewall: cannot enable bridge-nf-call-iptables (%s): backends on one "
-                    "bridge are kept apart only by the bridge's own isolation", exc)
+                    "bridge can reach each other", exc)

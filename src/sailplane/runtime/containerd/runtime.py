@@ -60,7 +60,13 @@ from sailplane.runtime.containerd.cgroup import (
     prepare_pids_cgroup,
     remove_pids_cgroup,
 )
-from sailplane.runtime.containerd.ctr import DEFAULT_NAMESPACE, Ctr, CtrError, normalize_image
+from sailplane.runtime.containerd.ctr import (
+    DEFAULT_NAMESPACE,
+    Ctr,
+    CtrError,
+    normalize_image,
+    task_statuses,
+)
 from sailplane.runtime.containerd.images import DockerImages, import_command
 from sailplane.runtime.containerd.mounts import to_ctr_mount_flag, to_oci_mounts
 from sailplane.runtime.containerd.network import DEFAULT_SUBNET, CniNetwork, remove_network
@@ -115,7 +121,7 @@ class ContainerdRuntime(Runtime):
         self.volume_root = state_dir / "volumes"
         self.log_dir = state_dir / "logs"
         self._backends: dict[str, str] = {}  # container id -> backend id, of this drone
-        self.network = CniNetwork(state_dir, subnet, egress or EgressPolicy())
+        self.network = CniNetwork(subnet, egress or EgressPolicy())
         self._images_seen: dict[str, float] = {}
         self._exits: asyncio.Queue[BackendExit] | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -458,6 +464,8 @@ class ContainerdRuntime(Runtime):
                 await self._follow(queue, reconcile=not first)
             except (OSError, CtrError, RuntimeFailure) as exc:
                 log.warning("containerd event stream failed: %s", exc)
+            except Exception:  # anything else must not end the watching either
+                log.exception("containerd event stream failed")
             first = False
             await asyncio.sleep(RESUBSCRIBE_DELAY_SECONDS)
 
@@ -554,13 +562,7 @@ class ContainerdRuntime(Runtime):
 
     async def _tasks(self) -> dict[str, str]:
         """Container id -> task status (RUNNING, STOPPED, ...), for every task there is."""
-        listed = await self._ctr("tasks", "ls")
-        tasks = {}
-        for line in listed.splitlines()[1:]:
-            fields = line.split()
-            if len(fields) >= 3:
-                tasks[fields[0]] = fields[2]
-        return tasks
+        return task_statuses(await self._ctr("tasks", "ls"))
 
     async def _labels(self, cid: str) -> dict[str, str] | None:
         try:

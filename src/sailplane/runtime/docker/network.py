@@ -1,75 +1,27 @@
-"""The Docker network backends run on: a bridge of Sailplane's own, isolated.
+"""The bridge Docker backends are wired to: ``sp-docker0``, Sailplane's own, not Docker's.
 
-One user-defined bridge network, ``sailplane-backends`` (Linux bridge ``sp-backends``), with
-inter-container traffic disabled, shared by every drone on the engine; the firewall rules of
-``runtime/firewall.py`` keep its backends away from the host and private networks. Backends
-still publish their port on 127.0.0.1, where the drone and the proxy reach them.
+The engine starts each backend with ``network_mode=none`` (an empty namespace, loopback
+only); the drone then connects that namespace (Docker's ``SandboxKey``) to the bridge with CNI
+and firewalls it (``runtime/bridge_network.py``). Docker never learns the address: the drone
+reads it back from the address book when it adopts a running backend.
 """
 
 from __future__ import annotations
 
-import threading
+from sailplane.runtime.bridge_network import BridgeNetwork
+from sailplane.runtime.firewall import EgressPolicy
 
-import docker
-import docker.errors
-
-from sailplane.errors import RuntimeFailure
-from sailplane.runtime import firewall
-
-NETWORK_NAME = "sailplane-backends"
-BRIDGE_NAME = "sp-backends"  # at most 15 characters, a Linux interface name
-NETWORK_LABEL = "dev.sailplane.network"
-_OPTIONS = {
-    "com.docker.network.bridge.name": BRIDGE_NAME,
-    "com.docker.network.bridge.enable_icc": "false",
-}
-
-_lock = threading.Lock()
+NETWORK_NAME = "sailplane-docker"
+BRIDGE_NAME = "sp-docker0"  # at most 15 characters, a Linux interface name
+DEFAULT_SUBNET = "10.214.0.0/16"
 
 
-def ensure_isolated_network(client: docker.DockerClient, egress: firewall.EgressPolicy) -> str:
-    """Create the network if it is missing, (re)install its firewall; return its name.
-
-    A network of that name that Sailplane did not make (no label, or inter-container traffic
-    on) is refused rather than used."""
-    with _lock:
-        try:
-            network = client.networks.get(NETWORK_NAME)
-        except docker.errors.NotFound:
-            try:
-                network = client.networks.create(
-                    NETWORK_NAME, driver="bridge", options=_OPTIONS,
-                    labels={NETWORK_LABEL: "backends"}, check_duplicate=True,
-                )
-            except docker.errors.APIError as exc:
-                if exc.status_code != 409:  # 409: another drone made it meanwhile
-                    raise RuntimeFailure(f"cannot create network {NETWORK_NAME}: "
-                                         f"{exc.explanation}") from exc
-                network = client.networks.get(NETWORK_NAME)
-        except docker.errors.APIError as exc:
-            raise RuntimeFailure(f"cannot inspect network {NETWORK_NAME}: {exc}") from exc
-        attrs = network.attrs
-        if (attrs.get("Labels") or {}).get(NETWORK_LABEL) != "backends" or any(
-            (attrs.get("Options") or {}).get(key) != value for key, value in _OPTIONS.items()
-        ):
-            raise RuntimeFailure(f"network {NETWORK_NAME} exists but was not made by Sailplane "
-                                 "with inter-container traffic off; remove it")
-        firewall.install(BRIDGE_NAME, egress, docker_bridge=True)
-        return NETWORK_NAME
+def backend_network(egress: EgressPolicy | None = None,
+                    subnet: str = DEFAULT_SUBNET) -> BridgeNetwork:
+    return BridgeNetwork(NETWORK_NAME, BRIDGE_NAME, subnet, egress or EgressPolicy())
 
 
-def remove_isolated_network(client: docker.DockerClient) -> bool:
-    """Remove the network and then its firewall rules, unless a container still uses it (a
-    backend of another drone on this engine): then both stay. Whether they were removed."""
-    with _lock:
-        try:
-            client.networks.get(NETWORK_NAME).remove()
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as exc:
-            if exc.status_code in (403, 409):  # it has active endpoints
-                return False
-            raise RuntimeFailure(f"cannot remove network {NETWORK_NAME}: {exc}") from exc
-        firewall.remove(BRIDGE_NAME)
-        return True
-
+async def remove_network() -> bool:
+    """Delete the bridge and its firewall rules unless a backend (of any drone) is still on
+    it. Whether they were removed."""
+    return await backend_network().remove()

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import threading
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any
 
@@ -45,19 +46,23 @@ from sailplane.runtime.base import (
 )
 from sailplane.runtime.calls import MAX_ENGINE_CALLS, EngineCalls
 from sailplane.runtime.docker.mounts import to_docker_mounts
-from sailplane.runtime.docker.network import ensure_isolated_network, remove_isolated_network
+from sailplane.runtime.docker.network import DEFAULT_SUBNET, backend_network, remove_network
 from sailplane.runtime.firewall import EgressPolicy
 from sailplane.spec import PullPolicy, ResourceLimits
+from sailplane.timing import RECONNECT_MAX_SECONDS
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CPU_PERIOD_US = 100_000
 # A started container without its port is waited for this long to see if it has exited.
 EXIT_SETTLE_SECONDS = 5
-_PORT_KEY = f"{BACKEND_PORT}/tcp"
 
 
 WARM_PREFIX = "sailplane-warm-"
+# The event stream is followed again this soon after it breaks, backing off to
+# RECONNECT_MAX_SECONDS while the engine does not answer.
+EVENTS_RETRY_FIRST_SECONDS = 0.1
+_EXITED = re.compile(r"Exited \((-?\d+)\)")
 
 
 def backend_of(labels: dict[str, str], name: str) -> str | None:
@@ -80,10 +85,10 @@ class DockerRuntime(Runtime):
     def __init__(
         self, drone_id: str, client: docker.DockerClient | None = None,
         egress: EgressPolicy | None = None, max_engine_calls: int = MAX_ENGINE_CALLS,
+        subnet: str = DEFAULT_SUBNET,
     ) -> None:
         self.drone_id = drone_id
-        self.egress = egress or EgressPolicy()
-        self._network: str | None = None  # the isolated network, once it is ensured
+        self.network = backend_network(egress, subnet)
         self.calls = EngineCalls("docker", max_engine_calls)
         try:
             # One pooled connection per call in flight, and one for the event stream.
@@ -93,6 +98,7 @@ class DockerRuntime(Runtime):
         self._exits: asyncio.Queue[BackendExit] | None = None
         self._stream: Any = None
         self._watcher: threading.Thread | None = None
+        self._closing = threading.Event()  # set by close(): the event stream is not followed
         self._storage_opt_supported = True
         self._volumes_lock = threading.Lock()
 
@@ -121,11 +127,21 @@ class DockerRuntime(Runtime):
     # -- containers ------------------------------------------------------------------------
 
     async def start(self, spec: BackendSpec) -> BackendAddress:
-        return await self.calls.thread(self._start, spec)
+        container_id, netns = await self.calls.thread(self._start, spec)
+        return await self._connect(container_id, netns, container_name(spec.backend_id))
 
-    def _start(self, spec: BackendSpec) -> BackendAddress:
-        if self._network is None:
-            self._network = ensure_isolated_network(self.client, self.egress)
+    async def _connect(self, container_id: str, netns: str, name: str) -> BackendAddress:
+        """Wire a started container's namespace to the bridge; its address. A namespace gone
+        meanwhile is a backend that exited at once."""
+        try:
+            async with self.calls.slot():
+                ip = await self.network.attach(container_id, netns)
+        except RuntimeFailure as exc:
+            raise await self.calls.thread(self._unreachable, name, str(exc)) from exc
+        return BackendAddress(ip, BACKEND_PORT)
+
+    def _start(self, spec: BackendSpec) -> tuple[str, str]:
+        """Create and start the container; its id and its network namespace's path."""
         self._ensure_volumes([m for m in spec.mounts if isinstance(m, ResolvedVolumeMount)])
         try:
             container = self._create(spec)
@@ -137,37 +153,34 @@ class DockerRuntime(Runtime):
         except docker.errors.APIError as exc:
             self._remove(spec.backend_id)
             raise RuntimeFailure(f"cannot start the container: {exc.explanation}") from exc
-        address = _published(container)
-        if address is None:
-            raise self._without_port(spec.backend_id)
-        return address
-
-    def _without_port(self, backend_id: str) -> RuntimeFailure:
-        """No published port after a start: the backend has already exited (the engine drops
-        the port with the process), or, if it does not stop within a moment, it is broken."""
         try:
-            name = container_name(backend_id)
+            return _namespace(container, container_name(spec.backend_id))
+        except RuntimeFailure as exc:
+            raise self._unreachable(container_name(spec.backend_id), str(exc)) from exc
+
+    def _unreachable(self, name: str, why: str) -> RuntimeFailure:
+        """A started container that could not be connected: it has already exited (its
+        namespace went with its process), or, if it does not stop within a moment, it is
+        broken and removed."""
+        try:
             status = self.client.api.wait(name, timeout=EXIT_SETTLE_SECONDS)
         except (docker.errors.APIError, requests.exceptions.RequestException):
-            self._remove(backend_id)
-            return RuntimeFailure(
-                f"cannot start the container: no port published for {_PORT_KEY}"
-            )
+            self._remove_named(name)
+            return RuntimeFailure(f"cannot connect the container to its network: {why}")
         return BackendExited(int(status.get("StatusCode", -1)))
 
     def _options(self, name: str, labels: dict[str, str], env: dict[str, str],
                  limits: ResourceLimits) -> dict[str, Any]:
-        """``containers.create`` arguments every backend container gets: isolated, limited,
-        its port published on loopback."""
+        """``containers.create`` arguments every backend container gets: isolated (an empty
+        network namespace, wired after the start), limited."""
         return {
             "name": name,
             "environment": {**env, "PORT": str(BACKEND_PORT)},
             "labels": {**labels, DRONE_LABEL: self.drone_id},
-            "ports": {_PORT_KEY: ("127.0.0.1", None)},
             "security_opt": ["no-new-privileges"],
             "cap_drop": ["ALL"],
             "cap_add": list(BACKEND_CAPABILITIES),
-            "network": self._network,
+            "network_mode": "none",
             "detach": True,
             **_limits(limits),
         }
@@ -293,16 +306,14 @@ class DockerRuntime(Runtime):
                 raise RuntimeFailure(f"cannot signal backend {backend_id}: {exc}") from exc
 
     async def remove(self, backend_id: str) -> None:
-        await self.calls.thread(self._remove, backend_id)
+        container_id = await self.calls.thread(self._remove, backend_id)
+        if container_id is not None:
+            async with self.calls.slot():
+                await self.network.detach(container_id)  # its address
 
-    def _remove(self, backend_id: str) -> None:
-        try:
-            self.client.api.remove_container(container_name(backend_id), force=True)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as exc:
-            if exc.status_code != 409:  # 409: removal already in progress
-                raise RuntimeFailure(f"cannot remove backend {backend_id}: {exc}") from exc
+    def _remove(self, backend_id: str) -> str | None:
+        """Remove the container; its id, or None if there was none."""
+        return self._remove_named(container_name(backend_id))
 
     # -- watching --------------------------------------------------------------------------
 
@@ -314,26 +325,101 @@ class DockerRuntime(Runtime):
 
     def _follow_events(self, loop: asyncio.AbstractEventLoop,
                        queue: asyncio.Queue[BackendExit]) -> None:
-        self._stream = self.client.events(decode=True, filters={
-            "type": "container", "event": "die", "label": f"{DRONE_LABEL}={self.drone_id}",
-        })
+        """Subscribe now (no exit after this call is missed), then follow the stream in a
+        thread of its own for as long as the runtime lives (``_watch``)."""
+        self._stream = self._subscribe()
 
-        def follow() -> None:
-            try:
-                for event in self._stream:
-                    attributes = event.get("Actor", {}).get("Attributes", {})
-                    backend_id = backend_of(attributes, attributes.get("name", ""))
-                    if backend_id:
-                        exit_ = BackendExit(backend_id, int(attributes.get("exitCode", -1)))
-                        loop.call_soon_threadsafe(queue.put_nowait, exit_)
-            except Exception:  # the stream ends with an error when closed
-                log.debug("docker event stream ended", exc_info=True)
+        def report(backend_id: str, exit_code: int) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, BackendExit(backend_id, exit_code))
 
-        self._watcher = threading.Thread(target=follow, name="docker-events", daemon=True)
+        self._watcher = threading.Thread(target=self._watch, args=(report,),
+                                         name="docker-events", daemon=True)
         self._watcher.start()
 
+    def _subscribe(self) -> Any:
+        # start and rename too: they tell which backends run (a claimed warm container is
+        # renamed), so one that vanishes while the stream is down is noticed.
+        return self.client.events(decode=True, filters={
+            "type": "container", "event": ["start", "rename", "die"],
+            "label": f"{DRONE_LABEL}={self.drone_id}",
+        })
+
+    def _watch(self, report: Callable[[str, int], None]) -> None:
+        """The stream ends when the engine goes away (a dockerd restart): subscribe again
+        with backoff, and after every subscription list this drone's containers, reporting
+        each backend whose container died or vanished while no one was listening."""
+        running: set[str] = set()  # backends seen running
+        delay = EVENTS_RETRY_FIRST_SECONDS
+        while not self._closing.is_set():
+            try:
+                if self._stream is None:
+                    self._stream = self._subscribe()
+                    log.info("docker event stream followed again")
+                if self._closing.is_set():
+                    break
+                self._reconcile(running, report)
+                delay = EVENTS_RETRY_FIRST_SECONDS
+                for event in self._stream:
+                    self._on_event(event, running, report)
+                reason = "it ended"
+            except Exception as exc:  # the engine is gone, or went away mid-stream
+                reason = f"{type(exc).__name__}: {exc}"
+            if self._closing.is_set():
+                break
+            log.warning("docker event stream lost (%s); again in %.1f s", reason, delay)
+            self._stream = None
+            self._closing.wait(delay)
+            delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+
+    def _on_event(self, event: dict[str, Any], running: set[str],
+                  report: Callable[[str, int], None]) -> None:
+        attributes = event.get("Actor", {}).get("Attributes", {})
+        backend_id = backend_of(attributes, attributes.get("name", ""))
+        if backend_id is None:
+            return
+        if event.get("Action") == "die":
+            running.discard(backend_id)
+            report(backend_id, int(attributes.get("exitCode", -1)))
+        else:
+            running.add(backend_id)
+
+    def _reconcile(self, running: set[str], report: Callable[[str, int], None]) -> None:
+        """Report the exit of every backend container of this drone that is not running
+        (twice is harmless: the executor takes the first), and of every backend seen running
+        that has no container any more (exit code -1)."""
+        listed = self.client.api.containers(
+            all=True, filters={"label": f"{DRONE_LABEL}={self.drone_id}"})
+        present = set()
+        for container in listed:
+            backend_id = backend_of(container.get("Labels") or {},
+                                    (container.get("Names") or [""])[0])
+            if backend_id is None:
+                continue
+            present.add(backend_id)
+            state = container.get("State")
+            if state in ("running", "paused", "restarting"):
+                running.add(backend_id)
+            elif state in ("exited", "dead"):  # "created": a start under way, not an exit
+                running.discard(backend_id)
+                report(backend_id, _listed_exit_code(container.get("Status", "")))
+        for backend_id in running - present:
+            log.warning("backend %s: its container vanished while the event stream was down",
+                        backend_id)
+            running.discard(backend_id)
+            report(backend_id, -1)
+
     async def owned(self) -> list[OwnedBackend]:
-        return await self.calls.thread(self._owned)
+        owned = await self.calls.thread(self._owned)
+        await self.network.release_stale(self._all_container_ids)  # a crash's leftovers
+        return owned
+
+    async def _all_container_ids(self) -> set[str]:
+        """Every container on the engine, of any drone: they share the bridge."""
+        return await self.calls.thread(self._container_ids)
+
+    def _container_ids(self) -> set[str]:
+        listed = self.client.api.containers(all=True, quiet=True)
+        return {str(container["Id"]) for container in listed}
 
     def _owned(self) -> list[OwnedBackend]:
         containers = self.client.containers.list(
@@ -350,7 +436,7 @@ class DockerRuntime(Runtime):
             found.append(OwnedBackend(
                 backend_id=backend_id,
                 running=running,
-                address=_published(container) if running else None,
+                address=self._address(container) if running else None,
                 exit_code=None if running else int(state.get("ExitCode", -1)),
             ))
         return found
@@ -382,12 +468,21 @@ class DockerRuntime(Runtime):
     # -- warm containers (drone/warm_pool.py) -----------------------------------------------
 
     async def start_warm(self, image: str, limits: ResourceLimits) -> WarmContainer:
-        return await self.calls.thread(self._start_warm, image, limits)
+        return await self._start_warm(image, limits)
 
-    def _start_warm(self, image: str, limits: ResourceLimits) -> WarmContainer:
-        if self._network is None:
-            self._network = ensure_isolated_network(self.client, self.egress)
+    async def _start_warm(self, image: str, limits: ResourceLimits) -> WarmContainer:
         name = f"{WARM_PREFIX}{uuid.uuid4().hex[:16]}"
+        container_id, netns, pid = await self.calls.thread(self._create_warm, name, image,
+                                                           limits)
+        try:
+            address = await self._connect(container_id, netns, name)
+        except RuntimeFailure as exc:
+            await self.calls.thread(self._remove_named, name)
+            raise RuntimeFailure(f"a warm container of {image!r} exited as it started") from exc
+        return WarmContainer(name, image, address, pid)
+
+    def _create_warm(self, name: str, image: str,
+                     limits: ResourceLimits) -> tuple[str, str, int]:
         try:
             container = self.client.containers.create(
                 image, **self._options(name, {WARM_LABEL: image}, {}, limits))
@@ -397,11 +492,8 @@ class DockerRuntime(Runtime):
             self._remove_named(name)
             raise RuntimeFailure(f"cannot start a warm container of {image!r}: "
                                  f"{exc.explanation}") from exc
-        address = _published(container)
-        if address is None:
-            self._remove_named(name)
-            raise RuntimeFailure(f"a warm container of {image!r} exited as it started")
-        return WarmContainer(name, image, address, int(container.attrs["State"]["Pid"]))
+        container_id, netns = _namespace(container, name)
+        return container_id, netns, int(container.attrs["State"]["Pid"])
 
     async def claim_warm(self, warm: WarmContainer, backend_id: str) -> BackendAddress:
         try:
@@ -411,27 +503,50 @@ class DockerRuntime(Runtime):
         return warm.address
 
     async def discard_warm(self, warm: WarmContainer) -> None:
-        await self.calls.thread(self._remove_named, warm.name)
+        container_id = await self.calls.thread(self._remove_named, warm.name)
+        if container_id is not None:
+            async with self.calls.slot():
+                await self.network.detach(container_id)
 
-    def _remove_named(self, name: str) -> None:
+    def _remove_named(self, name: str) -> str | None:
+        """Remove a container by name; its id (for freeing its address), or None if there
+        was none."""
         try:
-            self.client.api.remove_container(name, force=True)
+            container_id: str = self.client.api.inspect_container(name)["Id"]
+            self.client.api.remove_container(container_id, force=True)
         except docker.errors.NotFound:
-            pass
+            return None
         except docker.errors.APIError as exc:
             if exc.status_code != 409:  # 409: removal already in progress
                 raise RuntimeFailure(f"cannot remove container {name}: {exc}") from exc
+        return container_id
+
+    def _address(self, container: Container) -> BackendAddress | None:
+        """A running container's address on the bridge, from the address book."""
+        ip = self.network.address_of(container.id or "")
+        return None if ip is None else BackendAddress(ip, BACKEND_PORT)
 
     async def remove_isolation(self) -> bool:
-        return await self.calls.thread(remove_isolated_network, self.client)
+        return await remove_network()
 
     async def close(self) -> None:
+        self._closing.set()
         if self._stream is not None:
             self._stream.close()
         if self._watcher is not None:
             await asyncio.to_thread(self._watcher.join, 5)
         self.calls.close()
         self.client.close()
+
+
+def _listed_exit_code(status: str) -> int:
+    """The exit code in a container list's status (``Exited (137) 5 seconds ago``), or -1.
+
+    >>> _listed_exit_code("Exited (137) 5 seconds ago"), _listed_exit_code("Dead")
+    (137, -1)
+    """
+    match = _EXITED.match(status)
+    return int(match.group(1)) if match else -1
 
 
 async def _drain(queue: asyncio.Queue[BackendExit]) -> AsyncIterator[BackendExit]:
@@ -449,13 +564,13 @@ def _timestamp(text: object) -> datetime | None:
         return None
 
 
-def _published(container: Container) -> BackendAddress | None:
-    """The loopback address of the backend's port, or None (a container we did not start)."""
-    ports = container.attrs["NetworkSettings"].get("Ports") or {}
-    for binding in ports.get(_PORT_KEY) or []:
-        if binding.get("HostIp") in ("127.0.0.1", "0.0.0.0", ""):
-            return BackendAddress("127.0.0.1", int(binding["HostPort"]))
-    return None
+def _namespace(container: Container, name: str) -> tuple[str, str]:
+    """A started container's id and network namespace (the engine keeps a path to it while
+    the container runs); RuntimeFailure if it has none, having exited already."""
+    netns = container.attrs.get("NetworkSettings", {}).get("SandboxKey") or ""
+    if not netns or not container.attrs.get("State", {}).get("Running"):
+        raise RuntimeFailure(f"container {name} has no network namespace: it is not running")
+    return str(container.id), netns
 
 
 def _limits(limits: ResourceLimits) -> dict[str, Any]:
