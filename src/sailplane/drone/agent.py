@@ -26,6 +26,7 @@ from sailplane.controller_socket import bearer, socket_url, stay_connected
 from sailplane.drone.executor import Executor
 from sailplane.drone.hot_plug import HotPlug
 from sailplane.drone.leases import LeaseKeeper
+from sailplane.drone.watchdog import Watchdog
 from sailplane.errors import SailplaneError
 from sailplane.protocol import (
     ActionAck,
@@ -57,7 +58,7 @@ class DroneRefusedError(SailplaneError):
 class DroneAgent:
     def __init__(
         self, controller_url: str, executor: Executor, hello: Hello, token: str | None = None,
-        heartbeat_seconds: float = HEARTBEAT_INTERVAL_SECONDS,
+        heartbeat_seconds: float = HEARTBEAT_INTERVAL_SECONDS, watchdog: Watchdog | None = None,
     ) -> None:
         self.url = socket_url(controller_url, "/ctrl/drone-socket")
         self.executor = executor
@@ -65,7 +66,7 @@ class DroneAgent:
         self.headers = bearer(token)
         self.heartbeat_seconds = heartbeat_seconds
         self.connected = asyncio.Event()
-        self.leases = LeaseKeeper(executor)
+        self.leases = LeaseKeeper(executor, watchdog=watchdog)
         self.hot_plug = HotPlug(executor)
         self._terminations: set[asyncio.Task[None]] = set()
         # Terminates that came before their backend's spawn, unacknowledged until it comes.

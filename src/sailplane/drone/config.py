@@ -14,6 +14,7 @@ from sailplane import __version__
 from sailplane.drone.agent import DroneAgent
 from sailplane.drone.executor import Executor, ExecutorSettings
 from sailplane.drone.store import DroneStore
+from sailplane.drone.watchdog import Watchdog, WatchdogConfig
 from sailplane.errors import PolicyError
 from sailplane.mounts.pin import StagingArea, staging_root
 from sailplane.mounts.policy import MountPolicy
@@ -66,6 +67,19 @@ def make_runtime(config: DroneConfig) -> Runtime:
     from sailplane.runtime.docker.runtime import DockerRuntime
 
     return DockerRuntime(config.drone_id, egress=EgressPolicy(allow=config.egress_allow))
+
+
+def watchdog_config(config: DroneConfig) -> WatchdogConfig:
+    """What the lease watchdog needs to find this drone's lease and its containers."""
+    address = ""
+    if config.runtime == "containerd":
+        from sailplane.runtime.containerd.ctr import default_address
+
+        address = config.containerd_address or default_address()
+    return WatchdogConfig(
+        drone_id=config.drone_id, drone_pid=os.getpid(), state_dir=config.state_dir.absolute(),
+        runtime=config.runtime, containerd_address=address,
+        containerd_namespace=config.containerd_namespace)
 
 
 def check_protected(policy: MountPolicy, state_dir: Path, protected: list[Path]) -> None:
@@ -140,7 +154,8 @@ async def run_drone(config: DroneConfig) -> None:
     executor = Executor(make_runtime(config), config.policy, store, staging, config.settings)
     await executor.start()
     hello = hello_for(config, instance_id(config.state_dir))
-    agent = DroneAgent(config.controller_url, executor, hello, config.token)
+    agent = DroneAgent(config.controller_url, executor, hello, config.token,
+                       watchdog=Watchdog(watchdog_config(config)))
     try:
         await agent.run()
     finally:

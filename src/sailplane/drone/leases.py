@@ -11,8 +11,13 @@ controller gives their keys to new backends (lease plus a margin), they are gone
     renewal(t)   <-- the drone counts the lease from t, the earlier, safe side
     no renewal for share * lease --> SIGKILL every backend (reason ``lost``)
 
-A drone starting up counts from its start: it adopts its containers and has that long to reach
+A drone starting up counts from the last renewal its watchdog's lease file records (from its
+start if there is none): it adopts its containers and has what is left of that time to reach
 the controller, whose first renewal revokes whatever was declared lost meanwhile.
+
+All this runs in the drone's own process, which can be paused or wedged; the lease watchdog
+(``sailplane.drone.watchdog``), a process of its own that the keeper starts and tells every
+new lapse time, kills the drone's containers then.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import asyncio
 import logging
 
 from sailplane.drone.executor import Executor
+from sailplane.drone.watchdog import Watchdog
 from sailplane.state import TerminationReason, now_ms
 from sailplane.timing import LEASE_CHECK_SECONDS, LEASE_SECONDS, LEASE_SELF_STOP_SHARE
 
@@ -32,11 +38,15 @@ REVOKED_MESSAGE = "the controller revoked the backend's key lease (it counts it 
 
 class LeaseKeeper:
     def __init__(self, executor: Executor, lease_ms: int = int(LEASE_SECONDS * 1000),
-                 share: float = LEASE_SELF_STOP_SHARE) -> None:
+                 share: float = LEASE_SELF_STOP_SHARE, watchdog: Watchdog | None = None) -> None:
         self.executor = executor
         self.lease_ms = lease_ms  # replaced by what each renewal says
         self.share = share
         self.renewed_ms = now_ms()
+        self.watchdog = watchdog
+        last = watchdog.last_lease() if watchdog is not None else None
+        if last is not None:  # a restart: the controller counts from that renewal too
+            self.renewed_ms, self.lease_ms = last.renewed_ms, last.lease_ms
         self._kills: set[asyncio.Task[None]] = set()
 
     def live(self) -> list[str]:
@@ -46,6 +56,7 @@ class LeaseKeeper:
     def renewed(self, heartbeat_ms: int, lease_ms: int, revoked: list[str]) -> None:
         self.renewed_ms = max(self.renewed_ms, heartbeat_ms)
         self.lease_ms = lease_ms
+        self._feed()
         for backend_id in revoked:
             log.warning("backend %s: %s", backend_id, REVOKED_MESSAGE)
             self._kill(backend_id)
@@ -67,9 +78,22 @@ class LeaseKeeper:
         return doomed
 
     async def watch(self, interval: float = LEASE_CHECK_SECONDS) -> None:
-        while True:
-            self.check(now_ms())
-            await asyncio.sleep(interval)
+        """Check the lease (and that the watchdog runs) until cancelled; then let the
+        watchdog know the drone is leaving."""
+        self._feed()  # before the watchdog starts: it finds this drone's lease
+        try:
+            while True:
+                if self.watchdog is not None:
+                    self.watchdog.ensure_running()
+                self.check(now_ms())
+                await asyncio.sleep(interval)
+        finally:
+            if self.watchdog is not None:
+                self.watchdog.stop()
+
+    def _feed(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.feed(self.renewed_ms, self.lease_ms, self.stop_at_ms)
 
     def _killing(self) -> set[str]:
         return {task.get_name() for task in self._kills}

@@ -91,6 +91,20 @@ class Ctr:
         return shutil.which(self.binary) is not None
 
 
+def task_statuses(listing: str) -> dict[str, str]:
+    r"""``ctr tasks ls`` -> container id -> task status (RUNNING, STOPPED, ...).
+
+    >>> task_statuses("TASK PID STATUS\nsailplane-b1 42 RUNNING\n")
+    {'sailplane-b1': 'RUNNING'}
+    """
+    tasks = {}
+    for line in listing.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 3:
+            tasks[fields[0]] = fields[2]
+    return tasks
+
+
 def explanation(stderr: str) -> str:
     """ctr's own error line (``ctr: ...``), else the last line it wrote."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]

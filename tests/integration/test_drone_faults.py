@@ -1,0 +1,308 @@
+"""A paused drone never lets its backends outlive their key lease (real processes, real Docker).
+
+The lease watchdog (``sailplane.drone.watchdog``) runs outside the drone's process; these tests
+pause a drone with SIGSTOP and watch ``docker ps`` from outside, every 100 ms, for the one
+thing that must never happen: two live containers for one key.
+
+Every process of a cluster here runs with ``SAILPLANE_TIME_SCALE`` so that a lease is seconds
+long: lease 5 s, the drone (and its watchdog) stops its backends after 3 s without a renewal,
+the controller counts a silent drone's backends lost after 7.5 s and frees their keys 1.25 s
+after the lease ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+import httpx
+import pytest
+
+from sailplane.drone.watchdog import LeaseRecord, WatchdogConfig, write_lease
+from sailplane.runtime.base import BACKEND_LABEL, DRONE_LABEL
+from sailplane.state import now_ms
+from tests.integration.conftest import TEST_LABELS, remove_drone_containers
+from tests.integration.controller_fixtures import (
+    SAILPLANE,
+    Cluster,
+    Process,
+    free_port,
+    wait_until,
+)
+
+TIME_SCALE = "0.25"
+SCALED = {"SAILPLANE_TIME_SCALE": TIME_SCALE}
+POLL_SECONDS = 0.1
+
+
+@dataclass
+class Sample:
+    at: float
+    running: set[str]  # backend ids with a running container
+
+
+@dataclass
+class DockerWatch:
+    """``docker ps`` for the given drones' backend containers, every 100 ms, in a thread."""
+
+    client: docker.DockerClient
+    drone_ids: list[str]
+    samples: list[Sample] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            running = set()
+            for container in self.client.api.containers(filters={"label": DRONE_LABEL}):
+                labels = container.get("Labels") or {}
+                if labels.get(DRONE_LABEL) in self.drone_ids and BACKEND_LABEL in labels:
+                    running.add(labels[BACKEND_LABEL])
+            self.samples.append(Sample(time.monotonic(), running))
+            self._stop.wait(POLL_SECONDS)
+
+    def first(self, backend_id: str) -> float | None:
+        return next((s.at for s in self.samples if backend_id in s.running), None)
+
+    def last(self, backend_id: str) -> float | None:
+        return next((s.at for s in reversed(self.samples) if backend_id in s.running), None)
+
+
+def drone_process(tmp: Path, name: str, port: int, drone_id: str, mount_base: Path) -> Process:
+    return Process(name, [
+        str(SAILPLANE), "drone", "--controller", f"http://127.0.0.1:{port}",
+        "--drone-id", drone_id, "--mount-base", str(mount_base),
+        "--state-dir", str(tmp / name), "--grace-seconds", "2", "--startup-timeout", "10",
+    ], tmp / f"{name}.log", env=SCALED)
+
+
+def connected(cluster: Cluster, drone_id: str) -> bool:
+    drones = cluster.http.get("/ctrl/drones").json()
+    return any(d["drone_id"] == drone_id and d["connected"] for d in drones)
+
+
+@pytest.fixture
+def two_drones(
+    tmp_path: Path, docker_client: docker.DockerClient, backend_image: str,
+) -> Iterator[tuple[Cluster, Process, str]]:
+    """A controller and drone 1 (``cluster.drone``) running, drone 2 made but not started."""
+    if not SAILPLANE.exists():
+        pytest.fail(f"{SAILPLANE} is missing (scripts/setup makes it)")
+    port = free_port()
+    mount_base = tmp_path / "base"
+    mount_base.mkdir()
+    first, second = (f"test-{uuid.uuid4().hex[:12]}" for _ in range(2))
+    controller = Process("controller", [
+        str(SAILPLANE), "controller", "--port", str(port),
+        "--database-url", f"sqlite:///{tmp_path}/c.db", "--proxy-url", "http://127.0.0.1:9091",
+    ], tmp_path / "controller.log", env=SCALED)
+    drone_1 = drone_process(tmp_path, "drone1", port, first, mount_base)
+    drone_2 = drone_process(tmp_path, "drone2", port, second, mount_base)
+    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    cluster = Cluster(tmp=tmp_path, port=port, drone_id=first, controller=controller,
+                      drone=drone_1, http=http, image=backend_image, mount_base=mount_base)
+    try:
+        cluster.start_controller()
+        cluster.start_drone()
+        yield cluster, drone_2, second
+    finally:
+        if drone_1.popen is not None and drone_1.alive():
+            drone_1.popen.send_signal(signal.SIGCONT)  # a stopped process ignores SIGTERM
+        http.close()
+        drone_1.stop()
+        drone_2.stop()
+        controller.stop()
+        remove_drone_containers(docker_client, first)
+        remove_drone_containers(docker_client, second)
+
+
+def test_a_paused_drones_backend_is_killed_before_its_key_goes_to_another_drone(
+    two_drones: tuple[Cluster, Process, str], docker_client: docker.DockerClient,
+) -> None:
+    cluster, drone_2, second = two_drones
+    key = cluster.new_key()
+    old = cluster.connect(key)
+    assert old["drone"] == cluster.drone_id
+    cluster.wait_status(old["backend_id"], "ready")
+    drone_2.start()
+    wait_until(lambda: connected(cluster, second), 20, "drone 2 to connect")
+
+    watch = DockerWatch(docker_client, [cluster.drone_id, second])
+    watch.start()
+    try:
+        assert cluster.drone.popen is not None
+        cluster.drone.popen.send_signal(signal.SIGSTOP)
+        paused_at = time.monotonic()
+        lost = wait_until(
+            lambda: (s := cluster.status(old["backend_id"]))["status"] == "terminated" and s,
+            30, "the controller to count the paused drone's backend lost")
+        assert lost["reason"] == "lost", lost
+
+        new = cluster.connect(key)  # waits for the key, then spawns on the live drone
+        assert new["spawned"] is True and new["drone"] == second, new
+        cluster.wait_status(new["backend_id"], "ready")
+        time.sleep(1)  # a few more samples with the new backend running
+    finally:
+        watch.stop()
+
+    both = [s for s in watch.samples if {old["backend_id"], new["backend_id"]} <= s.running]
+    assert both == [], f"two live containers for key {key} at {len(both)} samples"
+    old_last, new_first = watch.last(old["backend_id"]), watch.first(new["backend_id"])
+    assert old_last is not None and new_first is not None
+    assert old_last < new_first, "the paused drone's container outlived the new one's start"
+    # The watchdog, not the paused drone, killed it: within the self-stop share of the lease.
+    assert old_last - paused_at < 5.0, f"killed {old_last - paused_at:.1f} s after the pause"
+    assert f"killed sailplane-{old['backend_id']}" in cluster.drone.log()
+
+    # The paused drone resumes: it reconciles and resurrects nothing.
+    cluster.drone.popen.send_signal(signal.SIGCONT)
+    cluster.wait_drone_connected()
+    time.sleep(3)  # several heartbeats and lease checks
+    mine = docker_client.api.containers(filters={"label": f"{DRONE_LABEL}={cluster.drone_id}"})
+    assert mine == [], f"the resumed drone runs {[c['Names'] for c in mine]}"
+    assert cluster.status(old["backend_id"])["status"] == "terminated"
+    assert cluster.status(new["backend_id"])["status"] == "ready"
+
+    response = cluster.http.post(f"/ctrl/b/{new['backend_id']}/hard-terminate")
+    assert response.status_code == 200 and response.json() == {"requested": True}, response.text
+    cluster.wait_status(new["backend_id"], "terminated")
+
+
+# -- the watchdog process on its own ----------------------------------------------------------
+
+
+@dataclass
+class Guarded:
+    drone_id: str
+    lease: Path
+    config: WatchdogConfig
+
+
+@pytest.fixture
+def guarded(
+    tmp_path: Path, docker_client: docker.DockerClient, backend_image: str,
+) -> Iterator[Guarded]:
+    drone_id = f"test-{uuid.uuid4().hex[:12]}"
+    config = WatchdogConfig(drone_id=drone_id, drone_pid=os.getpid(), state_dir=tmp_path)
+    try:
+        yield Guarded(drone_id, config.lease_path, config)
+    finally:
+        remove_drone_containers(docker_client, drone_id)
+
+
+def backend_container(client: docker.DockerClient, image: str, drone_id: str,
+                      name: str) -> str:
+    """A running container labelled as one of the drone's backends, as the runtime makes."""
+    container = client.containers.run(
+        image, ["sleep", "600"], detach=True, name=f"sailplane-{name}",
+        labels={**TEST_LABELS, DRONE_LABEL: drone_id, BACKEND_LABEL: name})
+    return str(container.id)
+
+
+def running(client: docker.DockerClient, container_id: str) -> bool:
+    return bool(client.api.inspect_container(container_id)["State"]["Running"])
+
+
+def watchdog(config: WatchdogConfig, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "sailplane.drone.watchdog", config.model_dump_json()],
+            stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT)
+
+
+def lease_until(config: WatchdogConfig, stop_at_ms: int, pid: int | None = None) -> LeaseRecord:
+    record = LeaseRecord(drone_pid=pid or config.drone_pid, renewed_ms=stop_at_ms - 3000,
+                         lease_ms=5000, stop_at_ms=stop_at_ms)
+    write_lease(config.lease_path, record)
+    return record
+
+
+def test_the_watchdog_kills_when_the_lease_lapses_and_not_before(
+    guarded: Guarded, docker_client: docker.DockerClient, backend_image: str, tmp_path: Path,
+) -> None:
+    container = backend_container(docker_client, backend_image, guarded.drone_id, "b-lapse")
+    lease_until(guarded.config, now_ms() + 2500)
+    process = watchdog(guarded.config, tmp_path / "watchdog.log")
+    try:
+        time.sleep(1.5)
+        assert running(docker_client, container), "killed before the lease lapsed"
+        wait_until(lambda: not running(docker_client, container), 5,
+                   "the watchdog to kill the backend")
+        assert process.poll() is None, "the watchdog left while its drone lives"
+        state = docker_client.api.inspect_container(container)["State"]
+        assert state["ExitCode"] == 137  # SIGKILL
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()  # the drone leaves; nothing runs: so does the watchdog
+        process.wait(10)
+    assert process.returncode == 0, (tmp_path / "watchdog.log").read_text()
+
+
+def test_after_its_drone_dies_the_watchdog_enforces_the_lease_then_leaves(
+    guarded: Guarded, docker_client: docker.DockerClient, backend_image: str, tmp_path: Path,
+) -> None:
+    container = backend_container(docker_client, backend_image, guarded.drone_id, "b-orphan")
+    lease_until(guarded.config, now_ms() + 2000)
+    process = watchdog(guarded.config, tmp_path / "watchdog.log")
+    try:
+        assert process.stdin is not None
+        process.stdin.close()  # as if the drone were SIGKILLed: its pipe end closes
+        time.sleep(1)
+        assert process.poll() is None, "left while a backend of its drone still runs"
+        assert running(docker_client, container)
+        wait_until(lambda: not running(docker_client, container), 5,
+                   "the watchdog to kill the orphaned backend")
+        process.wait(5)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, (tmp_path / "watchdog.log").read_text()
+
+
+def test_a_restarted_drone_takes_over_from_the_old_watchdog(
+    guarded: Guarded, docker_client: docker.DockerClient, backend_image: str, tmp_path: Path,
+) -> None:
+    container = backend_container(docker_client, backend_image, guarded.drone_id, "b-adopted")
+    lease_until(guarded.config, now_ms() + 2000)
+    process = watchdog(guarded.config, tmp_path / "watchdog.log")
+    try:
+        assert process.stdin is not None
+        process.stdin.close()
+        time.sleep(0.5)
+        lease_until(guarded.config, now_ms() + 60_000, pid=os.getpid() + 1)  # a new drone
+        process.wait(5)
+        time.sleep(2)  # past the old lease: the adopted backend must live on
+        assert running(docker_client, container)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    log = (tmp_path / "watchdog.log").read_text()
+    assert process.returncode == 0 and "restarted" in log, log
+
+
+def test_the_lease_file_is_replaced_whole(guarded: Guarded) -> None:
+    record = lease_until(guarded.config, 123_456)
+    assert json.loads(guarded.lease.read_text()) == record.model_dump()
+    assert guarded.lease.stat().st_mode & 0o777 == 0o600
+    assert not guarded.lease.with_name(guarded.lease.name + ".partial").exists()
