@@ -4,11 +4,13 @@ A real controller and a real Docker drone (``sailplane`` subprocesses), real HTT
 is connected, then ``POST /ctrl/b/{id}/mounts`` and ``DELETE /ctrl/b/{id}/mounts?target=T``
 change its mounts, and what the container sees is read with ``docker exec``. The drone's
 policy (a TOML file) publishes ``data`` (rw), ``config`` (ro), ``team`` (rw, namespace
-``other`` only) and ``keyed`` (rw, key-scoped).
+``other`` only) and ``keyed`` (rw, key-scoped). The last test drives the drone's side
+(``drone/hot_plug.py``) directly on both runtimes: containerd has no hot-plug yet and says so.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import uuid
@@ -20,7 +22,13 @@ import docker
 import httpx
 import pytest
 from docker.models.containers import Container
+from pydantic import TypeAdapter
 
+from sailplane.drone.hot_plug import HotPlug
+from sailplane.mounts.hot_plug import HotPlugUnsupported
+from sailplane.spec import VolumeMount
+from sailplane.state import TerminationReason
+from tests.integration.conftest import DroneHarness, remove_drone_containers
 from tests.integration.controller_fixtures import (
     API_TOKEN,
     SAILPLANE,
@@ -28,7 +36,7 @@ from tests.integration.controller_fixtures import (
     Process,
     free_port,
 )
-from tests.integration.conftest import remove_drone_containers
+from tests.integration.test_drone_docker import spawn_of, spawn_ready, terminated
 
 pytestmark = pytest.mark.docker
 
@@ -176,7 +184,7 @@ def test_a_hot_plugged_mount_is_seen_inside_read_only_by_default_and_goes_when_r
 def test_a_refused_hot_plug_changes_nothing(
     cluster: Cluster, docker_client: docker.DockerClient,
 ) -> None:
-    backend_id, key = ready_backend(cluster, volume_mounts=[
+    backend_id, _ = ready_backend(cluster, volume_mounts=[
         {"type": "host", "volume": "data", "sub_path": "spawned-{key}", "target": "/srv/spawned",
          "read_only": False}])
     box = container(docker_client, backend_id)
@@ -240,7 +248,7 @@ def test_a_refused_hot_plug_changes_nothing(
 def test_spawn_mounts_can_be_removed_and_a_restarted_drone_still_knows_the_pins(
     cluster: Cluster, docker_client: docker.DockerClient,
 ) -> None:
-    backend_id, key = ready_backend(cluster, volume_mounts=[
+    backend_id, _ = ready_backend(cluster, volume_mounts=[
         {"type": "host", "volume": "config", "target": "/etc/app"},
         {"type": "tmpfs", "target": "/scratch", "size_bytes": 1 << 20}])
     (root(cluster, "config") / "app.toml").write_text("greeting = 'hi'")
@@ -298,3 +306,39 @@ def test_the_cli_adds_and_removes_a_mount(
     assert done.returncode == 0, done.stderr
     assert '"mounts": []' in done.stdout
     assert inside(box, "ls -A /srv/cli") == (0, "")
+
+
+def test_the_drone_hot_plugs_on_docker_and_says_unsupported_on_containerd(
+    drone: DroneHarness, runtime: str,
+) -> None:
+    key = f"k-{uuid.uuid4().hex[:8]}"
+    mine = drone.roots["data"] / key
+    entry = TypeAdapter(VolumeMount).validate_python(
+        {"type": "host", "volume": "data", "sub_path": "{key}", "target": "/srv/hot",
+         "read_only": False})
+
+    async def scenario() -> None:
+        async with drone.running() as executor:
+            backend_id = await spawn_ready(executor, spawn_of(drone.image, key=key))
+            hot_plug = HotPlug(executor)
+            if runtime == "containerd":
+                with pytest.raises(HotPlugUnsupported, match="cannot change a running"):
+                    await hot_plug.add(backend_id, entry)
+                assert not mine.exists()  # refused before the walk: nothing made
+                assert drone.staging.backends() == []
+                assert executor.store.mounts(backend_id) is None
+            else:
+                mounts = await hot_plug.add(backend_id, entry)
+                assert [(m.target, m.read_only, m.pin) for m in mounts] == [
+                    ("/srv/hot", False, 0)]
+                assert drone.engine.exec(backend_id, ["sh", "-c", "echo x > /srv/hot/f"])[0] \
+                    == 0
+                assert (mine / "f").read_text() == "x\n"
+                assert executor.store.mounts(backend_id) == mounts
+                assert await hot_plug.remove(backend_id, "/srv/hot") == []
+                assert drone.engine.exec(backend_id, ["ls", "-A", "/srv/hot"]) == (0, "")
+                assert drone.staging.backends() == []  # the pin and its directory are gone
+            await executor.terminate(backend_id, True, TerminationReason.EXTERNAL)
+            await terminated(executor, backend_id)
+
+    asyncio.run(scenario())
