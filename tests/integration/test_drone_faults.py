@@ -31,7 +31,7 @@ import pytest
 from sailplane.drone.watchdog import LeaseRecord, WatchdogConfig, write_lease
 from sailplane.runtime.base import BACKEND_LABEL, DRONE_LABEL
 from sailplane.state import now_ms
-from tests.integration.conftest import TEST_LABELS, remove_drone_containers
+from tests.integration.conftest import ContainerdEngine, Engine, remove_drone_containers
 from tests.integration.controller_fixtures import (
     SAILPLANE,
     Cluster,
@@ -187,39 +187,39 @@ def test_a_paused_drones_backend_is_killed_before_its_key_goes_to_another_drone(
     cluster.wait_status(new["backend_id"], "terminated")
 
 
-# -- the watchdog process on its own ----------------------------------------------------------
+# -- the watchdog process on its own, on both runtimes ---------------------------------------
 
 
 @dataclass
 class Guarded:
-    drone_id: str
-    lease: Path
+    """A drone id whose containers a test makes by hand, and a watchdog config for it."""
+
+    engine: Engine
+    image: str
     config: WatchdogConfig
+
+    def backend(self, backend_id: str) -> str:
+        """A running container labelled as one of the drone's backends."""
+        self.engine.run_stray(self.image, backend_id, self.config.drone_id)
+        return backend_id
+
+    def running(self, backend_id: str) -> bool:
+        return any(found.running for found in self.engine.containers(backend_id))
 
 
 @pytest.fixture
-def guarded(
-    tmp_path: Path, docker_client: docker.DockerClient, backend_image: str,
-) -> Iterator[Guarded]:
+def guarded(engine: Engine, backend_image: str, tmp_path: Path) -> Iterator[Guarded]:
     drone_id = f"test-{uuid.uuid4().hex[:12]}"
-    config = WatchdogConfig(drone_id=drone_id, drone_pid=os.getpid(), state_dir=tmp_path)
+    config = WatchdogConfig(drone_id=drone_id, drone_pid=os.getpid(), state_dir=tmp_path,
+                            runtime="docker")
+    if isinstance(engine, ContainerdEngine):
+        config = config.model_copy(update={
+            "runtime": "containerd", "containerd_address": engine.ctr.ctr.address,
+            "containerd_namespace": engine.ctr.ctr.namespace})
     try:
-        yield Guarded(drone_id, config.lease_path, config)
+        yield Guarded(engine, backend_image, config)
     finally:
-        remove_drone_containers(docker_client, drone_id)
-
-
-def backend_container(client: docker.DockerClient, image: str, drone_id: str,
-                      name: str) -> str:
-    """A running container labelled as one of the drone's backends, as the runtime makes."""
-    container = client.containers.run(
-        image, ["sleep", "600"], detach=True, name=f"sailplane-{name}",
-        labels={**TEST_LABELS, DRONE_LABEL: drone_id, BACKEND_LABEL: name})
-    return str(container.id)
-
-
-def running(client: docker.DockerClient, container_id: str) -> bool:
-    return bool(client.api.inspect_container(container_id)["State"]["Running"])
+        engine.cleanup(drone_id, [])
 
 
 def watchdog(config: WatchdogConfig, log: Path) -> subprocess.Popen[bytes]:
@@ -236,73 +236,75 @@ def lease_until(config: WatchdogConfig, stop_at_ms: int, pid: int | None = None)
     return record
 
 
+def finish(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
 def test_the_watchdog_kills_when_the_lease_lapses_and_not_before(
-    guarded: Guarded, docker_client: docker.DockerClient, backend_image: str, tmp_path: Path,
+    guarded: Guarded, tmp_path: Path,
 ) -> None:
-    container = backend_container(docker_client, backend_image, guarded.drone_id, "b-lapse")
+    backend = guarded.backend(f"b-lapse-{uuid.uuid4().hex[:6]}")
     lease_until(guarded.config, now_ms() + 2500)
     process = watchdog(guarded.config, tmp_path / "watchdog.log")
     try:
         time.sleep(1.5)
-        assert running(docker_client, container), "killed before the lease lapsed"
-        wait_until(lambda: not running(docker_client, container), 5,
-                   "the watchdog to kill the backend")
+        assert guarded.running(backend), "killed before the lease lapsed"
+        wait_until(lambda: not guarded.running(backend), 5, "the watchdog to kill the backend")
         assert process.poll() is None, "the watchdog left while its drone lives"
-        state = docker_client.api.inspect_container(container)["State"]
-        assert state["ExitCode"] == 137  # SIGKILL
-    finally:
         assert process.stdin is not None
-        process.stdin.close()  # the drone leaves; nothing runs: so does the watchdog
+        process.stdin.close()  # the drone leaves; nothing of it runs: so does the watchdog
         process.wait(10)
-    assert process.returncode == 0, (tmp_path / "watchdog.log").read_text()
+    finally:
+        finish(process)
+    log = (tmp_path / "watchdog.log").read_text()
+    assert process.returncode == 0 and f"killed sailplane-{backend}" in log, log
 
 
 def test_after_its_drone_dies_the_watchdog_enforces_the_lease_then_leaves(
-    guarded: Guarded, docker_client: docker.DockerClient, backend_image: str, tmp_path: Path,
+    guarded: Guarded, tmp_path: Path,
 ) -> None:
-    container = backend_container(docker_client, backend_image, guarded.drone_id, "b-orphan")
-    lease_until(guarded.config, now_ms() + 2000)
+    backend = guarded.backend(f"b-orphan-{uuid.uuid4().hex[:6]}")
+    lease_until(guarded.config, now_ms() + 2500)
     process = watchdog(guarded.config, tmp_path / "watchdog.log")
     try:
         assert process.stdin is not None
-        process.stdin.close()  # as if the drone were SIGKILLed: its pipe end closes
-        time.sleep(1)
+        process.stdin.close()  # as if the drone were SIGKILLed: its end of the pipe closes
+        time.sleep(1.5)
         assert process.poll() is None, "left while a backend of its drone still runs"
-        assert running(docker_client, container)
-        wait_until(lambda: not running(docker_client, container), 5,
+        assert guarded.running(backend)
+        wait_until(lambda: not guarded.running(backend), 5,
                    "the watchdog to kill the orphaned backend")
         process.wait(5)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        finish(process)
     assert process.returncode == 0, (tmp_path / "watchdog.log").read_text()
 
 
 def test_a_restarted_drone_takes_over_from_the_old_watchdog(
-    guarded: Guarded, docker_client: docker.DockerClient, backend_image: str, tmp_path: Path,
+    guarded: Guarded, tmp_path: Path,
 ) -> None:
-    container = backend_container(docker_client, backend_image, guarded.drone_id, "b-adopted")
-    lease_until(guarded.config, now_ms() + 2000)
+    backend = guarded.backend(f"b-adopted-{uuid.uuid4().hex[:6]}")
+    lease_until(guarded.config, now_ms() + 2500)
     process = watchdog(guarded.config, tmp_path / "watchdog.log")
     try:
         assert process.stdin is not None
         process.stdin.close()
-        time.sleep(0.5)
+        time.sleep(1)
         lease_until(guarded.config, now_ms() + 60_000, pid=os.getpid() + 1)  # a new drone
         process.wait(5)
-        time.sleep(2)  # past the old lease: the adopted backend must live on
-        assert running(docker_client, container)
+        time.sleep(2)  # past the old lease: the adopted backend lives on
+        assert guarded.running(backend)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        finish(process)
     log = (tmp_path / "watchdog.log").read_text()
     assert process.returncode == 0 and "restarted" in log, log
 
 
-def test_the_lease_file_is_replaced_whole(guarded: Guarded) -> None:
-    record = lease_until(guarded.config, 123_456)
-    assert json.loads(guarded.lease.read_text()) == record.model_dump()
-    assert guarded.lease.stat().st_mode & 0o777 == 0o600
-    assert not guarded.lease.with_name(guarded.lease.name + ".partial").exists()
+def test_the_lease_file_is_replaced_whole(tmp_path: Path) -> None:
+    config = WatchdogConfig(drone_id="d", drone_pid=1, state_dir=tmp_path)
+    record = lease_until(config, 123_456)
+    assert json.loads(config.lease_path.read_text()) == record.model_dump()
+    assert config.lease_path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["lease.json"]
