@@ -39,6 +39,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker
 import httpx
@@ -54,6 +55,7 @@ ROUND_TIMEOUT_SECONDS = 30.0
 BENCH_LABEL = "dev.sailplane.bench"
 PORT_KEY = "8080/tcp"
 RAW_KINDS = ("raw Docker", "raw Docker, bridge IP")
+LOOPBACK_PORT: dict[str, Any] = {PORT_KEY: ("127.0.0.1", None)}  # a free port on loopback
 
 
 @dataclass
@@ -140,7 +142,7 @@ def raw_spawn(engine: docker.DockerClient, image: str, volume: Path, run_id: str
     started = time.perf_counter()
     container = engine.containers.create(
         image, detach=True, environment={"PORT": "8080"}, labels={BENCH_LABEL: run_id},
-        ports={PORT_KEY: ("127.0.0.1", None)} if publish else {},
+        ports=LOOPBACK_PORT if publish else {},
         mounts=[docker.types.Mount("/data", str(volume), type="bind", read_only=False)],
     )
     try:
