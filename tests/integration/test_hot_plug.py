@@ -5,7 +5,7 @@ is connected, then ``POST /ctrl/b/{id}/mounts`` and ``DELETE /ctrl/b/{id}/mounts
 change its mounts, and what the container sees is read with ``docker exec``. The drone's
 policy (a TOML file) publishes ``data`` (rw), ``config`` (ro), ``team`` (rw, namespace
 ``other`` only) and ``keyed`` (rw, key-scoped). The last test drives the drone's side
-(``drone/hot_plug.py``) directly on both runtimes: containerd has no hot-plug yet and says so.
+(``drone/hot_plug.py``) directly, on Docker and on containerd.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from docker.models.containers import Container
 from pydantic import TypeAdapter
 
 from sailplane.drone.hot_plug import HotPlug
-from sailplane.mounts.hot_plug import HotPlugUnsupported
 from sailplane.spec import VolumeMount
 from sailplane.state import TerminationReason
 from tests.integration.conftest import DroneHarness, remove_drone_containers
@@ -308,9 +307,7 @@ def test_the_cli_adds_and_removes_a_mount(
     assert inside(box, "ls -A /srv/cli") == (0, "")
 
 
-def test_the_drone_hot_plugs_on_docker_and_says_unsupported_on_containerd(
-    drone: DroneHarness, runtime: str,
-) -> None:
+def test_the_drone_hot_plugs_on_either_runtime(drone: DroneHarness) -> None:
     key = f"k-{uuid.uuid4().hex[:8]}"
     mine = drone.roots["data"] / key
     entry = TypeAdapter(VolumeMount).validate_python(
@@ -321,23 +318,22 @@ def test_the_drone_hot_plugs_on_docker_and_says_unsupported_on_containerd(
         async with drone.running() as executor:
             backend_id = await spawn_ready(executor, spawn_of(drone.image, key=key))
             hot_plug = HotPlug(executor)
-            if runtime == "containerd":
-                with pytest.raises(HotPlugUnsupported, match="cannot change a running"):
-                    await hot_plug.add(backend_id, entry)
-                assert not mine.exists()  # refused before the walk: nothing made
-                assert drone.staging.backends() == []
-                assert executor.store.mounts(backend_id) is None
-            else:
-                mounts = await hot_plug.add(backend_id, entry)
-                assert [(m.target, m.read_only, m.pin) for m in mounts] == [
-                    ("/srv/hot", False, 0)]
-                assert drone.engine.exec(backend_id, ["sh", "-c", "echo x > /srv/hot/f"])[0] \
-                    == 0
-                assert (mine / "f").read_text() == "x\n"
-                assert executor.store.mounts(backend_id) == mounts
-                assert await hot_plug.remove(backend_id, "/srv/hot") == []
-                assert drone.engine.exec(backend_id, ["ls", "-A", "/srv/hot"]) == (0, "")
-                assert drone.staging.backends() == []  # the pin and its directory are gone
+            mounts = await hot_plug.add(backend_id, entry)
+            assert [(m.target, m.read_only, m.pin) for m in mounts] == [("/srv/hot", False, 0)]
+            assert drone.engine.exec(backend_id, ["sh", "-c", "echo x > /srv/hot/f"])[0] == 0
+            assert (mine / "f").read_text() == "x\n"
+            assert executor.store.mounts(backend_id) == mounts
+            assert await hot_plug.remove(backend_id, "/srv/hot") == []
+            assert drone.engine.exec(backend_id, ["ls", "-A", "/srv/hot"]) == (0, "")
+            assert drone.staging.backends() == []  # the pin and its directory are gone
+            (drone.roots["config"] / "app.toml").write_text("greeting = 'hi'")
+            config = TypeAdapter(VolumeMount).validate_python(
+                {"type": "host", "volume": "config", "target": "/srv/conf"})
+            assert [m.read_only for m in await hot_plug.add(backend_id, config)] == [True]
+            assert drone.engine.exec(backend_id, ["cat", "/srv/conf/app.toml"]) == \
+                (0, "greeting = 'hi'")
+            code, out = drone.engine.exec(backend_id, ["touch", "/srv/conf/new"])
+            assert code != 0 and "Read-only file system" in out
             await executor.terminate(backend_id, True, TerminationReason.EXTERNAL)
             await terminated(executor, backend_id)
 

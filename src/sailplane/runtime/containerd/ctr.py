@@ -97,12 +97,21 @@ def task_statuses(listing: str) -> dict[str, str]:
     >>> task_statuses("TASK PID STATUS\nsailplane-b1 42 RUNNING\n")
     {'sailplane-b1': 'RUNNING'}
     """
-    tasks = {}
-    for line in listing.splitlines()[1:]:
-        fields = line.split()
-        if len(fields) >= 3:
-            tasks[fields[0]] = fields[2]
-    return tasks
+    return {fields[0]: fields[2] for fields in _task_rows(listing)}
+
+
+def task_pids(listing: str) -> dict[str, int]:
+    r"""``ctr tasks ls`` -> container id -> its task's init process, as the host sees it.
+
+    >>> task_pids("TASK PID STATUS\nsailplane-b1 42 RUNNING\n")
+    {'sailplane-b1': 42}
+    """
+    return {fields[0]: int(fields[1]) for fields in _task_rows(listing) if fields[1].isdigit()}
+
+
+def _task_rows(listing: str) -> list[list[str]]:
+    """The rows of ``ctr tasks ls`` (TASK PID STATUS), split, without the header."""
+    return [fields for fields in map(str.split, listing.splitlines()[1:]) if len(fields) >= 3]
 
 
 def explanation(stderr: str) -> str:

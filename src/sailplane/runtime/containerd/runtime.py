@@ -65,6 +65,7 @@ from sailplane.runtime.containerd.ctr import (
     Ctr,
     CtrError,
     normalize_image,
+    task_pids,
     task_statuses,
 )
 from sailplane.runtime.containerd.images import DockerImages, import_command
@@ -563,6 +564,17 @@ class ContainerdRuntime(Runtime):
     async def _tasks(self) -> dict[str, str]:
         """Container id -> task status (RUNNING, STOPPED, ...), for every task there is."""
         return task_statuses(await self._ctr("tasks", "ls"))
+
+    async def init_pid(self, backend_id: str) -> int | None:
+        try:
+            listing = await self._ctr("tasks", "ls")
+        except CtrError as exc:
+            raise RuntimeFailure(f"cannot list containerd's tasks: {exc.message}") from exc
+        cid = container_id(backend_id)
+        pid = task_pids(listing).get(cid)
+        if task_statuses(listing).get(cid) not in _RUNNING or not pid:
+            raise RuntimeFailure(f"the container of backend {backend_id} is not running")
+        return pid
 
     async def _labels(self, cid: str) -> dict[str, str] | None:
         try:
