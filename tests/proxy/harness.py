@@ -42,7 +42,7 @@ import h11
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from sailplane.protocol import RouteInfo, RouteRequest, from_proxy
+from sailplane.protocol import RouteGone, RouteInfo, RouteRequest, from_proxy
 
 REPO = Path(__file__).resolve().parents[2]
 SAILPLANE = REPO / ".venv" / "bin" / "sailplane"
@@ -192,11 +192,18 @@ class Backend:
 
 
 class Controller:
-    """Answers the proxy's route lookups as a controller would, over the proxy socket."""
+    """Answers the proxy's route lookups as a controller would, over the proxy socket.
+
+    It notes every token asked for (``asked``), can tell its proxies that a backend is gone
+    (:meth:`gone`), and can be stopped and started again on the same port (``server``), as
+    a controller restart looks to a proxy."""
 
     def __init__(self) -> None:
         self.routes: dict[str, RouteInfo] = {}
         self.port = 0
+        self.asked: list[str] = []
+        self.sessions: set[ServerConnection] = set()
+        self.server: Any = None
 
     def route(self, token: str, port: int, username: str = USERNAME) -> None:
         self.routes[token] = RouteInfo(
@@ -204,17 +211,33 @@ class Controller:
             username=username, user_data=json.dumps({"role": "tester"}), secret="s3cret")
 
     async def start(self) -> Any:
-        server = await serve(self._session, "127.0.0.1", 0)
-        self.port = next(iter(server.sockets)).getsockname()[1]
-        return server
+        """Listen (on the same port as before, once it has one)."""
+        self.server = await serve(self._session, "127.0.0.1", self.port)
+        self.port = next(iter(self.server.sockets)).getsockname()[1]
+        return self.server
+
+    async def stop(self) -> None:
+        """Close the server and every proxy's socket, as a controller that went away."""
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def gone(self, backend_id: str) -> None:
+        """Tell every connected proxy that ``backend_id`` left ``ready``."""
+        for session in list(self.sessions):
+            await session.send(RouteGone(backend_id=backend_id).model_dump_json())
 
     async def _session(self, socket: ServerConnection) -> None:
-        with contextlib.suppress(ConnectionClosed):  # the proxy stopped
-            async for frame in socket:
-                message = from_proxy.validate_json(frame)
-                if isinstance(message, RouteRequest):
-                    info = self.routes.get(message.token, RouteInfo(token=message.token))
-                    await socket.send(info.model_dump_json())
+        self.sessions.add(socket)
+        try:
+            with contextlib.suppress(ConnectionClosed):  # the proxy stopped
+                async for frame in socket:
+                    message = from_proxy.validate_json(frame)
+                    if isinstance(message, RouteRequest):
+                        self.asked.append(message.token)
+                        info = self.routes.get(message.token, RouteInfo(token=message.token))
+                        await socket.send(info.model_dump_json())
+        finally:
+            self.sessions.discard(socket)
 
 
 class Loop:

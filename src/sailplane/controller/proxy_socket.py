@@ -2,7 +2,9 @@
 
 It answers route requests, turns connection reports into activity for the idle sweep, and
 tells the proxy the moment a backend it routes to leaves ``ready`` (woken by this
-controller's drone events, and by polling for other controllers').
+controller's drone events, and by polling for other controllers'). A proxy keeps its routes
+through a lost link and asks for each again on the next one; from that answer on this socket
+watches the route's backend, as for any lookup.
 """
 
 from __future__ import annotations
@@ -56,9 +58,11 @@ async def serve_proxy(
                 continue
             if isinstance(message, RouteRequest):
                 route = await asyncio.to_thread(routes.lookup, engine, message.token)
-                if route.backend_id:
-                    watched.add(route.backend_id)
                 async with lock:
+                    # Watched and answered at once, so the watcher's ``route_gone`` for this
+                    # backend can only follow the answer, never overtake it.
+                    if route.backend_id:
+                        watched.add(route.backend_id)
                     await websocket.send_text(route.model_dump_json())
             elif isinstance(message, ConnectionReport):
                 await asyncio.to_thread(routes.record_activity, engine, message.counts)

@@ -14,6 +14,7 @@ Every error body is ``{"error": {"code": ..., "message": ...}}``; the codes:
 502   ``backend_closed``        the backend closed the connection before it answered
 502   ``bad_response``          the backend's response could not be read (reason in the log)
 503   ``too_many_connections``  ``max_connections`` client connections are open
+503   ``route_unavailable``     the token is not cached and the controller cannot be asked
 ====  ========================  ===============================================================
 
 >>> ours = answer(400, "bad_request", "no", close=True)
@@ -54,9 +55,10 @@ def bad_request(reason: str) -> bytes:
     return answer(400, "bad_request", f"malformed HTTP: {reason}", close=True)
 
 
+RETRY_AFTER = b"retry-after: 1\r\n"  # with each 503: the condition is short-lived
 TOO_MANY_CONNECTIONS = answer(503, "too_many_connections",
                               "the proxy has too many open connections; try again",
-                              close=True, headers=b"retry-after: 1\r\n")
+                              close=True, headers=RETRY_AFTER)
 HEAD_TIMEOUT = answer(408, "head_timeout", "the request head took too long", close=True)
 BODY_TIMEOUT = answer(408, "body_timeout", "the request body stalled", close=True)
 HEADER_TOO_LARGE = answer(431, "header_too_large", "the request head is too large", close=True)

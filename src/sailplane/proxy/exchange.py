@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from sailplane.proxy import answers
 from sailplane.proxy.flow import EARLY_BODY, UPGRADE
 from sailplane.proxy.limits import MAX_EARLY_BODY_BYTES
-from sailplane.proxy.routes import Route
+from sailplane.proxy.routes import Miss, Route
 from sailplane.proxy.upstream import Upstream
 
 if TYPE_CHECKING:
@@ -128,8 +128,11 @@ class Exchange:
         route = await self.client.proxy.routes.lookup(token)
         if self.done or self.client.closed:
             return
-        if route is None:
+        if route is Miss.UNKNOWN:
             self.answer(404, "no_route", "no live backend for this token")
+        elif route is Miss.UNAVAILABLE:
+            self.answer(503, "route_unavailable", "the proxy cannot look this token up now "
+                        "(its controller is out of reach); try again", answers.RETRY_AFTER)
         else:
             self._use(route)
 

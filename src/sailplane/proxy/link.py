@@ -1,7 +1,9 @@
 """The proxy's WebSocket to the controller: route lookups, and connection reports.
 
-Reconnects with backoff; while disconnected, cached routes are dropped (they may be stale)
-and lookups fail at once, so clients get a quick 404 rather than a hang.
+Reconnects with backoff. While disconnected, cached routes are still served (the route
+table bounds how long) and lookups of unknown tokens answer ``UNAVAILABLE`` (503); once
+reconnected, the routes the controller has not confirmed are asked for again. A frame that
+does not parse is logged and skipped: one bad message never ends the link.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection
 
 from sailplane.controller_socket import bearer, socket_url, stay_connected
@@ -20,7 +23,7 @@ from sailplane.protocol import (
     to_proxy,
 )
 from sailplane.proxy.counts import ConnectionCounts
-from sailplane.proxy.routes import RouteTable
+from sailplane.proxy.routes import STALE_ROUTE_SECONDS, RouteTable
 
 log = logging.getLogger(__name__)
 
@@ -28,42 +31,41 @@ REPORT_INTERVAL_SECONDS = 1.0
 
 
 class ControllerLink:
-    def __init__(self, controller_url: str, token: str | None = None) -> None:
+    def __init__(self, controller_url: str, token: str | None = None,
+                 stale_route_seconds: float = STALE_ROUTE_SECONDS) -> None:
         self.url = socket_url(controller_url, "/ctrl/proxy-socket")
         self.headers = bearer(token)
-        self.routes = RouteTable(self._request)
+        self.routes = RouteTable(self._request, stale_route_seconds)
         self.counts = ConnectionCounts()
-        self.connected = asyncio.Event()
-        self._socket: ClientConnection | None = None
         self._outgoing: asyncio.Queue[str] = asyncio.Queue()
 
-    def _request(self, request: RouteRequest) -> bool:
-        if self._socket is None:
-            return False
+    def _request(self, request: RouteRequest) -> None:
         self._outgoing.put_nowait(request.model_dump_json())
-        return True
 
     async def run(self) -> None:
         """Stay connected until cancelled."""
         await stay_connected(self.url, self.headers, self._session, self._lost)
 
     async def _session(self, socket: ClientConnection) -> None:
-        self._socket = socket
-        self.connected.set()
+        self._outgoing = asyncio.Queue()
+        self.routes.connected()
         async with asyncio.TaskGroup() as group:
             group.create_task(self._receive(socket))
             group.create_task(self._send(socket))
             group.create_task(self._report(socket))
 
     def _lost(self) -> None:
-        self._socket = None
-        self._outgoing = asyncio.Queue()
-        self.connected.clear()
-        self.routes.disconnected()
+        if self.routes.online.is_set():
+            self.routes.disconnected(asyncio.get_running_loop().time())
 
     async def _receive(self, socket: ClientConnection) -> None:
         async for frame in socket:
-            message = to_proxy.validate_json(frame)
+            try:
+                message = to_proxy.validate_json(frame)
+            except ValidationError as exc:
+                log.warning("the controller sent a message that does not parse (skipped): %s",
+                            str(exc).splitlines()[0])
+                continue
             if isinstance(message, RouteInfo):
                 self.routes.on_route_info(message)
             elif isinstance(message, RouteGone):

@@ -1,19 +1,33 @@
 """The proxy's route cache: token -> backend address and the verified headers to add.
 
 A miss asks the controller (one request per token at a time, however many clients wait on
-it); an entry is dropped the moment the controller says its backend left ``ready``.
+it); an entry is dropped the moment the controller says its backend left ``ready``. The
+cache outlives the controller link (see :class:`RouteTable`): a proxy whose controller is
+restarting keeps serving the routes it knows, and answers 503 for those it cannot know.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from sailplane.protocol import RouteGone, RouteInfo, RouteRequest
+from sailplane.timing import LEASE_SECONDS
 
+log = logging.getLogger(__name__)
+
+# A lookup the controller has not answered within this is answered 503.
 ROUTE_LOOKUP_TIMEOUT_SECONDS = 5.0
+# A lookup while the link is down waits this long for it (the proxy's own start) before 503.
+LINK_WAIT_SECONDS = 1.0
+# How long a route is served without the controller's confirmation, by default. A drone
+# that cannot reach the controller stops its backends within their key lease, so a route
+# older than a lease may lead to a backend that is gone, or to its address reused by another.
+STALE_ROUTE_SECONDS = LEASE_SECONDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,40 +77,74 @@ def route_from(info: RouteInfo) -> Route | None:
     return Route(info.backend_id, host, int(port), b"\r\n".join(lines) + b"\r\n")
 
 
+class Miss(enum.Enum):
+    """Why :meth:`RouteTable.lookup` has no route."""
+
+    UNKNOWN = "unknown"  # the controller answered: no ready backend for this token (404)
+    UNAVAILABLE = "unavailable"  # the controller could not be asked, or did not answer (503)
+
+
 class RouteTable:
-    def __init__(self, send: Callable[[RouteRequest], bool]) -> None:
-        self._send = send  # False when the controller is not connected
+    """Routes by token, kept through the controller link's outages.
+
+    A route is dropped when the controller says so (``route_gone``, or a ``route_info``
+    without an address), or when it has gone ``stale_after`` seconds without the
+    controller's confirmation: from the moment the link dropped until the controller
+    answered for it again. Until then a cached route is served as it is, so clients of
+    healthy backends see nothing of a controller restart. A new link revalidates every
+    route it did not confirm (one ``route_request`` each), and the controller watches each
+    again from its answer on.
+    """
+
+    def __init__(self, send: Callable[[RouteRequest], None],
+                 stale_after: float = STALE_ROUTE_SECONDS) -> None:
+        self._send = send  # called only while ``online``
+        self.stale_after = stale_after
+        self.online = asyncio.Event()  # the controller link is up
         self._routes: dict[str, Route] = {}
-        self._pending: dict[str, asyncio.Future[Route | None]] = {}
+        # Tokens whose routes the controller has not confirmed since the link dropped, with
+        # the loop's time when it dropped.
+        self._unconfirmed: dict[str, float] = {}
+        self._pending: dict[str, asyncio.Future[Route | Miss]] = {}
 
     def cached(self, token: str) -> Route | None:
         return self._routes.get(token)
 
-    async def lookup(self, token: str) -> Route | None:
+    async def lookup(self, token: str) -> Route | Miss:
+        """The token's route, from the cache or the controller. Without a link, a lookup
+        waits up to ``LINK_WAIT_SECONDS`` for one (a proxy that just started has none yet)."""
+        if not self.online.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(LINK_WAIT_SECONDS):
+                    await self.online.wait()
         route = self._routes.get(token)
         if route is not None:
             return route
+        if not self.online.is_set():
+            return Miss.UNAVAILABLE
         future = self._pending.get(token)
         if future is None:
             future = asyncio.get_running_loop().create_future()
             self._pending[token] = future
-            if not self._send(RouteRequest(token=token)):
-                del self._pending[token]
-                return None
+            self._send(RouteRequest(token=token))
         try:
             async with asyncio.timeout(ROUTE_LOOKUP_TIMEOUT_SECONDS):
                 return await asyncio.shield(future)
         except TimeoutError:
-            self._pending.pop(token, None)
-            return None
+            if self._pending.get(token) is future:
+                del self._pending[token]
+            return Miss.UNAVAILABLE
 
     def on_route_info(self, info: RouteInfo) -> None:
         route = route_from(info)
+        self._unconfirmed.pop(info.token, None)
         if route is not None:
             self._routes[info.token] = route
+        else:
+            self._routes.pop(info.token, None)
         future = self._pending.pop(info.token, None)
         if future is not None and not future.done():
-            future.set_result(route)
+            future.set_result(Miss.UNKNOWN if route is None else route)
 
     def on_route_gone(self, message: RouteGone) -> None:
         self.forget(message.backend_id)
@@ -104,11 +152,34 @@ class RouteTable:
     def forget(self, backend_id: str) -> None:
         for token in [t for t, r in self._routes.items() if r.backend_id == backend_id]:
             del self._routes[token]
+            self._unconfirmed.pop(token, None)
 
-    def disconnected(self) -> None:
-        """Without a controller, cached routes may be stale and pending lookups never end."""
-        self._routes.clear()
+    def connected(self) -> None:
+        """A new link: ask the controller again for every route it has not confirmed."""
+        self.online.set()
+        for token in self._unconfirmed:
+            self._send(RouteRequest(token=token))
+
+    def disconnected(self, now: float) -> None:
+        """The link dropped at ``now`` (the loop's clock): routes are kept but unconfirmed
+        (those unconfirmed already keep their earlier time); lookups waiting on the
+        controller end as ``UNAVAILABLE``, since their answers cannot come."""
+        self.online.clear()
+        for token in self._routes:
+            self._unconfirmed.setdefault(token, now)
         for future in self._pending.values():
-            with contextlib.suppress(asyncio.InvalidStateError):
-                future.set_result(None)
+            if not future.done():
+                future.set_result(Miss.UNAVAILABLE)
         self._pending.clear()
+
+    def expire(self, now: float) -> None:
+        """Drop the routes unconfirmed for longer than ``stale_after`` (called every tick)."""
+        if not self._unconfirmed:
+            return
+        expired = [t for t, since in self._unconfirmed.items() if now - since > self.stale_after]
+        if expired:
+            for token in expired:
+                del self._unconfirmed[token]
+                self._routes.pop(token, None)
+            log.warning("dropped %d route(s) the controller has not confirmed for %.0fs",
+                        len(expired), self.stale_after)

@@ -8,12 +8,12 @@ import ctypes
 import logging
 import multiprocessing
 import signal
-import sys
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from sailplane.proxy.limits import ProxyLimits, fit_fd_limit
 from sailplane.proxy.link import ControllerLink
+from sailplane.proxy.routes import STALE_ROUTE_SECONDS
 from sailplane.proxy.server import Proxy, listening_socket, serve
 
 log = logging.getLogger(__name__)
@@ -28,11 +28,13 @@ class ProxyConfig(BaseModel):
     workers: int = 1
     ctrl_token: str | None = None
     limits: ProxyLimits = ProxyLimits()
+    # How long a route is served without the controller's confirmation (its link is down).
+    stale_route_seconds: float = Field(STALE_ROUTE_SECONDS, gt=0)
 
 
 async def run_proxy(config: ProxyConfig) -> None:
     """Serve until cancelled, in this process (one worker)."""
-    link = ControllerLink(config.controller_url, config.ctrl_token)
+    link = ControllerLink(config.controller_url, config.ctrl_token, config.stale_route_seconds)
     proxy = Proxy(link.routes, link.counts, fit_fd_limit(config.limits))
     sock = listening_socket(config.host, config.port, reuse_port=config.workers > 1)
     server = await serve(proxy, sock)
@@ -41,6 +43,17 @@ async def run_proxy(config: ProxyConfig) -> None:
         await link.run()
     finally:
         server.close()
+
+
+async def _until_terminated(config: ProxyConfig) -> None:
+    """``run_proxy`` until SIGTERM. The signal is taken by the loop, between callbacks: an
+    exception raised by a plain signal handler could land inside a protocol's callback,
+    where the loop would log it as that connection's error and go on serving."""
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await run_proxy(config)
 
 
 def _worker(config: ProxyConfig) -> None:
@@ -52,9 +65,9 @@ def run_in_loop(config: ProxyConfig) -> None:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; plain asyncio works
-        asyncio.run(run_proxy(config))
+        asyncio.run(_until_terminated(config))
     else:
-        uvloop.run(run_proxy(config))
+        uvloop.run(_until_terminated(config))
 
 
 def _child_worker(config: ProxyConfig) -> None:
@@ -69,8 +82,7 @@ def run_workers(config: ProxyConfig) -> None:
                 for _ in range(config.workers - 1)]
     for child in children:
         child.start()
-    # SIGTERM ends the first process through its `finally`, which stops the others.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # SIGTERM ends the first process's loop, and its `finally` stops the others.
     try:
         _worker(config)
     finally:

@@ -123,7 +123,7 @@ class Proxy:
 
     async def watch(self) -> None:
         """Advance the clock and apply every connection's timeouts (and the idle timeout of
-        pooled backend connections), once a tick, forever."""
+        pooled backend connections, and the routes' staleness bound), once a tick, forever."""
         loop = asyncio.get_running_loop()
         tick = self.limits.tick()
         while True:
@@ -131,6 +131,7 @@ class Proxy:
             for connection in list(self.connections):
                 connection.check(now)
             self.pool.prune(now, self.limits.idle_timeout)
+            self.routes.expire(now)
             await asyncio.sleep(tick)
 
 
