@@ -1,7 +1,9 @@
 """The README's walkthrough, end to end: `sailplane dev`, the CLI, and HTTP through the proxy.
 
 Config hot reload, data kept across backends of a key, a live code mount, and Ctrl-C leaving
-no container behind, with the demo backend image. Credentials are on: as in the README, the
+no container behind, with the demo backend image, on Docker and on containerd (whose drone
+imports the demo image from Docker's store by itself, as a user running the walkthrough with
+``--runtime containerd`` needs). Credentials are on: as in the README, the
 CLI runs from another directory than the data directory's and finds the API token that
 `sailplane dev` published (through its link under ``XDG_STATE_HOME``, here a temporary one).
 """
@@ -21,6 +23,7 @@ import docker
 import httpx
 import pytest
 
+from sailplane.runtime.containerd.ctr import DEFAULT_NAMESPACE, default_address
 from tests.integration.conftest import remove_drone_containers
 from tests.integration.controller_fixtures import (
     SAILPLANE,
@@ -33,6 +36,7 @@ from tests.integration.proxy_fixtures import DEMO_IMAGE as DEMO
 from tests.integration.proxy_fixtures import demo_image  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.docker
+RUNTIMES = ["docker", pytest.param("containerd", marks=pytest.mark.containerd)]
 
 @dataclass
 class Dev:
@@ -42,6 +46,23 @@ class Dev:
     drone_id: str
     process: Process
     env: dict[str, str]
+    runtime: str
+
+    def containers(self) -> list[str]:
+        """The drone's containers, running or not, in its runtime."""
+        label = f"dev.sailplane.drone={self.drone_id}"
+        if self.runtime == "docker":
+            client = docker.from_env()
+            try:
+                return [c.id or "" for c in client.containers.list(all=True,
+                                                                   filters={"label": label})]
+            finally:
+                client.close()
+        listed = subprocess.run(
+            ["ctr", "--address", default_address(), "-n", DEFAULT_NAMESPACE, "containers", "ls",
+             "-q", f'labels."dev.sailplane.drone"=={json.dumps(self.drone_id)}'],
+            capture_output=True, text=True, timeout=60, check=True)
+        return listed.stdout.split()
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         done = subprocess.run([str(SAILPLANE), *args, "--controller", self.controller],
@@ -62,8 +83,10 @@ class Dev:
         return response
 
 
-@pytest.fixture
-def dev(tmp_path: Path, demo_image: str) -> Iterator[Dev]:  # noqa: F811 - the fixture
+@pytest.fixture(params=RUNTIMES)
+def dev(request: pytest.FixtureRequest, tmp_path: Path,
+        demo_image: str) -> Iterator[Dev]:  # noqa: F811 - the fixture
+    runtime: str = request.param
     client = docker.from_env()
     for name in ("config", "data", "code"):
         (tmp_path / name).mkdir()
@@ -77,7 +100,7 @@ def dev(tmp_path: Path, demo_image: str) -> Iterator[Dev]:  # noqa: F811 - the f
         env.pop(name, None)
     process = Process("dev", [
         str(SAILPLANE), "dev", "--controller-port", str(port), "--proxy-port", str(proxy_port),
-        "--data-dir", str(data_dir), "--drone-id", drone_id,
+        "--data-dir", str(data_dir), "--drone-id", drone_id, "--runtime", runtime,
         "--host-volume", f"config={tmp_path / 'config'}:ro",
         "--host-volume", f"data={tmp_path / 'data'}:rw",
         "--host-volume", f"code={tmp_path / 'code'}:ro",
@@ -93,11 +116,14 @@ def dev(tmp_path: Path, demo_image: str) -> Iterator[Dev]:  # noqa: F811 - the f
 
     try:
         wait_until(drone_connected, START_TIMEOUT, "the dev drone to connect")
-        yield Dev(tmp_path, data_dir, controller, drone_id, process, env)
+        yield Dev(tmp_path, data_dir, controller, drone_id, process, env, runtime)
     finally:
         process.stop(signal.SIGINT)
         remove_drone_containers(client, drone_id)
         client.close()
+        assert not (runtime == "containerd" and Dev(
+            tmp_path, data_dir, controller, drone_id, process, env, runtime).containers()), \
+            "containerd backends left behind"
 
 
 def test_a_config_file_replaced_on_the_host_is_served_at_once(dev: Dev):
@@ -135,11 +161,8 @@ def test_an_edit_to_mounted_code_is_served_at_once(dev: Dev):
 
 def test_ctrl_c_terminates_every_backend_and_leaves_no_container(dev: Dev):
     dev.connect()
-    client = docker.from_env()
-    label = f"dev.sailplane.drone={dev.drone_id}"
-    assert client.containers.list(filters={"label": label})
+    assert dev.containers()
     dev.process.stop(signal.SIGINT)
     assert dev.process.popen is not None and dev.process.popen.returncode == 0, dev.process.log()
-    assert client.containers.list(all=True, filters={"label": label}) == []
+    assert dev.containers() == []
     assert "every backend terminated" in dev.process.log()
-    client.close()
