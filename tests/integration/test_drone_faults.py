@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -36,9 +37,12 @@ from tests.integration.controller_fixtures import (
     SAILPLANE,
     Cluster,
     Process,
+    cluster,
     free_port,
     wait_until,
 )
+
+__all__ = ["cluster"]  # the fixture, imported for pytest
 
 TIME_SCALE = "0.25"
 SCALED = {"SAILPLANE_TIME_SCALE": TIME_SCALE}
@@ -185,6 +189,36 @@ def test_a_paused_drones_backend_is_killed_before_its_key_goes_to_another_drone(
     response = cluster.http.post(f"/ctrl/b/{new['backend_id']}/hard-terminate")
     assert response.status_code == 200 and response.json() == {"requested": True}, response.text
     cluster.wait_status(new["backend_id"], "terminated")
+
+
+# -- a store error on the controller's end of the link ----------------------------------------
+
+
+def test_a_store_error_closes_the_drone_link_and_the_drone_comes_back(cluster: Cluster) -> None:
+    """A real database error while the controller handles a heartbeat: the controller closes
+    that socket (it does not die, nor leave the link dead), the drone reconnects, and
+    everything flows again: spawns, events, terminates."""
+    first = cluster.connect()
+    cluster.wait_status(first["backend_id"], "ready")
+    connections = cluster.controller.log().count(f"drone {cluster.drone_id} connected")
+    database = sqlite3.connect(cluster.tmp / "c.db", timeout=30, isolation_level=None)
+    try:
+        database.execute("CREATE TRIGGER injected_store_error BEFORE UPDATE ON drones "
+                         "BEGIN SELECT RAISE(ABORT, 'injected store error'); END")
+        wait_until(lambda: "database error; closing its socket" in cluster.controller.log(),
+                   20, "the heartbeat to hit the store error")
+    finally:
+        database.execute("DROP TRIGGER IF EXISTS injected_store_error")
+        database.close()
+    wait_until(lambda: cluster.controller.log().count(f"drone {cluster.drone_id} connected")
+               > connections, 30, "the drone to connect again")
+    assert cluster.controller.alive() and cluster.drone.alive()
+
+    second = cluster.connect()
+    cluster.wait_status(second["backend_id"], "ready")
+    assert cluster.status(first["backend_id"])["status"] == "ready"
+    cluster.soft_terminate(first["backend_id"])
+    cluster.wait_status(first["backend_id"], "terminated")
 
 
 # -- the watchdog process on its own, on both runtimes ---------------------------------------

@@ -48,6 +48,9 @@ from sailplane.timing import (
 
 log = logging.getLogger(__name__)
 
+START_RETRIED = ("its start was interrupted by the drone stopping, run again, and interrupted "
+                 "again; not tried a third time")
+
 
 @dataclass(frozen=True)
 class ExecutorSettings:
@@ -408,8 +411,12 @@ class Executor:
                              exit_code=found.exit_code)
             elif (backend.status.rank < BackendStatus.STARTING.rank
                   or (backend.status is BackendStatus.STARTING and backend.address is None)):
-                # never got a container (the drone died before or while creating it): again
-                backend.task = asyncio.create_task(self._run(backend))
+                # never got a container (the drone died before or while creating it): again,
+                # once; a start interrupted twice may be what stops the drone
+                if self.store.retry_start(backend.backend_id):
+                    backend.task = asyncio.create_task(self._run(backend))
+                else:
+                    self._finish(backend, TerminationReason.ERROR, message=START_RETRIED)
             else:
                 self._finish(backend, TerminationReason.LOST,
                              message="the container vanished while the drone was down")

@@ -36,6 +36,9 @@ CREATE TABLE IF NOT EXISTS backend_mounts (
     backend_id TEXT PRIMARY KEY,
     mounts TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS start_retries (
+    backend_id TEXT PRIMARY KEY
+);
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     backend_id TEXT NOT NULL,
@@ -141,6 +144,12 @@ class DroneStore:
             "ON CONFLICT (backend_id) DO UPDATE SET mounts = excluded.mounts",
             (backend_id, _live_mounts.dump_json(mounts).decode()),
         )
+
+    def retry_start(self, backend_id: str) -> bool:
+        """Note that the backend's interrupted start runs again; False if it did once already."""
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO start_retries (backend_id) VALUES (?)", (backend_id,))
+        return cursor.rowcount == 1
 
     def pending(self, after: int = 0, limit: int = 1000) -> list[OutboxEvent]:
         """Unacknowledged events after sequence number ``after``, in order."""
