@@ -5,9 +5,11 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import json
 import os
+import signal
 import socket
 import threading
 import time
@@ -432,3 +434,88 @@ def test_two_worker_processes_share_one_port(
     time.sleep(0.5)
     with pytest.raises(httpx.ConnectError):  # the forked worker ended with the first
         httpx.get(url + "headers")
+
+
+# -- the controller link ---------------------------------------------------------------------
+
+HAMMER_THREADS = 4
+MAX_HAMMER_SECONDS = 30.0  # a bound on the load loop below, whatever happens
+
+
+class Hammer:
+    """Clients on keep-alive connections requesting ``urls`` in turn until stopped (or
+    ``MAX_HAMMER_SECONDS``); every outcome is counted, with when it happened."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self.urls = urls
+        self.outcomes: list[tuple[float, int | str]] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(n,), daemon=True)
+                         for n in range(HAMMER_THREADS)]
+
+    def __enter__(self) -> Hammer:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(MAX_HAMMER_SECONDS)
+
+    def _run(self, number: int) -> None:
+        deadline = time.monotonic() + MAX_HAMMER_SECONDS
+        with httpx.Client(timeout=10) as client:
+            turn = number
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                url = self.urls[turn % len(self.urls)]
+                turn += 1
+                try:
+                    outcome: int | str = client.get(url + "headers").status_code
+                except httpx.HTTPError as exc:
+                    outcome = type(exc).__name__
+                self.outcomes.append((time.monotonic(), outcome))
+
+    def between(self, start: float, end: float) -> int:
+        return sum(1 for at, _ in list(self.outcomes) if start <= at <= end)
+
+
+def test_known_routes_answer_through_a_controller_kill(proxy_cluster: ProxyCluster) -> None:
+    """10 healthy backends, clients on all of them, the controller SIGKILLed and started
+    again: not one request fails, during the outage or after the proxy's reconnect. (The
+    outage stays well within the drones' key lease: a drone that cannot renew it for long
+    stops its backends, and then 502s would be right.)"""
+    cluster = proxy_cluster.cluster
+    urls = [proxy_cluster.connect()["url"] for _ in range(10)]
+    for url in urls:
+        assert httpx.get(url + "headers").status_code == 200  # every route cached
+    with Hammer(urls) as hammer:
+        time.sleep(1.0)
+        cluster.controller.stop(signal.SIGKILL)
+        killed = time.monotonic()
+        time.sleep(1.0)
+        cluster.start_controller()
+        restarted = time.monotonic()  # healthy again
+        # The controller's own answer for an unknown token (404, not 503): the link is back.
+        wait_until(lambda: proxy_cluster.proxy_http.get("/t-nope/").status_code == 404,
+                   START_TIMEOUT, "the proxy to reconnect")
+        time.sleep(1.0)
+    statuses = collections.Counter(outcome for _, outcome in hammer.outcomes)
+    assert statuses.keys() == {200}, statuses
+    assert hammer.between(killed, restarted) > 100, "few requests while the controller was away"
+    cluster.wait_drone_connected()  # the module's other tests need it back
+
+
+def test_a_restarted_proxy_never_answers_404_for_a_live_route(
+    proxy_cluster: ProxyCluster, backend: dict[str, Any],
+) -> None:
+    proxy_cluster.proxy.stop()
+    proxy_cluster.proxy.start()
+    deadline = time.monotonic() + START_TIMEOUT
+    statuses: list[int] = []
+    while len(statuses) < 5 and time.monotonic() < deadline:
+        try:  # from the first moment it accepts connections
+            statuses.append(httpx.get(backend["url"] + "headers", timeout=10).status_code)
+        except httpx.ConnectError:
+            time.sleep(0.01)
+    assert statuses == [200] * 5, proxy_cluster.proxy.log()
