@@ -32,6 +32,7 @@ from sailplane.mounts.policy import MountPolicy, Platform
 from sailplane.mounts.report import plan_document
 from sailplane.mounts.validate import check_volume_name
 from sailplane.proxy import limits as proxy_limits
+from sailplane.proxy.routes import STALE_ROUTE_SECONDS
 from sailplane.runtime.base import RUNTIMES, NamedVolume, Runtime, RuntimeName
 from sailplane.runtime.containerd.network import DEFAULT_SUBNET
 from sailplane.state import BackendStatus
@@ -386,6 +387,10 @@ def proxy(
     head_timeout: HeadTimeout = proxy_limits.HEAD_TIMEOUT_SECONDS,
     idle_timeout: IdleTimeout = proxy_limits.IDLE_TIMEOUT_SECONDS,
     body_timeout: BodyTimeout = proxy_limits.BODY_TIMEOUT_SECONDS,
+    stale_route_seconds: Annotated[
+        float, typer.Option(min=0.01, help="Seconds a cached route is served while the "
+                            "controller cannot confirm it (its link is down).")
+    ] = STALE_ROUTE_SECONDS,
 ) -> None:
     """Run a proxy: route http://HOST:PORT/{token}/... to the token's backend."""
     from sailplane.proxy.run import ProxyConfig, run_workers
@@ -400,7 +405,7 @@ def proxy(
     _check_port(host, port, "--port", reuse_port=workers > 1)
     _serve("the proxy", lambda: run_workers(ProxyConfig(
         controller_url=controller, host=host, port=port, workers=workers, ctrl_token=token,
-        limits=limits)))
+        limits=limits, stale_route_seconds=stale_route_seconds)))
 
 
 @app.command()

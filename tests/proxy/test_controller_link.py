@@ -241,3 +241,28 @@ def test_a_proxy_started_without_its_controller_answers_503(
         assert statuses == [503, 503], proxy.log()
     finally:
         proxy.stop()
+
+
+def test_a_route_unconfirmed_beyond_the_bound_is_dropped(
+    stack: Stack, controller: Controller, tmp_path: Path,
+) -> None:
+    bound = 1.5
+    proxy = ProxyProcess(controller.port, tmp_path / "proxy.log",
+                         "--stale-route-seconds", str(bound))
+    try:
+        proxy.wait_ready()
+        assert _status(proxy.port, KNOWN[6]) == 200
+        stack.loop.run(controller.stop())
+        try:
+            _wait_until(lambda: "lost" in proxy.log(), "the proxy to notice the lost link")
+            lost = time.monotonic()
+            assert _status(proxy.port, KNOWN[6]) == 200  # within the bound: served
+            # Past the bound (plus a tick of the proxy's clock): the proxy no longer knows.
+            _wait_until(lambda: _status(proxy.port, KNOWN[6]) == 503, "the route to expire",
+                        timeout=bound + 3)
+            assert time.monotonic() - lost >= bound - 0.1
+        finally:
+            stack.loop.run(controller.start())
+        _wait_until(lambda: _status(proxy.port, KNOWN[6]) == 200, "the route to come back")
+    finally:
+        proxy.stop()
