@@ -8,6 +8,8 @@ The seed is printed (and is in the failure message); ``SAILPLANE_CHAOS_SEED=N`` 
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,4 +25,15 @@ def test_one_backend_per_key_through_every_fault(tmp_path: Path, backend_image: 
     report = run_chaos(ChaosPlan(seed=seed_from_env(), database="postgresql"), tmp_path,
                        backend_image)
     print(report.table())
-    assert report.held, "\n" + report.table()
+    if not report.held:
+        kept = keep_logs(tmp_path)
+        pytest.fail(f"\n{report.table()}\nlogs and evidence.json kept in {kept}", False)
+
+
+def keep_logs(workdir: Path) -> Path:
+    """The processes' logs and the evidence, out of pytest's rotating temporary directories."""
+    kept = Path(tempfile.mkdtemp(prefix="sailplane-chaos-"))
+    for path in [*workdir.glob("*.log"), workdir / "evidence.json"]:
+        if path.exists():
+            shutil.copy2(path, kept / path.name)
+    return kept

@@ -6,7 +6,7 @@ import secrets
 from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Connection, Engine, func, select, update
 
 from sailplane.controller.backends import BackendNotFound, record_state
 from sailplane.controller.db.queries import LIVE_STATUSES, drone_load
@@ -155,16 +155,37 @@ def mark_lost(engine: Engine, silent_since_ms: int) -> list[str]:
     lost: list[str] = []
     with engine.begin() as conn:
         rows = conn.execute(
-            select(backends.c.id).join(drones, drones.c.id == backends.c.drone_id)
+            select(backends.c.id, backends.c.drone_id)
+            .join(drones, drones.c.id == backends.c.drone_id)
             .where(drones.c.last_seen_ms < silent_since_ms, backends.c.status.in_(LIVE_STATUSES))
         ).all()
-        for (backend_id,) in rows:
+        for backend_id, _drone_id in rows:
             state = BackendState(status=BackendStatus.TERMINATED, time=now_ms(),
                                  reason=TerminationReason.LOST)
             # The key stays held until the backend's lease runs out (leases.release_expired).
             if record_state(conn, backend_id, state, release_key=False):
                 lost.append(backend_id)
+        _withdraw_spawns(conn, {drone_id for _, drone_id in rows}, set(lost))
     return lost
+
+
+def _withdraw_spawns(conn: Connection, drone_ids: set[str], backend_ids: set[str]) -> None:
+    """Acknowledge, unsent, the spawns of ``backend_ids`` their silent drones never took.
+
+    Sent when the drone returns, such a spawn would start a backend the controller counts
+    terminated, on a key that may belong to a new backend by then: two live containers for
+    one key until the drone's first heartbeat revokes it."""
+    if not backend_ids:
+        return
+    rows = conn.execute(
+        select(drone_actions.c.id, drone_actions.c.payload)
+        .where(drone_actions.c.drone_id.in_(drone_ids), ~drone_actions.c.acked)
+    ).all()
+    withdrawn = [action_id for action_id, payload in rows
+                 if payload.get("type") == "spawn" and payload.get("backend_id") in backend_ids]
+    if withdrawn:
+        conn.execute(update(drone_actions).where(drone_actions.c.id.in_(withdrawn))
+                     .values(acked=True))
 
 
 def list_drones(engine: Engine) -> list[DroneSummary]:
