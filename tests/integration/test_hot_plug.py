@@ -233,6 +233,11 @@ def test_a_refused_hot_plug_changes_nothing(
     assert {name: tree(root(cluster, name)) for name in before_tree} == before_tree
     assert pins(cluster, backend_id) == before_pins
 
+    anonymous = httpx.post(f"{cluster.url}/ctrl/b/{backend_id}/mounts", timeout=10,
+                           json={"type": "host", "volume": "data", "target": "/srv/x"})
+    assert anonymous.status_code == 401  # an API credential, as for every /ctrl route
+    assert inside(box, "cat /proc/mounts") == before_mounts
+
     unknown = add(cluster, "b-0000000000000000", {"type": "host", "volume": "data",
                                                    "target": "/srv/x"})
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
