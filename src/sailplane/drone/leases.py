@@ -47,6 +47,10 @@ class LeaseKeeper:
         last = watchdog.last_lease() if watchdog is not None else None
         if last is not None:  # a restart: the controller counts from that renewal too
             self.renewed_ms, self.lease_ms = last.renewed_ms, last.lease_ms
+        # The watchdog kills by drone id; it runs only for a drone the controller accepted
+        # (now, or in an earlier run: a lease file), never for a second drone taking a live
+        # drone's id, whose containers it would kill.
+        self._accepted = last is not None
         self._kills: set[asyncio.Task[None]] = set()
 
     def live(self) -> list[str]:
@@ -56,6 +60,7 @@ class LeaseKeeper:
     def renewed(self, heartbeat_ms: int, lease_ms: int, revoked: list[str]) -> None:
         self.renewed_ms = max(self.renewed_ms, heartbeat_ms)
         self.lease_ms = lease_ms
+        self._accepted = True
         self._feed()
         for backend_id in revoked:
             log.warning("backend %s: %s", backend_id, REVOKED_MESSAGE)
@@ -83,7 +88,7 @@ class LeaseKeeper:
         self._feed()  # before the watchdog starts: it finds this drone's lease
         try:
             while True:
-                if self.watchdog is not None:
+                if self.watchdog is not None and self._accepted:
                     self.watchdog.ensure_running()
                 self.check(now_ms())
                 await asyncio.sleep(interval)
@@ -92,7 +97,7 @@ class LeaseKeeper:
                 self.watchdog.stop()
 
     def _feed(self) -> None:
-        if self.watchdog is not None:
+        if self.watchdog is not None and self._accepted:
             self.watchdog.feed(self.renewed_ms, self.lease_ms, self.stop_at_ms)
 
     def _killing(self) -> set[str]:

@@ -10,11 +10,14 @@ new backends once the lease plus a margin has passed. So every drone starts this
     drone --(the watchdog's stdin, held open while the drone lives)---------> watchdog
     watchdog: lease lapsed? SIGKILL every backend container labelled with the drone's id
 
-* The drone rewrites ``lease.json`` (atomically) at its start and on every renewal. The
-  watchdog reads it every ``LEASE_CHECK_SECONDS``; from the moment it has lapsed, each check
-  SIGKILLs the drone's running backend containers through the engine (Docker or containerd)
-  and removes any only created (a start in flight when the drone stopped), until a renewal
-  moves the time on. Warm containers nobody claimed hold no key and are left alone.
+* The drone rewrites ``lease.json`` (atomically) on every renewal, and at its start if an
+  earlier run left one; it starts the watchdog once the controller has accepted it (a first
+  renewal, or that file), never for a second drone refused for taking a live drone's id, whose
+  containers carry the same label. The watchdog reads the file every ``LEASE_CHECK_SECONDS``;
+  from the moment it has lapsed, each check SIGKILLs the drone's running backend containers
+  through the engine (Docker or containerd) and removes any only created (a start in flight
+  when the drone stopped), until a renewal moves the time on. Warm containers nobody claimed
+  hold no key and are left alone.
 * The drone's end of the stdin pipe closes when the drone exits, however it exits. The
   watchdog then stays only while it has something to guard: it exits as soon as no backend
   container of the drone runs, or when a restarted drone has taken the state directory over
