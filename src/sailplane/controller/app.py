@@ -37,8 +37,10 @@ from sailplane.controller.backends import (
     Urls,
 )
 from sailplane.controller.config import ControllerConfig
+from sailplane.controller.connect_lane import ConnectLane
 from sailplane.controller.db.engine import make_engine, migrate
 from sailplane.controller.drone_socket import serve_drone
+from sailplane.controller.join_batch import JoinBatcher
 from sailplane.controller.leases import LeaseTerms
 from sailplane.controller.limits import BodyLimit
 from sailplane.controller.models import (
@@ -78,6 +80,7 @@ def create_app(config: ControllerConfig, engine: Engine | None = None) -> FastAP
     notifier = Notifier()
     urls = Urls(proxy=config.proxy_url, controller=config.controller_url)
     terms = LeaseTerms.of(config.lease_seconds, config.key_release_margin_seconds)
+    joins = JoinBatcher(engine, urls)
     registry = CollectorRegistry()
     connect_seconds = Histogram("sailplane_connect_seconds", "Latency of /ctrl/connect",
                                 registry=registry)
@@ -94,6 +97,7 @@ def create_app(config: ControllerConfig, engine: Engine | None = None) -> FastAP
         sweeper = asyncio.create_task(run_sweeper(engine, notifier, config.lost_after_seconds,
                                                   terms=terms))
         yield
+        await joins.close()
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
@@ -101,8 +105,10 @@ def create_app(config: ControllerConfig, engine: Engine | None = None) -> FastAP
     guard = Guard(config.secrets, insecure=config.insecure,
                   allowed_origins=config.allowed_origins)
 
-    def require(roles: frozenset[Role]) -> Callable[..., None]:
-        def check(
+    def require(roles: frozenset[Role]) -> Callable[..., Awaitable[None]]:
+        # async: FastAPI runs a plain def dependency in a worker thread, a hop per request
+        # for a check of microseconds.
+        async def check(
             request: Request,
             _scheme: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
         ) -> None:
@@ -113,6 +119,8 @@ def create_app(config: ControllerConfig, engine: Engine | None = None) -> FastAP
     app = FastAPI(title="Sailplane controller", lifespan=lifespan, docs_url=None,
                   redoc_url=None, description="Plane's connect API with declarative, secure "
                   "volume mounts. `/ctrl` routes need `Authorization: Bearer TOKEN`.")
+    # Outermost first: the body limit, then the live-key lane of /ctrl/connect.
+    app.add_middleware(ConnectLane, guard=guard, joins=joins, observe=connect_seconds.observe)
     app.add_middleware(BodyLimit)  # every body, /ctrl/connect's first: 413 past the limit
     ctrl = [Depends(require(auth.API))]
 
@@ -153,6 +161,8 @@ def create_app(config: ControllerConfig, engine: Engine | None = None) -> FastAP
 
     @app.post("/ctrl/connect", dependencies=ctrl)
     async def connect(request: ConnectRequest) -> ConnectResponse:
+        # A live key's connect is answered before it gets here (controller.connect_lane),
+        # unless the batch that was to answer it failed: this is the full path.
         started = time.perf_counter()
         spawn = request.spawn_config
         if spawn and spawn.max_idle_seconds is None and config.default_max_idle_seconds:

@@ -23,6 +23,7 @@ from sailplane.errors import SailplaneError
 
 log = logging.getLogger(__name__)
 
+MAX_VERIFIED_TOKENS = 4096
 INSECURE_NOTE = "INSECURE (--insecure: no credential is checked)"
 
 
@@ -41,6 +42,11 @@ class Guard:
         allowed_origins: Iterable[str] = (),
     ) -> None:
         self._secrets = list(secrets)
+        # Tokens that verified, and what they carry: a connect sends the same token again and
+        # again, and a dictionary hit costs less than a MAC. Only good tokens are kept (a bad
+        # one is checked afresh, in constant time, every time) and the secrets never change
+        # while the guard lives, so a hit always gives verify()'s answer.
+        self._verified: dict[str, Credential] = {}
         self.insecure = insecure
         self._origins = frozenset(origin.rstrip("/") for origin in allowed_origins)
         if not self._secrets and not insecure:
@@ -60,11 +66,21 @@ class Guard:
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Refused(401, f"{where} needs a credential: Authorization: Bearer TOKEN")
-        credential = verify(self._secrets, token.strip())
+        credential = self._verify(token.strip())
         if credential is None:
             raise Refused(401, f"{where}: the credential is not valid")
         if credential.role not in roles:
             raise Refused(403, f"{where}: a {credential.role} credential may not call this")
+        return credential
+
+    def _verify(self, token: str) -> Credential | None:
+        credential = self._verified.get(token)
+        if credential is None:
+            credential = verify(self._secrets, token)
+            if credential is not None:
+                if len(self._verified) >= MAX_VERIFIED_TOKENS:
+                    self._verified.clear()  # bounded memory; the next hits fill it again
+                self._verified[token] = credential
         return credential
 
 

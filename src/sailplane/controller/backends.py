@@ -130,12 +130,18 @@ def _join_live(
         return None
     if not status.is_alive or row["stop_requested"]:
         return _HELD
-    if row["key_tag"] != key.tag:
+    if not joinable(row["status"], row["stop_requested"], row["key_tag"], key):
         raise KeyTagMismatch(f"key {key.name!r} has a live backend with tag {row['key_tag']!r}, "
                              f"not {key.tag!r}")
     token = row["static_token"] or _new_token(conn, row["id"], request)
-    return _response(row["id"], False, status, token, row["drone_id"],
-                     row["secret_token"], urls)
+    return connect_response(row["id"], False, status, token, row["drone_id"],
+                            row["secret_token"], urls)
+
+
+def joinable(status: str, stop_requested: str | None, key_tag: str, key: KeyConfig) -> bool:
+    """Whether a connect for ``key`` joins the backend holding it (given that backend's row):
+    it is alive, no one asked it to stop, and it was made with the key's tag."""
+    return (BackendStatus(status).is_alive and not stop_requested and key_tag == key.tag)
 
 
 def _check_new_id(engine: Engine, given: str | None) -> None:
@@ -187,8 +193,8 @@ def _spawn(
         spawn = SpawnBackend(backend_id=backend_id, key=key, executable=spawn_config.executable,
                              secret_token=secret, fencing_token=int(fence))
         queue_action(conn, drone.drone_id, spawn.model_dump(mode="json"))
-    response = _response(backend_id, True, BackendStatus.SCHEDULED, token, drone.drone_id,
-                         secret, urls)
+    response = connect_response(backend_id, True, BackendStatus.SCHEDULED, token,
+                                drone.drone_id, secret, urls)
     return response, drone.drone_id
 
 
@@ -210,15 +216,18 @@ def _candidates(conn: Connection) -> list[DroneCandidate]:
 
 
 def _new_token(conn: Connection, backend_id: str, request: ConnectRequest) -> str:
-    token = "t-" + new_secret()
-    conn.execute(insert(tokens).values(
-        token=token, backend_id=backend_id, username=request.user, auth=request.auth,
-        created_ms=now_ms(),
-    ))
-    return token
+    values = new_token_row(backend_id, request)
+    conn.execute(insert(tokens).values(values))
+    return str(values["token"])
 
 
-def _response(
+def new_token_row(backend_id: str, request: ConnectRequest) -> dict[str, Any]:
+    """A fresh user token for ``backend_id``, as its ``tokens`` row (not stored yet)."""
+    return {"token": "t-" + new_secret(), "backend_id": backend_id, "username": request.user,
+            "auth": request.auth, "created_ms": now_ms()}
+
+
+def connect_response(
     backend_id: str, spawned: bool, status: BackendStatus, token: str, drone: str,
     secret: str, urls: Urls,
 ) -> ConnectResponse:
