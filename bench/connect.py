@@ -282,7 +282,7 @@ def measure(server: Server, args: argparse.Namespace, tmp: Path) -> tuple[list[L
 
     def load(url: str, lua: Path | None, seconds: float) -> Load:
         return wrk(url, connections=args.connections, threads=args.threads, seconds=seconds,
-                   script=lua, headers=headers)
+                   script=lua, headers=headers, server_pid=server.pid)
 
     runs: dict[str, list[Load]] = {"health": [], "connect": []}
     targets: dict[str, tuple[str, Path | None]] = {
@@ -310,7 +310,7 @@ def measure_new_keys(server: Server, args: argparse.Namespace, tmp: Path, tag: s
                       unique_key=f"new-{tag}")
     return wrk(f"{server.base}/ctrl/connect", connections=args.connections,
                threads=args.threads, seconds=args.duration, script=script,
-               headers={"Authorization": f"Bearer {server.token}"})
+               headers={"Authorization": f"Bearer {server.token}"}, server_pid=server.pid)
 
 
 def run_database(name: str, args: argparse.Namespace, tmp: Path) -> Figures:
@@ -332,13 +332,15 @@ def run_database(name: str, args: argparse.Namespace, tmp: Path) -> Figures:
 
 def report(figures: Figures) -> None:
     print(f"\n{figures.what}")
-    print(f"  {'':<26}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'vs health':>11}")
+    print(f"  {'':<26}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'vs health':>11}"
+          f"{'CPU us/req':>12}")
     rows = [("GET /health", figures.health), ("connect, existing key", figures.connect)]
     if figures.new_key is not None:
         rows.append(("connect, new key (spawn)", figures.new_key))
     for label, load in rows:
+        cpu = f"{load.cpu_us:>12.0f}" if load.cpu_us is not None else ""
         print(f"  {label:<26}{load.rps:>9.0f}{load.p50_ms:>9.2f}{load.p99_ms:>9.2f}"
-              f"{load.errors:>8}{load.rps / figures.health.rps:>10.2f}x")
+              f"{load.errors:>8}{load.rps / figures.health.rps:>10.2f}x{cpu}")
     print("  per round, connect/health req/s: " + "  ".join(
         f"{c.rps / h.rps:.2f}x" for h, c in zip(figures.health_rounds, figures.connect_rounds,
                                                 strict=True)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import os
 import re
 import shutil
 import statistics
@@ -32,6 +33,7 @@ class Load:
     p99_ms: float
     errors: int  # non-2xx answers and socket errors
     requests: int
+    cpu_us: float | None = None  # the server's CPU time per request, where measured
 
 
 def _ms(text: str) -> float:
@@ -48,35 +50,49 @@ def _field(pattern: str, out: str) -> str:
     return found.group(1)
 
 
+def cpu_seconds(pid: int) -> float:
+    """The user and system CPU time ``pid`` has used (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wrk(url: str, *, connections: int, threads: int, seconds: float,
-        script: Path | None = None, headers: dict[str, str] | None = None) -> Load:
-    """One bounded ``wrk`` run against ``url`` (keep-alive connections), parsed."""
+        script: Path | None = None, headers: dict[str, str] | None = None,
+        server_pid: int | None = None) -> Load:
+    """One bounded ``wrk`` run against ``url`` (keep-alive connections), parsed; with
+    ``server_pid``, also that process's CPU time per request."""
     args = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
             "--latency", "--timeout", "5s"]
     for name, value in (headers or {}).items():
         args += ["-H", f"{name}: {value}"]
     if script is not None:
         args += ["-s", str(script)]
+    cpu_before = cpu_seconds(server_pid) if server_pid else 0.0
     done = subprocess.run([*args, url], capture_output=True, text=True, timeout=seconds + 30,
                           check=True)
+    cpu = cpu_seconds(server_pid) - cpu_before if server_pid else None
     out = done.stdout
     errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses:\s+(\d+)", out))
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), "
                               r"timeout (\d+)", out)
     if socket_errors:
         errors += sum(int(n) for n in socket_errors.groups())
+    requests = int(_field(r"(\d+) requests in", out))
     return Load(rps=float(_field(r"Requests/sec:\s+([\d.]+)", out)),
                 p50_ms=_ms(_field(r"\s50%\s+(\S+)", out)),
                 p99_ms=_ms(_field(r"\s99%\s+(\S+)", out)),
-                errors=errors, requests=int(_field(r"(\d+) requests in", out)))
+                errors=errors, requests=requests,
+                cpu_us=cpu * 1e6 / requests if cpu is not None and requests else None)
 
 
 def median_load(runs: list[Load]) -> Load:
     """Each figure's median over the rounds (errors and requests: the totals)."""
+    cpus = [r.cpu_us for r in runs if r.cpu_us is not None]
     return Load(rps=statistics.median(r.rps for r in runs),
                 p50_ms=statistics.median(r.p50_ms for r in runs),
                 p99_ms=statistics.median(r.p99_ms for r in runs),
-                errors=sum(r.errors for r in runs), requests=sum(r.requests for r in runs))
+                errors=sum(r.errors for r in runs), requests=sum(r.requests for r in runs),
+                cpu_us=statistics.median(cpus) if cpus else None)
 
 
 def lua_post(path: Path, url_path: str, body: Any, *, unique_key: str | None = None) -> Path:
