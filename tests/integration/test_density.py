@@ -3,8 +3,11 @@
 No timing is asserted here: how fast a full drone spawns and stops is bench/density.py's job.
 These tests check what must hold whatever the speed: every backend of a filled drone becomes
 ready, and stop-all (what Ctrl-C of ``sailplane dev`` runs) leaves nothing behind: no
-container, no network namespace, no staging mount. And the containerd runtime imports an
-image that only the local Docker engine has, once however many spawns ask for it at once.
+container, no staging mount, no address on the bridge, and on containerd no task, snapshot,
+network namespace, cgroup or log either; and there the drone signals every init itself and
+deletes containers in batches rather than running ``ctr`` once per backend for each step.
+And the containerd runtime imports an image that only the local Docker engine has, once
+however many spawns ask for it at once.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -24,13 +29,27 @@ from sailplane.drone.store import DroneStore
 from sailplane.errors import RuntimeFailure
 from sailplane.mounts.pin import StagingArea
 from sailplane.mounts.policy import MountPolicy
-from sailplane.runtime.containerd.ctr import Ctr, normalize_image
+from sailplane.runtime.base import Runtime
+from sailplane.runtime.containerd.cgroup import CGROUP_ROOT
+from sailplane.runtime.containerd.ctr import (
+    CTR_TIMEOUT_SECONDS,
+    Ctr,
+    normalize_image,
+)
 from sailplane.runtime.containerd.network import NETNS_DIR, CniNetwork, netns_name
 from sailplane.runtime.containerd.runtime import ContainerdRuntime
 from sailplane.runtime.containerd.runtime import container_id as ctr_container_id
+from sailplane.runtime.docker.network import backend_network
+from sailplane.runtime.docker.runtime import container_name
 from sailplane.spec import PullPolicy
 from sailplane.state import BackendStatus, TerminationReason
-from tests.integration.conftest import NAMESPACE_GC_WAIT_SECONDS, TEST_SETTINGS, SyncCtr
+from tests.integration.conftest import (
+    NAMESPACE_GC_WAIT_SECONDS,
+    TEST_SETTINGS,
+    DockerEngine,
+    Engine,
+    SyncCtr,
+)
 from tests.integration.test_drone_docker import spawn_of
 
 pytestmark = pytest.mark.docker
@@ -38,7 +57,7 @@ pytestmark = pytest.mark.docker
 S = BackendStatus
 # How many backends each runtime's drone is filled with, and how many spawns are under way
 # at once; bounded, and generous waits that only stop a broken run.
-FILL = {"docker": 100, "containerd": 60}
+FILL = {"docker": 100, "containerd": 100}
 IN_FLIGHT = 16
 READY_WITHIN = 180.0
 STOP_ALL_WITHIN = 300.0
@@ -66,6 +85,12 @@ def test_a_filled_drone_stops_everything_it_runs_and_leaves_nothing(drone, runti
             assert executor.live_count == count
             assert len(drone.engine.drone_containers(drone.drone_id)) == count
             assert sorted(drone.staging.backends()) == sorted(ids)
+            look = Leftovers.of(drone.engine, executor.runtime, ids)
+            # The look after the stop would see each of them (cgroups: one per hierarchy).
+            assert all(len(found) >= count for found in look.left().values())
+            assert set(look.left()) == ({"addresses", "tasks", "snapshots", "netns", "cgroups",
+                                         "logs"} if runtime == "containerd" else {"addresses"})
+            ctr = RecordingCtr.install(executor.runtime)
 
             async with asyncio.timeout(STOP_ALL_WITHIN):
                 await executor.terminate_all(TerminationReason.EXTERNAL)
@@ -74,10 +99,77 @@ def test_a_filled_drone_stops_everything_it_runs_and_leaves_nothing(drone, runti
             # All gone the moment terminate_all returns: nothing is removed later.
             assert drone.engine.drone_containers(drone.drone_id) == []
             assert drone.staging.backends() == []
-            assert [b for b in ids if (NETNS_DIR / netns_name(ctr_container_id(b))).exists()] \
-                == []
+            assert look.left() == {}
+            if ctr is not None:
+                # The drone signalled every init itself and deleted in batches.
+                commands = Counter(" ".join(args[:2]) for args in ctr.calls)
+                assert commands["tasks kill"] == 0, commands
+                assert 0 < commands["containers delete"] <= count // 2, commands
 
     asyncio.run(scenario())
+
+
+@dataclass(frozen=True)
+class RecordingCtr(Ctr):
+    """``ctr`` that notes the arguments of every call (one call, one ``ctr`` process)."""
+
+    calls: list[tuple[str, ...]] = field(default_factory=list)
+
+    @classmethod
+    def install(cls, runtime: Runtime) -> RecordingCtr | None:
+        if not isinstance(runtime, ContainerdRuntime):
+            return None
+        recording = cls(runtime.ctr.address, runtime.ctr.namespace)
+        runtime.ctr = recording
+        return recording
+
+    async def output(self, *args: str, timeout: float = CTR_TIMEOUT_SECONDS) -> tuple[str, str]:
+        self.calls.append(args)
+        return await super().output(*args, timeout=timeout)
+
+
+@dataclass
+class Leftovers:
+    """What the backends of a drone hold outside the drone, to find gone after stop-all.
+
+    containerd: their container, task, snapshot, network namespace, address, cgroups (in
+    every hierarchy) and log. Docker: their container (checked by the test) and address."""
+
+    ctr: Ctr | None  # containerd's, in the runtime's namespace; None for Docker
+    containers: list[str]  # containerd ids, or Docker's
+    log_dir: Path | None
+
+    @classmethod
+    def of(cls, engine: Engine, runtime: Runtime, ids: list[str]) -> Leftovers:
+        if isinstance(runtime, ContainerdRuntime):
+            return cls(runtime.ctr, [ctr_container_id(b) for b in ids], runtime.log_dir)
+        assert isinstance(engine, DockerEngine)
+        found = [engine.client.api.inspect_container(container_name(b))["Id"] for b in ids]
+        return cls(None, found, None)
+
+    def held(self) -> list[str]:
+        """The containers holding an address on their bridge."""
+        network = CniNetwork().bridge if self.ctr else backend_network()
+        return sorted(set(network.holders().values()) & set(self.containers))
+
+    def left(self) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {"addresses": self.held()}
+        if self.ctr is not None:
+            sync, namespace = SyncCtr(self.ctr), self.ctr.namespace
+            tasks = {row.split()[0] for row in sync("tasks", "ls").stdout.splitlines()[1:]}
+            snapshots = {row.split()[0]
+                         for row in sync("snapshots", "ls").stdout.splitlines()[1:]}
+            found |= {
+                "tasks": sorted(tasks & set(self.containers)),
+                "snapshots": sorted(snapshots & set(self.containers)),
+                "netns": [c for c in self.containers if (NETNS_DIR / netns_name(c)).exists()],
+                "cgroups": [str(path) for c in self.containers
+                            for path in (*CGROUP_ROOT.glob(f"*/{namespace}/{c}"),
+                                         CGROUP_ROOT / namespace / c) if path.exists()],
+                "logs": [c for c in self.containers
+                         if self.log_dir and (self.log_dir / f"{c}.log").exists()],
+            }
+        return {what: items for what, items in found.items() if items}
 
 
 # -- containerd imports what the local Docker engine has --------------------------------------

@@ -34,6 +34,12 @@ def _namespace_directory(namespace: str, root: Path) -> tuple[Path, bool]:
     return (root if unified else root / "pids") / namespace, unified
 
 
+def container_cgroup(namespace: str, container: str, root: Path = CGROUP_ROOT) -> Path:
+    """The container's cgroup directory in the pids hierarchy (the unified one on v2)."""
+    parent, _ = _namespace_directory(namespace, root)
+    return parent / container
+
+
 def prepare_pids_cgroup(
     namespace: str, container: str, limit: int, root: Path = CGROUP_ROOT
 ) -> str:

@@ -21,6 +21,9 @@ DEFAULT_NAMESPACE = "sailplane"
 CTR_TIMEOUT_SECONDS = 60.0
 
 _NOT_FOUND = re.compile(r"not found|no such", re.IGNORECASE)
+# The fields of a logrus line: msg="..." and error="...", with \" inside.
+_LOG_MESSAGE = re.compile(r'msg="((?:[^"\\]|\\.)*)"')
+_LOG_ERROR = re.compile(r'error="((?:[^"\\]|\\.)*)"')
 
 
 def default_address() -> str:
@@ -36,10 +39,13 @@ def default_address() -> str:
 class CtrError(Exception):
     """A ``ctr`` call failed; ``message`` is ctr's explanation."""
 
-    def __init__(self, args: tuple[str, ...], returncode: int, message: str) -> None:
+    def __init__(
+        self, args: tuple[str, ...], returncode: int, message: str, stderr: str = ""
+    ) -> None:
         super().__init__(f"ctr {' '.join(args[:2])} failed ({returncode}): {message}")
         self.returncode = returncode
         self.message = message
+        self.stderr = stderr  # all of it: a call for many ids logs one line per failed id
 
     @property
     def not_found(self) -> bool:
@@ -84,8 +90,24 @@ class Ctr:
                 raise CtrError(args, -1, f"no answer within {timeout:.0f} s") from exc
             raise
         if process.returncode != 0:
-            raise CtrError(args, process.returncode or -1, explanation(stderr.decode()))
+            text = stderr.decode()
+            raise CtrError(args, process.returncode or -1, explanation(text), text)
         return stdout.decode(), stderr.decode()
+
+    async def each(self, *args: str, ids: list[str]) -> dict[str, CtrError]:
+        """Run ``ctr ARGS ID...`` once for many ids (``containers delete``, ``tasks delete``:
+        ctr works through them one by one and goes on after a failure); the ids that failed,
+        each with its own error. A failure ctr names no id in is every id's."""
+        command = (*args, *ids)
+        try:
+            await self.output(*command)
+        except CtrError as exc:
+            failures = id_failures(exc.stderr, ids)
+            if failures:
+                return {cid: CtrError(command, exc.returncode, message)
+                        for cid, message in failures.items()}
+            return dict.fromkeys(ids, exc)
+        return {}
 
     def available(self) -> bool:
         return shutil.which(self.binary) is not None
@@ -112,6 +134,27 @@ def task_pids(listing: str) -> dict[str, int]:
 def _task_rows(listing: str) -> list[list[str]]:
     """The rows of ``ctr tasks ls`` (TASK PID STATUS), split, without the header."""
     return [fields for fields in map(str.split, listing.splitlines()[1:]) if len(fields) >= 3]
+
+
+def id_failures(stderr: str, ids: list[str]) -> dict[str, str]:
+    r"""The ids a call for many ids logged an error for (``level=error``), each with ctr's
+    ``error=`` text (else the whole line).
+
+    >>> id_failures('time="t" level=error msg="failed to delete container \\"sp-b1\\"" '
+    ...             'error="cannot delete a non stopped container"', ["sp-b", "sp-b1"])
+    {'sp-b1': 'cannot delete a non stopped container'}
+    """
+    failures: dict[str, str] = {}
+    for line in stderr.splitlines():
+        if "level=error" not in line:
+            continue
+        message = _LOG_MESSAGE.search(line)
+        named = message.group(1) if message else line
+        error = _LOG_ERROR.search(line)
+        for cid in ids:
+            if re.search(rf"(?<![\w.-]){re.escape(cid)}(?![\w.-])", named):
+                failures.setdefault(cid, (error.group(1) if error else line).replace('\\"', '"'))
+    return failures
 
 
 def explanation(stderr: str) -> str:

@@ -3,17 +3,19 @@
 For each backend the drone makes a named network namespace (``ip netns add``), wires it to
 the bridge (``runtime/bridge_network.py``: CNI, firewall) and starts the container in it with
 ``ctr run --with-ns network:...``. Removing the backend frees its address and deletes the
-namespace.
+namespace (in the drone's process: ``netns.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sailplane.runtime import firewall
 from sailplane.runtime.bridge_network import BridgeNetwork, run
+from sailplane.runtime.containerd.netns import delete_netns
 
 NETWORK_NAME = "sailplane"
 BRIDGE_NAME = "sp-ctr0"
@@ -48,7 +50,7 @@ class CniNetwork:
             await run("ip", "-n", netns_name(container_id), "link", "set", "lo", "up")
             return await self.bridge.attach(container_id, self.netns_path(container_id))
         except BaseException:
-            await run("ip", "netns", "delete", netns_name(container_id), check=False)
+            delete_netns(self.netns_path(container_id))  # two system calls: even if cancelled
             raise
 
     async def detach(self, container_id: str) -> None:
@@ -59,7 +61,7 @@ class CniNetwork:
             await self.bridge.detach(container_id, path if existed else "")
         finally:
             if existed:
-                await run("ip", "netns", "delete", netns_name(container_id), check=False)
+                await asyncio.to_thread(delete_netns, path)
 
 
 def bridge_exists() -> bool:

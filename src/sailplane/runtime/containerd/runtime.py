@@ -35,6 +35,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from signal import Signals
 from typing import Any
 from urllib.parse import quote
 
@@ -55,6 +56,7 @@ from sailplane.runtime.base import (
     Runtime,
 )
 from sailplane.runtime.calls import MAX_ENGINE_CALLS, EngineCalls
+from sailplane.runtime.containerd.batch import Batcher
 from sailplane.runtime.containerd.cgroup import (
     MIN_PIDS_LIMIT,
     prepare_pids_cgroup,
@@ -71,6 +73,7 @@ from sailplane.runtime.containerd.ctr import (
 from sailplane.runtime.containerd.images import DockerImages, import_command
 from sailplane.runtime.containerd.mounts import to_ctr_mount_flag, to_oci_mounts
 from sailplane.runtime.containerd.network import DEFAULT_SUBNET, CniNetwork, remove_network
+from sailplane.runtime.containerd.signals import signal_init
 from sailplane.runtime.firewall import EgressPolicy
 from sailplane.spec import PullPolicy, ResourceLimits
 
@@ -118,6 +121,11 @@ class ContainerdRuntime(Runtime):
         self.drone_id = drone_id
         self.ctr = Ctr(address, namespace)
         self.calls = EngineCalls("containerd", max_engine_calls)  # ctr processes at once
+        # Removals that arrive together (a terminate-all) go to ctr in batches: batch.py.
+        self._deletes = Batcher(lambda ids: self.ctr.each("containers", "delete", ids=ids),
+                                self.calls.slot)
+        self._force_deletes = Batcher(
+            lambda ids: self.ctr.each("tasks", "delete", "--force", ids=ids), self.calls.slot)
         self.docker_images = docker_images or DockerImages()
         self.volume_root = state_dir / "volumes"
         self.log_dir = state_dir / "logs"
@@ -401,21 +409,27 @@ class ContainerdRuntime(Runtime):
         return self.log_dir / f"{cid}.log"
 
     async def signal(self, backend_id: str, hard: bool) -> None:
-        signal = "SIGKILL" if hard else "SIGTERM"
+        """Sent to the container's init by the drone itself (``signals.py``: no process per
+        backend), or by ``ctr tasks kill`` when the drone cannot find that init."""
+        cid = container_id(backend_id)
+        signal = Signals.SIGKILL if hard else Signals.SIGTERM
+        if await asyncio.to_thread(signal_init, self.ctr.namespace, cid, signal):
+            return
         try:
-            await self._ctr("tasks", "kill", "--signal", signal, container_id(backend_id))
+            await self._ctr("tasks", "kill", "--signal", signal.name, cid)
         except CtrError as exc:
             if not (exc.not_found or "already finished" in exc.message):
                 raise RuntimeFailure(f"cannot signal backend {backend_id}: {exc.message}") \
                     from exc
 
     async def remove(self, backend_id: str) -> None:
-        """Delete the container, its stopped task and its snapshot (one ``ctr containers
-        delete`` does all three; a task still running is force-deleted first), then its
-        network namespace, its log and its cgroup."""
+        """Delete the container, its stopped task and its snapshot (``ctr containers delete``
+        does all three, for the containers of many removals at once: ``batch.py``; a task
+        still running is force-deleted first), then its network namespace, its log and its
+        cgroup."""
         cid = container_id(backend_id)
         try:
-            await self._ctr("containers", "delete", cid)
+            await self._deletes.submit(cid)
         except CtrError as exc:
             if not exc.not_found:  # a task still running (or created): kill it, then again
                 await self._remove_running(backend_id, cid)
@@ -426,9 +440,9 @@ class ContainerdRuntime(Runtime):
         await asyncio.to_thread(remove_pids_cgroup, self.ctr.namespace, cid)
 
     async def _remove_running(self, backend_id: str, cid: str) -> None:
-        for args in (("tasks", "delete", "--force", cid), ("containers", "delete", cid)):
+        for batcher in (self._force_deletes, self._deletes):
             try:
-                await self._ctr(*args)
+                await batcher.submit(cid)
             except CtrError as exc:
                 if not exc.not_found:
                     raise RuntimeFailure(
@@ -618,6 +632,8 @@ class ContainerdRuntime(Runtime):
 
     async def close(self) -> None:
         await asyncio.gather(*self._runs, return_exceptions=True)  # let each container be
+        await self._deletes.close()
+        await self._force_deletes.close()
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
