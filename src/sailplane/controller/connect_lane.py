@@ -19,22 +19,18 @@ never which answer is given.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Callable
 
 from pydantic import ValidationError
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sailplane.controller import auth
 from sailplane.controller.auth import Guard, Refused
-from sailplane.controller.join_batch import JoinBatcher
+from sailplane.controller.join_batch import JoinBatcher, JoinFailed
 from sailplane.controller.limits import replay
 from sailplane.controller.models import ConnectResponse
 from sailplane.spec import ConnectRequest
-
-log = logging.getLogger(__name__)
 
 PATH = "/ctrl/connect"
 
@@ -93,8 +89,7 @@ class ConnectLane:
             return None
         try:
             return await self.joins.join(request)
-        except SQLAlchemyError as exc:
-            log.warning("connect: the batch failed (%s); the full path answers", exc)
+        except JoinFailed:  # logged by the batcher
             return None
 
 

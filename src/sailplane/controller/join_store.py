@@ -1,0 +1,174 @@
+"""One batch of live-key joins as one transaction, on each database (``join_batch`` batches).
+
+A batch reads the backend holding each of its keys, decides each connect
+(:func:`answer_batch`), inserts the fresh tokens, and commits; only then are the answers
+given. How the transaction runs is the database's business:
+
+* SQLite (:class:`SqliteJoins`): SQLAlchemy in a worker thread, on an engine of its own that
+  does not sleep on the write lock. While another transaction holds the lock the batch is
+  tried again every :data:`LOCK_RETRY_SECONDS` (SQLite's own busy handler sleeps up to 100 ms
+  a time, and a batch waiting there holds up every connect in it).
+* PostgreSQL (:class:`PostgresJoins`): one psycopg asynchronous connection driven by the event
+  loop itself. A worker thread would pay for each of the transaction's round trips twice:
+  the network, then the wait to take the interpreter lock back from a busy event loop (up to
+  its switch interval, 5 ms).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+import psycopg
+from sqlalchemy import Engine, insert, select, tuple_
+from sqlalchemy.exc import OperationalError
+
+from sailplane.controller.backends import Urls, connect_response, joinable, new_token_row
+from sailplane.controller.db.engine import SQLITE_LOCK_WAIT_SECONDS, is_lock_busy, make_engine
+from sailplane.controller.db.tables import backend_keys, backends, tokens
+from sailplane.controller.models import ConnectResponse
+from sailplane.spec import ConnectRequest
+from sailplane.state import BackendStatus
+
+LOCK_RETRY_SECONDS = 0.001
+
+Answers = list[ConnectResponse | None]
+
+
+class JoinStore(Protocol):
+    async def join(self, requests: Sequence[ConnectRequest]) -> Answers:
+        """Each request's answer (None: its key is not live), its token committed."""
+
+    async def close(self) -> None: ...
+
+
+def store_for(engine: Engine, urls: Urls) -> JoinStore:
+    """The store for the controller's database."""
+    url = engine.url.render_as_string(hide_password=False)
+    if engine.dialect.name == "sqlite":
+        return SqliteJoins(make_engine(url, wait_for_locks=False), urls)
+    return PostgresJoins(engine.url.set(drivername="postgresql")
+                         .render_as_string(hide_password=False), urls)
+
+
+# The backend row columns a decision needs, in this order, after the key's namespace and name.
+_COLUMNS = (backend_keys.c.namespace, backend_keys.c.name, backends.c.id, backends.c.status,
+            backends.c.stop_requested, backends.c.key_tag, backends.c.static_token,
+            backends.c.drone_id, backends.c.secret_token)
+
+
+def answer_batch(
+    requests: Sequence[ConnectRequest], rows: Iterable[Sequence[Any]], urls: Urls,
+) -> tuple[Answers, list[dict[str, Any]]]:
+    """Each request's answer from the rows read (:data:`_COLUMNS`), and the token rows to
+    insert before any answer is given."""
+    found = {(row[0], row[1]): row for row in rows}
+    answers: Answers = []
+    new_tokens: list[dict[str, Any]] = []
+    for request in requests:
+        assert request.key is not None
+        row = found.get((request.key.namespace, request.key.name))
+        if row is None:
+            answers.append(None)
+            continue
+        _, _, backend_id, status, stop_requested, key_tag, static, drone, secret = row
+        if not joinable(status, stop_requested, key_tag, request.key):
+            answers.append(None)
+            continue
+        token = static
+        if not token:
+            values = new_token_row(backend_id, request)
+            new_tokens.append(values)
+            token = values["token"]
+        answers.append(connect_response(backend_id, False, BackendStatus(status), token, drone,
+                                        secret, urls))
+    return answers, new_tokens
+
+
+def _keys(requests: Sequence[ConnectRequest]) -> list[tuple[str, str]]:
+    return list({(r.key.namespace, r.key.name) for r in requests if r.key is not None})
+
+
+class SqliteJoins:
+    def __init__(self, engine: Engine, urls: Urls) -> None:
+        self._engine = engine
+        self._urls = urls
+
+    async def join(self, requests: Sequence[ConnectRequest]) -> Answers:
+        return await asyncio.to_thread(self._join, requests)
+
+    async def close(self) -> None:
+        self._engine.dispose()
+
+    def _join(self, requests: Sequence[ConnectRequest]) -> Answers:
+        deadline = time.monotonic() + SQLITE_LOCK_WAIT_SECONDS
+        query = select(*_COLUMNS).join(backends, backends.c.id == backend_keys.c.backend_id) \
+            .where(tuple_(backend_keys.c.namespace, backend_keys.c.name).in_(_keys(requests)))
+        while True:
+            try:
+                with self._engine.begin() as conn:
+                    answers, new_tokens = answer_batch(requests, conn.execute(query), self._urls)
+                    if new_tokens:
+                        conn.execute(insert(tokens), new_tokens)
+                    return answers
+            except OperationalError as exc:  # all of it rolled back: nothing was answered
+                if not is_lock_busy(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(LOCK_RETRY_SECONDS)
+
+
+_PG_SELECT = f"""
+SELECT {", ".join(f"{c.table.name}.{c.name}" for c in _COLUMNS)}
+FROM unnest(%s::text[], %s::text[]) AS wanted(namespace, name)
+JOIN {backend_keys.name} ON {backend_keys.name}.namespace = wanted.namespace
+                        AND {backend_keys.name}.name = wanted.name
+JOIN {backends.name} ON {backends.name}.id = {backend_keys.name}.backend_id
+"""
+_PG_INSERT = f"""
+INSERT INTO {tokens.name} (token, backend_id, username, auth, created_ms)
+SELECT token, backend_id, username, auth::json, created_ms
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[])
+     AS new(token, backend_id, username, auth, created_ms)
+"""
+
+
+class PostgresJoins:
+    """Batches on one asynchronous connection, opened at the first batch and again after a
+    batch failed (the connection may be what broke)."""
+
+    def __init__(self, conninfo: str, urls: Urls) -> None:
+        self._conninfo = conninfo
+        self._urls = urls
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    async def join(self, requests: Sequence[ConnectRequest]) -> Answers:
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(self._conninfo)
+        conn = self._conn
+        keys = _keys(requests)
+        try:
+            async with conn.transaction():
+                cursor = await conn.execute(_PG_SELECT, ([k[0] for k in keys],
+                                                         [k[1] for k in keys]))
+                answers, new_tokens = answer_batch(requests, await cursor.fetchall(),
+                                                   self._urls)
+                if new_tokens:
+                    await conn.execute(_PG_INSERT, tuple(
+                        [row[column] if column != "auth" else json.dumps(row[column])
+                         for row in new_tokens]
+                        for column in ("token", "backend_id", "username", "auth",
+                                       "created_ms")))
+        except BaseException:
+            await self.close()
+            raise
+        return answers
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
