@@ -56,26 +56,34 @@ class Fault:
 
 def plan_faults(rng: random.Random, cluster: ChaosCluster, counts: FaultCounts,
                 storm_seconds: float, lost_after_seconds: float) -> list[PlannedFault]:
-    """Which part dies when, for how long; the same for the same seed."""
-    begin, end = 0.05 * storm_seconds, 0.85 * storm_seconds
+    """Which part dies when, for how long; the same for the same seed.
+
+    The proxy's controller dies first, once backends are up on both drones and the proxy has
+    served them; the proxy's own deaths and the away drone's absence come later. The
+    routes-while-the-controller-is-down invariant needs one outage with a proxy that knows
+    its routes and backends that outlive it."""
+    d = storm_seconds
+    begin, end = 0.05 * d, 0.85 * d
     plans: list[PlannedFault] = []
     controllers = [part.name for part in cluster.controllers]
-    # The proxy's controller dies first: the routes-while-down invariant needs it once.
-    targets = [controllers[0]] + [rng.choice(controllers)
-                                  for _ in range(counts.controller_kills - 1)]
+    first = _spread(rng, "controller", controllers[0], min(counts.controller_kills, 1),
+                    0.3 * d, 0.4 * d)
+    plans += first
+    rest = [rng.choice(controllers) for _ in range(counts.controller_kills - len(first))]
+    after_first = first[-1].at + first[-1].down + RECOVERY_SECONDS if first else begin
     for name in controllers:
-        plans += _spread(rng, "controller", name, targets.count(name), begin, end)
-    plans += _spread(rng, "proxy", cluster.proxy_part.name, counts.proxy_kills, begin, end)
+        start = after_first if name == controllers[0] else begin
+        plans += _spread(rng, "controller", name, rest.count(name), start, end)
+    plans += _spread(rng, "proxy", cluster.proxy_part.name, counts.proxy_kills, 0.5 * d, 0.9 * d)
     away = cluster.drones["b"].name
-    away_end = begin
+    away_at = rng.uniform(0.5 * d, 0.6 * d)
     for _ in range(counts.drone_returns):
-        at = away_end + rng.uniform(0, 0.1 * storm_seconds)
         down = lost_after_seconds + AWAY_PAST_LOST_SECONDS
-        plans.append(PlannedFault("drone-away", away, at, down))
-        away_end = at + down + RECOVERY_SECONDS
+        plans.append(PlannedFault("drone-away", away, away_at, down))
+        away_at += down + RECOVERY_SECONDS
     short = [rng.choice(sorted(cluster.drones)) for _ in range(counts.drone_kills)]
     plans += _spread(rng, "drone", cluster.drones["a"].name, short.count("a"), begin, end)
-    plans += _spread(rng, "drone", away, short.count("b"), away_end, max(end, away_end + 10))
+    plans += _spread(rng, "drone", away, short.count("b"), begin, 0.45 * d)
     return sorted(plans, key=lambda plan: plan.at)
 
 

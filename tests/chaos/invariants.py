@@ -63,6 +63,9 @@ class Evidence:
     unterminated: dict[str, str]  # backend -> status, not terminated after a hard-terminate
     settle_bound: float
     leftover_grace: float
+    # The proxy keeps a route it cannot have confirmed for this long (the key lease); after
+    # that it drops it by design, so the routes invariant looks at this much of an outage.
+    route_bound: float
 
 
 def one_live_container_per_key(ev: Evidence) -> Verdict:
@@ -238,13 +241,16 @@ def _stream_problems(statuses: list[str], events: list[dict[str, Any]]) -> list[
 
 
 def routes_answer_while_controller_down(ev: Evidence) -> Verdict:
-    """While the proxy's controller is down, every route this proxy process served before the
-    outage, whose backend stayed ready and whose container kept running, answers 200."""
-    verdict = Verdict("known routes answer through the proxy while the controller is down", 0)
+    """While the proxy's controller is down (up to the route bound), every route this proxy
+    process served before the outage, whose backend stayed ready and whose container kept
+    running, answers 200."""
+    verdict = Verdict("known routes answer through the proxy while the controller is down",
+                      0)
     for outage in ev.outages:
+        end = min(outage.back_at, outage.killed_at + ev.route_bound)
         for probe in ev.probes:
             if not (probe.controller_down and probe.proxy_steady
-                    and outage.killed_at <= probe.at <= outage.back_at):
+                    and outage.killed_at <= probe.at <= end):
                 continue
             if not _served(ev, probe, outage.killed_at) or not _healthy(ev, probe, outage):
                 continue
@@ -263,14 +269,16 @@ def _served(ev: Evidence, probe: Probe, before: float) -> bool:
 
 
 def _healthy(ev: Evidence, probe: Probe, outage: Fault) -> bool:
-    """Ready before the outage began and until after the probe, its container running."""
+    """Ready before the outage began and until after the probe, its container running from
+    the outage's start until the engine's first look after the probe's answer."""
     events = ev.replays.get(probe.backend_id) or []
     ready = [e["time"] / 1000 for e in events if e["status"] == "ready"]
     left = [e["time"] / 1000 for e in events if ORDER.index(e["status"]) > ORDER.index("ready")]
     if not ready or ready[0] > outage.killed_at or (left and left[0] <= probe.at + 1.0):
         return False
-    running = [s for s in ev.spans if s.end >= outage.killed_at and s.start <= probe.at]
-    return bool(running) and all(probe.backend_id in s.running for s in running)
+    running = [s for s in ev.spans if s.end >= outage.killed_at and s.start <= probe.answered]
+    return (bool(running) and running[-1].end >= probe.answered
+            and all(probe.backend_id in s.running for s in running))
 
 
 CHECKS = (one_live_container_per_key, every_backend_settles, nothing_stuck,

@@ -19,7 +19,7 @@ from tests.chaos.api import error_code
 
 PROBE_SECONDS = 0.25
 PROBES_PER_ROUND = 3
-PROBE_TIMEOUT = httpx.Timeout(3.0)
+PROBE_TIMEOUT = httpx.Timeout(2.0)
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class Probe:
     status: int | None  # None: the proxy did not answer
     error: str = ""  # the error code of the proxy's own answer, or why there was none
     proxy_steady: bool = True  # the proxy was neither killed nor down during the probe
+    answered: float = 0.0  # when the answer (or the failure) came
 
 
 class Prober:
@@ -66,9 +67,14 @@ class Prober:
                 generation = self.proxy_generation()
                 if down:
                     chosen = sorted(self.served(generation, time.time()))
-                else:
+                else:  # routes this proxy has not served yet first: all become known
                     ready = sorted(b for b in self.urls() if self.ready(b))
-                    chosen = self._rng.sample(ready, min(PROBES_PER_ROUND, len(ready)))
+                    served = self.served(generation, time.time())
+                    fresh = [b for b in ready if b not in served]
+                    chosen = self._rng.sample(fresh, min(PROBES_PER_ROUND, len(fresh)))
+                    rest = [b for b in ready if b in served]
+                    chosen += self._rng.sample(
+                        rest, min(PROBES_PER_ROUND - len(chosen), len(rest)))
                 urls = self.urls()
                 for backend_id in chosen:
                     self._probe(client, backend_id, urls[backend_id], generation, down)
@@ -85,7 +91,8 @@ class Prober:
         except httpx.HTTPError as exc:
             status, error = None, f"{type(exc).__name__}: {exc}"
         steady = steady and not self.proxy_down() and generation == self.proxy_generation()
-        self.probes.append(Probe(at, backend_id, generation, down, status, error, steady))
+        self.probes.append(Probe(at, backend_id, generation, down, status, error, steady,
+                                 time.time()))
 
 
 def _json(response: httpx.Response) -> object:

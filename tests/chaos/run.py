@@ -43,6 +43,7 @@ SEED_ENV = "SAILPLANE_CHAOS_SEED"
 TERMINATE_ALL_SECONDS = 30.0
 CONTAINERS_GONE_SECONDS = 20.0
 DOCKERD_DOWN_SECONDS = 2.0
+ANCHORS_READY_SECONDS = 30.0
 
 
 def seed_from_env() -> int:
@@ -58,7 +59,7 @@ class ChaosPlan:
     connects: int = 300
     keys: int = 30
     clients: int = 6
-    storm_seconds: float = 75.0
+    storm_seconds: float = 60.0
     bad_share: float = 0.12  # requests oversized or malformed
     terminate_share: float = 0.1  # good connects followed by a soft or hard terminate
     faults: FaultCounts = field(default_factory=lambda: FaultCounts(
@@ -66,6 +67,8 @@ class ChaosPlan:
     # SAILPLANE_TIME_SCALE of the cluster: a drone is lost (and its leases end) this much
     # sooner than in production, so that a drone can return after its lease in a CI run.
     time_scale: float = 0.5
+    # Backends that live through the whole run, beside the storm's short-lived ones.
+    anchors: int = 4
     followers: int = 24  # status streams followed live ...
     follow_share: float = 0.4  # ... a random share of the backends returned
     # Every backend the API returns is ready or terminated within this: a drone's silence
@@ -120,8 +123,9 @@ def _attack(plan: ChaosPlan, cluster: ChaosCluster, image: str, client: docker.D
                   keys=plan.keys, connects=plan.connects, clients=plan.clients,
                   seconds=plan.storm_seconds, bad_share=plan.bad_share,
                   terminate_share=plan.terminate_share, seed=plan.seed, on_backend=on_backend)
-    # This process runs unscaled: the cluster's lost-drone deadline is the plan's scale of it.
+    # This process runs unscaled: the cluster's deadlines are the plan's scale of them.
     lost_after = timing.DRONE_LOST_SECONDS / timing.TIME_SCALE * plan.time_scale
+    lease = timing.LEASE_SECONDS / timing.TIME_SCALE * plan.time_scale
     driver = FaultDriver(cluster, plan_faults(rng, cluster, plan.faults, plan.storm_seconds,
                                               lost_after))
     proxy_controller = cluster.proxy_controller().name
@@ -135,6 +139,7 @@ def _attack(plan: ChaosPlan, cluster: ChaosCluster, image: str, client: docker.D
     try:
         log(f"chaos: storm of {plan.connects} connects over {plan.keys} keys from "
             f"{plan.clients} clients; {len(driver.plans)} kills planned")
+        _wait_ready(poller, storm.anchors(plan.anchors), ANCHORS_READY_SECONDS)
         driver.start()
         storm.run()
         driver.wait(timeout=plan.storm_seconds * 2 + 120)
@@ -181,7 +186,7 @@ def _attack(plan: ChaosPlan, cluster: ChaosCluster, image: str, client: docker.D
         outages=[f for f in driver.faults if f.target == proxy_controller],
         settled_at=settled_at, settled=settled, containers_settled=containers,
         containers_left=left, unterminated=unterminated, settle_bound=plan.settle_bound,
-        leftover_grace=plan.leftover_grace,
+        leftover_grace=plan.leftover_grace, route_bound=lease,
     )
     report.verdicts = judge(evidence)
     # Everything recorded, for a closer look at a failure.
@@ -198,6 +203,15 @@ def _engine_listing(client: docker.DockerClient, drone_ids: set[str]) -> dict[st
         return all_backends(client, drone_ids)
     except (docker.errors.DockerException, requests.RequestException):
         return None
+
+
+def _wait_ready(poller: Poller, backend_ids: list[str], bound: float) -> None:
+    """Wait (up to ``bound``) until the backends are ready; the run goes on either way."""
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        if all(poller.status_of(b) == "ready" for b in backend_ids):
+            return
+        time.sleep(0.5)
 
 
 def _settle(poller: Poller, client: docker.DockerClient, drone_ids: set[str],

@@ -24,6 +24,7 @@ from tests.chaos.api import Answer, Api
 UNANSWERED_RETRY_SECONDS = 20.0
 # Lifetimes of the storm's backends: short, so that keys change hands during the run.
 LIFETIME_SECONDS = (5, 25)
+ANCHOR_LIFETIME_SECONDS = 900
 
 
 @dataclass(frozen=True)
@@ -105,14 +106,33 @@ class Storm:
         for thread in threads:
             thread.join(self.seconds * 2 + UNANSWERED_RETRY_SECONDS + 60)
 
-    def good_request(self, rng: random.Random, key: str) -> dict[str, Any]:
+    def good_request(self, rng: random.Random, key: str,
+                     lifetime: int | None = None) -> dict[str, Any]:
         return {
             "key": {"name": key, "namespace": self.namespace},
             "spawn_config": {
                 "executable": {"image": self.image, "pull_policy": "Never"},
-                "lifetime_limit_seconds": rng.randint(*LIFETIME_SECONDS),
+                "lifetime_limit_seconds": lifetime or rng.randint(*LIFETIME_SECONDS),
             },
         }
+
+    def anchors(self, count: int) -> list[str]:
+        """Backends for keys of their own that live through the whole run (until the final
+        terminate-all): routes that outlast a controller outage, whatever the storm does."""
+        made = []
+        for index in range(count):
+            key = f"anchor-{index}"
+            answer = self.api.call("POST", "/ctrl/connect", body=self.good_request(
+                random.Random(index), key, lifetime=ANCHOR_LIFETIME_SECONDS),
+                retry_seconds=UNANSWERED_RETRY_SECONDS)
+            call = StormCall(-1, "good", f"{self.namespace}/{key}", answer)
+            with self._lock:
+                self.calls.append(call)
+            if answer.status == 200:
+                made.append(str(answer.body["backend_id"]))
+                if self.on_backend is not None:
+                    self.on_backend(made[-1], call.key, answer.body)
+        return made
 
     def _client(self, index: int, share: int) -> None:
         rng = random.Random(f"{self.seed}-client-{index}")
