@@ -369,7 +369,8 @@ def main() -> int:
         raise SystemExit("--profile needs py-spy (.venv/bin/pip install py-spy)")
     print(f"wrk: {args.threads} threads, {args.connections} keep-alive connections, "
           f"{args.duration:g}s a run, {args.rounds} rounds in turns (medians); "
-          f"{os.cpu_count()} CPUs, load generator in its own process", flush=True)
+          f"{os.cpu_count()} CPUs, load generator in its own process; load average "
+          f"{os.getloadavg()[0]:.1f} at the start", flush=True)
     met = True
     with tempfile.TemporaryDirectory(prefix="sailplane-bench-connect-") as tmp_name:
         for name in args.databases.split(","):
@@ -378,6 +379,8 @@ def main() -> int:
             figures = run_database(name.strip(), args, tmp)
             report(figures)
             met &= figures.met
+    print(f"\nload average {os.getloadavg()[0]:.1f} at the end (other work on the machine "
+          "shares its CPUs with the server and wrk)")
     return 0 if met or not args.check else 1
 
 
