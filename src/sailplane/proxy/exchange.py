@@ -32,15 +32,13 @@ def split_token(url: bytes) -> tuple[bytes, bytes]:
     >>> split_token(b"/t-abc?y=1")
     (b't-abc', b'/?y=1')
     """
-    end = len(url)
-    for stop in (b"/", b"?"):
-        found = url.find(stop, 1)
-        if found != -1 and found < end:
-            end = found
-    rest = url[end:]
-    if not rest.startswith(b"/"):
-        rest = b"/" + rest
-    return url[1:end], rest
+    end = url.find(b"/", 1)
+    query = url.find(b"?", 1)
+    if end == -1 or 0 <= query < end:
+        if query == -1:
+            return url[1:], b"/"
+        return url[1:query], b"/" + url[query:]
+    return url[1:end], url[end:]
 
 
 class Exchange:
@@ -97,7 +95,7 @@ class Exchange:
     def start(self) -> None:
         raw_token, self.rest = split_token(self.url)
         n = len(raw_token)
-        self.add_slash = n > 0 and self.upgrade is None and self.url[n + 1:n + 2] != b"/"
+        self.add_slash = n > 0 and self.upgrade is None and not self.url.startswith(b"/", n + 1)
         token = raw_token.decode("latin-1")
         route = self.client.proxy.routes.cached(token)
         if route is not None:
@@ -203,7 +201,9 @@ class Exchange:
 
     def response_complete(self) -> None:
         self.done = True
-        self._uncount()
+        if self.counted and self.route is not None:  # ``_uncount``, inline: every request
+            self.counted = False
+            self.client.proxy.counts.closed(self.route.backend_id)
         self.client.finished(self)
 
     def upgraded(self, upstream: Upstream) -> asyncio.Transport:

@@ -102,13 +102,13 @@ class RouteTable:
         self.stale_after = stale_after
         self.online = asyncio.Event()  # the controller link is up
         self._routes: dict[str, Route] = {}
+        # The token's route if cached, else None: the dict's own ``get`` (no Python call on
+        # every request), so ``_routes`` is only ever changed in place.
+        self.cached: Callable[[str], Route | None] = self._routes.get
         # Tokens whose routes the controller has not confirmed since the link dropped, with
         # the loop's time when it dropped.
         self._unconfirmed: dict[str, float] = {}
         self._pending: dict[str, asyncio.Future[Route | Miss]] = {}
-
-    def cached(self, token: str) -> Route | None:
-        return self._routes.get(token)
 
     async def lookup(self, token: str) -> Route | Miss:
         """The token's route, from the cache or the controller. Without a link, a lookup

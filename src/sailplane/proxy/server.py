@@ -254,6 +254,22 @@ class ClientConnection(FlowControl):
         """Feed ``data`` to the parser while fewer than ``max_pipelined`` requests wait; a
         large read goes in slices so the queue stops near that bound."""
         end = len(data)
+        if end <= PARSE_SLICE_BYTES and len(self.exchanges) < self._max_pipelined:
+            # The common case, a read of one slice: the loop below, once, without its
+            # bookkeeping.
+            progress = self._head_bytes + self._progress
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade as upgrade:
+                self._upgrade_requested(data[upgrade.args[0]:])
+            except httptools.HttpParserError as exc:
+                self._parse_error(exc)
+            else:
+                if self.in_message:
+                    self._mid_request(end, progress)
+                elif len(self.exchanges) >= self._max_pipelined:
+                    self.pause(PIPELINE)
+            return
         start = 0
         while start < end:
             if len(self.exchanges) >= self._max_pipelined:
@@ -270,17 +286,24 @@ class ClientConnection(FlowControl):
             except httptools.HttpParserError as exc:
                 self._parse_error(exc)
                 return
-            if self.in_message:  # mid-request at the end of this read
-                if self._head_bytes + self._progress != progress:
-                    self._unflushed = 0
-                else:  # the parser holds what it read in a header being assembled
-                    self._unflushed += len(piece)
-                    if self._head_bytes + self._unflushed > self._max_header_bytes:
-                        self.refuse(answers.HEADER_TOO_LARGE)
-                        return
+            if self.in_message and not self._mid_request(len(piece), progress):
+                return
             start = stop
         if len(self.exchanges) >= self._max_pipelined:
             self.pause(PIPELINE)
+
+    def _mid_request(self, fed: int, progress: int) -> bool:
+        """A read of ``fed`` bytes ended inside a request (``progress``: head bytes and body
+        pieces before it); False if that request's head is now too large."""
+        if self._head_bytes + self._progress != progress:
+            self._unflushed = 0
+            return True
+        # The parser holds what it read in a header being assembled.
+        self._unflushed += fed
+        if self._head_bytes + self._unflushed > self._max_header_bytes:
+            self.refuse(answers.HEADER_TOO_LARGE)
+            return False
+        return True
 
     def _parse_error(self, exc: httptools.HttpParserError) -> None:
         refusal, self.refusal = self.refusal, None
@@ -329,15 +352,18 @@ class ClientConnection(FlowControl):
             raise self._refuse(answers.HEADER_TOO_LARGE)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value) + 4
-        self._header_count += 1
-        if self._head_bytes > self._max_header_bytes:
+        head_bytes = self._head_bytes = self._head_bytes + len(name) + len(value) + 4
+        count = self._header_count = self._header_count + 1
+        if head_bytes > self._max_header_bytes:
             raise self._refuse(answers.HEADER_TOO_LARGE)
-        if self._header_count > self._max_headers:
+        if count > self._max_headers:
             raise self._refuse(answers.TOO_MANY_HEADERS)
+        decision = _DECISIONS.get(name)
+        if decision == _FORWARD and self.in_head:  # the common case first
+            self._forward += (name, b": ", value, b"\r\n")
+            return
         if not self.in_head:
             return  # a trailer after a chunked body: counted, not passed on
-        decision = _DECISIONS.get(name)
         if decision is None:
             decision = _decide(name)
         if decision == _FORWARD:
@@ -407,7 +433,8 @@ class ClientConnection(FlowControl):
         if not self.exchanges or self.exchanges[0] is not exchange:
             return
         self.exchanges.popleft()
-        self.release()  # the upstream may go back to the pool: never paused
+        if self.held is not None:
+            self.release()  # the upstream may go back to the pool: never paused
         if not exchange.keep_alive:
             self.end()
             return

@@ -132,7 +132,7 @@ class Upstream(FlowControl):
         self.upgrade = b""  # its Upgrade header, for a 101
         # The message being parsed (a 1xx comes before the final one).
         self.head_done = False
-        self.head: list[bytes] = [b""]  # [status line] + header lines
+        self.head: list[bytes] = [b""]  # [status line] + the header lines' pieces
         self.reason = b""
         self.chunked = False
         self.has_length = False
@@ -203,26 +203,27 @@ class Upstream(FlowControl):
     def begin(self, exchange: Exchange) -> None:
         self.exchange = exchange
         self.got_response = self.sent = self.until_close = self.head_done = False
+        self.chunked = self.has_length = False
         self.head_bytes = 0
         self.upgrade = b""
         if self.write_paused:  # still draining an earlier request: this client waits too
             self.hold(exchange.client)
 
     # -- httptools callbacks ---------------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        self.head_done = False
-        self.head = [b""]
-        self.reason = b""
-        self.chunked = self.has_length = False
+    # No ``on_message_begin``: httptools calls only the callbacks a protocol has, and the
+    # state of a message is reset where the one before it ended (``begin``, the end of a
+    # head, the end of a 1xx) at no extra call per response.
 
     def on_status(self, status: bytes) -> None:
         self.reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        kind = _KINDS.get(name)
+        if kind == _PASS and not self.head_done:  # the common case first: passed on as is
+            self.head += (name, b": ", value, b"\r\n")
+            return
         if self.head_done:
             return  # a trailer: not passed on (the proxy ends a chunked body itself)
-        kind = _KINDS.get(name)
         if kind is None:
             kind = _kind(name)
         if kind == _HOP:
@@ -234,7 +235,7 @@ class Upstream(FlowControl):
         elif kind == _UPGRADE:
             self.upgrade = value
             return
-        self.head.append(b"%s: %s\r\n" % (name, value))
+        self.head += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self) -> None:
         exchange = self.exchange
@@ -264,6 +265,8 @@ class Upstream(FlowControl):
                 exchange.keep_alive = False
             head.append(b"\r\n" if exchange.keep_alive else b"connection: close\r\n\r\n")
         self.out.append(b"".join(head))
+        self.head = [b""]  # for the next message's head (after a 1xx)
+        self.reason = b""
         if exchange.is_head and status >= 200:
             # httptools cannot be told the request was HEAD; a HEAD response has no body.
             keep_alive = parser.should_keep_alive()
@@ -280,8 +283,9 @@ class Upstream(FlowControl):
         if self.exchange is None:
             return
         status = self.parser.get_status_code()
-        if status < 200:
-            return  # 100 Continue and friends: the real response follows; 101: a tunnel
+        if status < 200:  # 100 Continue and friends: the real response follows; 101: a tunnel
+            self.head_done = self.chunked = self.has_length = False
+            return
         if self.chunked:
             self.out.append(b"0\r\n\r\n")
         self._complete(self.parser.should_keep_alive())
@@ -293,7 +297,8 @@ class Upstream(FlowControl):
                     and not self.until_close)
         if self.out:
             self._flush(exchange)  # before the client goes on to its next request
-        self.release()
+        if self.held is not None:
+            self.release()
         exchange.response_complete()
         if reusable:
             self.pool.give_back(self)
