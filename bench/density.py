@@ -18,8 +18,9 @@ once on SIGTERM):
    engine's processes (dockerd, containerd, the shims, docker-proxy), and the machine's
    ``MemAvailable``; divided by N;
 4. **stop all**: ``Executor.terminate_all`` (what Ctrl-C of ``sailplane dev`` runs), timed to
-   the last container removed; then what is left: containers of this drone, network
-   namespaces (containerd), staging directories;
+   the last container removed; then what is left: containers of this drone, staging
+   directories, and on containerd anything of any backend the run spawned (task, snapshot,
+   network namespace, address, cgroup, log: ``runtime/containerd/leftovers.py``);
 5. **idle again**: the probes of 1 once more; the idle figure is both sets together.
 
 Targets: the p50 at N at most 1.5x the idle p50; stop all in at most 15 s. ``--check`` exits 1
@@ -54,8 +55,9 @@ from sailplane.mounts.policy import MountPolicy
 from sailplane.protocol import SpawnBackend
 from sailplane.runtime.base import DRONE_LABEL, Runtime
 from sailplane.runtime.containerd.ctr import Ctr, CtrError, default_address, normalize_image
-from sailplane.runtime.containerd.network import NETNS_DIR, CniNetwork
-from sailplane.runtime.containerd.runtime import ContainerdRuntime
+from sailplane.runtime.containerd.leftovers import traces
+from sailplane.runtime.containerd.network import CniNetwork
+from sailplane.runtime.containerd.runtime import ContainerdRuntime, container_id
 from sailplane.runtime.docker.runtime import DockerRuntime
 from sailplane.spec import ExecutorConfig, KeyConfig, PullPolicy
 from sailplane.state import BackendStatus, TerminationReason
@@ -89,6 +91,7 @@ class Result:
     stop_seconds: float = 0.0  # to the last container removed
     returned_seconds: float = 0.0  # until terminate_all returned
     left: dict[str, int] = field(default_factory=dict)
+    spawned: list[str] = field(default_factory=list)  # every backend id, probes included
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -109,9 +112,11 @@ def spawn_of(image: str) -> SpawnBackend:
     )
 
 
-async def spawn_ready(executor: Executor, image: str) -> tuple[str, float]:
-    """Spawn one backend; its id and seconds to ``ready``. Raises if it does not get there."""
+async def spawn_ready(executor: Executor, image: str, spawned: list[str]) -> tuple[str, float]:
+    """Spawn one backend (its id noted in ``spawned``); its id and seconds to ``ready``.
+    Raises if it does not get there."""
     spawn = spawn_of(image)
+    spawned.append(spawn.backend_id)
     started = time.perf_counter()
     executor.spawn(spawn)
     await executor.wait_for(spawn.backend_id, BackendStatus.READY, SPAWN_TIMEOUT_SECONDS)
@@ -122,11 +127,11 @@ async def spawn_ready(executor: Executor, image: str) -> tuple[str, float]:
     return spawn.backend_id, elapsed
 
 
-async def probes(executor: Executor, image: str, count: int) -> list[float]:
+async def probes(executor: Executor, image: str, count: int, spawned: list[str]) -> list[float]:
     """``count`` spawns one at a time, each stopped (and removed) before the next; in ms."""
     times = []
     for _ in range(count):
-        backend_id, elapsed = await spawn_ready(executor, image)
+        backend_id, elapsed = await spawn_ready(executor, image, spawned)
         times.append(elapsed * 1000)
         await executor.terminate(backend_id, True, TerminationReason.EXTERNAL)
         await executor.removals_done(PROBE_STOP_TIMEOUT_SECONDS)
@@ -144,7 +149,7 @@ async def fill(executor: Executor, image: str, target: int, in_flight: int, resu
                 return
             live = executor.live_count
             try:
-                _, elapsed = await spawn_ready(executor, image)
+                _, elapsed = await spawn_ready(executor, image, result.spawned)
             except (RuntimeError, TimeoutError) as exc:
                 result.failures.append(f"{type(exc).__name__}: {exc}")
                 return
@@ -192,7 +197,9 @@ class Engine:
     def runtime(self, drone_id: str, state_dir: Path) -> Runtime:
         raise NotImplementedError
 
-    async def left_behind(self, drone_id: str) -> dict[str, int]:
+    async def left_behind(self, drone_id: str, backend_ids: list[str],
+                          state_dir: Path) -> dict[str, int]:
+        """What is left of the drone's containers, or of any backend it spawned, by kind."""
         raise NotImplementedError
 
     async def remove_everything(self, drone_id: str, state_dir: Path) -> None:
@@ -213,7 +220,8 @@ class DockerEngine(Engine):
                                             filters={"label": f"{DRONE_LABEL}={drone_id}"})
         return [found["Id"] for found in listed]
 
-    async def left_behind(self, drone_id: str) -> dict[str, int]:
+    async def left_behind(self, drone_id: str, backend_ids: list[str],
+                          state_dir: Path) -> dict[str, int]:
         return {"containers": len(await asyncio.to_thread(self._ours, drone_id))}
 
     async def remove_everything(self, drone_id: str, state_dir: Path) -> None:
@@ -234,8 +242,11 @@ class ContainerdEngine(Engine):
         self.ctr = Ctr(address, CONTAINERD_NAMESPACE)
         self.image = image
 
+    def state(self, state_dir: Path) -> Path:
+        return state_dir / "containerd"
+
     def runtime(self, drone_id: str, state_dir: Path) -> Runtime:
-        return ContainerdRuntime(drone_id, state_dir / "containerd", self.ctr.address,
+        return ContainerdRuntime(drone_id, self.state(state_dir), self.ctr.address,
                                  CONTAINERD_NAMESPACE)
 
     async def _ours(self, drone_id: str) -> list[str]:
@@ -243,10 +254,13 @@ class ContainerdEngine(Engine):
         return (await self.ctr("containers", "ls", "-q",
                                f'labels."{DRONE_LABEL}"=={value}')).split()
 
-    async def left_behind(self, drone_id: str) -> dict[str, int]:
-        netns = [p for p in NETNS_DIR.iterdir() if p.name.startswith("sailplane-b-")] \
-            if NETNS_DIR.exists() else []
-        return {"containers": len(await self._ours(drone_id)), "netns": len(netns)}
+    async def left_behind(self, drone_id: str, backend_ids: list[str],
+                          state_dir: Path) -> dict[str, int]:
+        """Containers, tasks, snapshots, network namespaces, addresses, cgroups, logs."""
+        found = await traces(self.ctr, self.state(state_dir) / "logs",
+                             [container_id(backend_id) for backend_id in backend_ids])
+        counts = {kind: len(items) for kind, items in found.items()}
+        return {"containers": len(await self._ours(drone_id)), **counts}
 
     async def remove_everything(self, drone_id: str, state_dir: Path) -> None:
         network = CniNetwork()
@@ -277,8 +291,8 @@ async def run(engine: Engine, args: argparse.Namespace, state_dir: Path) -> Resu
     deadline = time.monotonic() + args.budget
     try:
         await executor.start()
-        await probes(executor, args.image, 1)  # warm-up (and containerd's import)
-        result.idle_before = await probes(executor, args.image, args.probes)
+        await probes(executor, args.image, 1, result.spawned)  # warm-up (containerd: import)
+        result.idle_before = await probes(executor, args.image, args.probes, result.spawned)
         result.memory_idle = memory()
         points = sorted({max(1, args.n * i // args.checkpoints)
                          for i in range(1, args.checkpoints + 1)})
@@ -293,7 +307,8 @@ async def run(engine: Engine, args: argparse.Namespace, state_dir: Path) -> Resu
                 result.fill_seconds = time.monotonic() - started
                 result.fill_cpu_seconds = time.process_time() - cpu  # probes included
                 result.memory_full = memory()
-            result.probes[result.filled] = await probes(executor, args.image, args.probes)
+            result.probes[result.filled] = await probes(executor, args.image, args.probes,
+                                                        result.spawned)
             if result.filled < point:
                 break
         stop_started = time.monotonic()
@@ -303,9 +318,9 @@ async def run(engine: Engine, args: argparse.Namespace, state_dir: Path) -> Resu
         # figure is the time to the last removal, however long that takes.
         await executor.removals_done(STOP_WAIT_SECONDS)
         result.stop_seconds = time.monotonic() - stop_started
-        result.left = await engine.left_behind(drone_id)
+        result.left = await engine.left_behind(drone_id, result.spawned, state_dir)
         result.left["staging"] = len(staging.backends())
-        result.idle_after = await probes(executor, args.image, args.probes)
+        result.idle_after = await probes(executor, args.image, args.probes, result.spawned)
     finally:
         with contextlib.suppress(Exception):
             await executor.terminate_all(TerminationReason.EXTERNAL)

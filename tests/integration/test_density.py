@@ -30,13 +30,13 @@ from sailplane.errors import RuntimeFailure
 from sailplane.mounts.pin import StagingArea
 from sailplane.mounts.policy import MountPolicy
 from sailplane.runtime.base import Runtime
-from sailplane.runtime.containerd.cgroup import CGROUP_ROOT
 from sailplane.runtime.containerd.ctr import (
     CTR_TIMEOUT_SECONDS,
     Ctr,
     normalize_image,
 )
-from sailplane.runtime.containerd.network import NETNS_DIR, CniNetwork, netns_name
+from sailplane.runtime.containerd.leftovers import traces
+from sailplane.runtime.containerd.network import CniNetwork
 from sailplane.runtime.containerd.runtime import ContainerdRuntime
 from sailplane.runtime.containerd.runtime import container_id as ctr_container_id
 from sailplane.runtime.docker.network import backend_network
@@ -87,9 +87,11 @@ def test_a_filled_drone_stops_everything_it_runs_and_leaves_nothing(drone, runti
             assert sorted(drone.staging.backends()) == sorted(ids)
             look = Leftovers.of(drone.engine, executor.runtime, ids)
             # The look after the stop would see each of them (cgroups: one per hierarchy).
-            assert all(len(found) >= count for found in look.left().values())
-            assert set(look.left()) == ({"addresses", "tasks", "snapshots", "netns", "cgroups",
-                                         "logs"} if runtime == "containerd" else {"addresses"})
+            before = await look.left()
+            assert all(len(found) >= count for found in before.values())
+            assert set(before) == ({"containers", "tasks", "snapshots", "netns", "addresses",
+                                    "cgroups", "logs"} if runtime == "containerd"
+                                   else {"addresses"})
             ctr = RecordingCtr.install(executor.runtime)
 
             async with asyncio.timeout(STOP_ALL_WITHIN):
@@ -99,7 +101,7 @@ def test_a_filled_drone_stops_everything_it_runs_and_leaves_nothing(drone, runti
             # All gone the moment terminate_all returns: nothing is removed later.
             assert drone.engine.drone_containers(drone.drone_id) == []
             assert drone.staging.backends() == []
-            assert look.left() == {}
+            assert await look.left() == {}
             if ctr is not None:
                 # The drone signalled every init itself and deleted in batches.
                 commands = Counter(" ".join(args[:2]) for args in ctr.calls)
@@ -130,46 +132,26 @@ class RecordingCtr(Ctr):
 
 @dataclass
 class Leftovers:
-    """What the backends of a drone hold outside the drone, to find gone after stop-all.
+    """What the backends of a drone hold outside the drone, to find gone after stop-all:
+    containerd's look (``leftovers.traces``: container, task, snapshot, network namespace,
+    address, cgroups, log); on Docker, their address (the containers are checked apart)."""
 
-    containerd: their container, task, snapshot, network namespace, address, cgroups (in
-    every hierarchy) and log. Docker: their container (checked by the test) and address."""
-
-    ctr: Ctr | None  # containerd's, in the runtime's namespace; None for Docker
+    runtime: Runtime
     containers: list[str]  # containerd ids, or Docker's
-    log_dir: Path | None
 
     @classmethod
     def of(cls, engine: Engine, runtime: Runtime, ids: list[str]) -> Leftovers:
         if isinstance(runtime, ContainerdRuntime):
-            return cls(runtime.ctr, [ctr_container_id(b) for b in ids], runtime.log_dir)
+            return cls(runtime, [ctr_container_id(b) for b in ids])
         assert isinstance(engine, DockerEngine)
-        found = [engine.client.api.inspect_container(container_name(b))["Id"] for b in ids]
-        return cls(None, found, None)
+        return cls(runtime, [engine.client.api.inspect_container(container_name(b))["Id"]
+                             for b in ids])
 
-    def held(self) -> list[str]:
-        """The containers holding an address on their bridge."""
-        network = CniNetwork().bridge if self.ctr else backend_network()
-        return sorted(set(network.holders().values()) & set(self.containers))
-
-    def left(self) -> dict[str, list[str]]:
-        found: dict[str, list[str]] = {"addresses": self.held()}
-        if self.ctr is not None:
-            sync, namespace = SyncCtr(self.ctr), self.ctr.namespace
-            tasks = {row.split()[0] for row in sync("tasks", "ls").stdout.splitlines()[1:]}
-            snapshots = {row.split()[0]
-                         for row in sync("snapshots", "ls").stdout.splitlines()[1:]}
-            found |= {
-                "tasks": sorted(tasks & set(self.containers)),
-                "snapshots": sorted(snapshots & set(self.containers)),
-                "netns": [c for c in self.containers if (NETNS_DIR / netns_name(c)).exists()],
-                "cgroups": [str(path) for c in self.containers
-                            for path in (*CGROUP_ROOT.glob(f"*/{namespace}/{c}"),
-                                         CGROUP_ROOT / namespace / c) if path.exists()],
-                "logs": [c for c in self.containers
-                         if self.log_dir and (self.log_dir / f"{c}.log").exists()],
-            }
-        return {what: items for what, items in found.items() if items}
+    async def left(self) -> dict[str, list[str]]:
+        if isinstance(self.runtime, ContainerdRuntime):
+            return await traces(self.runtime.ctr, self.runtime.log_dir, self.containers)
+        held = sorted(set(backend_network().holders().values()) & set(self.containers))
+        return {"addresses": held} if held else {}
 
 
 # -- containerd imports what the local Docker engine has --------------------------------------
