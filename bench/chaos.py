@@ -14,8 +14,8 @@ table of the faults injected and of each invariant: held, FAILED (with the first
 violations) or NOT EXERCISED. Exits 1 unless every invariant held.
 
 ``--dockerd-restarts 0`` spares the engine, which everyone on the machine shares. Logs of
-every process and ``evidence.json`` (all that was recorded) stay in ``--workdir`` (a new
-temporary directory by default). Traffic stays on loopback and the run's own containers.
+every process and ``evidence.json`` (all that was recorded) stay in ``--workdir``/DATABASE
+(a new temporary directory by default). Traffic stays on loopback and the run's own containers.
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ def main() -> int:
     held = True
     try:
         for database in databases:
-            workdir = args.workdir or Path(tempfile.mkdtemp(prefix=f"chaos-{database}-"))
+            workdir = (args.workdir / database if args.workdir
+                       else Path(tempfile.mkdtemp(prefix=f"chaos-{database}-")))
             workdir.mkdir(parents=True, exist_ok=True)
             plan = ChaosPlan(
                 seed=seed, database="sqlite" if database == "sqlite" else "postgresql",

@@ -138,8 +138,10 @@ class FaultDriver:
         return next(part for part in self.cluster.parts() if part.name == name)
 
     def _run(self, began: float, plans: list[PlannedFault]) -> None:
+        back = 0.0  # a part that came back late still gets its time to recover
         for plan in plans:
-            time.sleep(max(0.0, began + plan.at - time.monotonic()))
+            time.sleep(max(0.0, began + plan.at - time.monotonic(),
+                           back + RECOVERY_SECONDS - time.monotonic()))
             part = self._part(plan.target)
             fault = Fault(plan.kind, plan.target)
             with self._lock:
@@ -153,7 +155,7 @@ class FaultDriver:
                 fault.error = str(exc)[-2000:]
                 part.process.stop()
                 self.cluster.start_part(part)
-            fault.back_at = time.time()
+            fault.back_at, back = time.time(), time.monotonic()
             with self._lock:
                 self.down.discard(part.name)
             self.record(fault)

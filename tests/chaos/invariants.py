@@ -27,6 +27,9 @@ ALIVE = set(ORDER[:5])
 # backend on its way out. Both pass.
 DOCUMENTED_503 = {"no_drone_available", "key_busy"}
 SHOWN_VIOLATIONS = 3
+# A proxy connects again this soon after its controller is back (its backoff, scaled, is
+# shorter); outages closer together than this are one outage of its link.
+RECONNECT_SECONDS = 5.0
 
 
 @dataclass
@@ -64,8 +67,12 @@ class Evidence:
     settle_bound: float
     leftover_grace: float
     # The proxy keeps a route it cannot have confirmed for this long (the key lease); after
-    # that it drops it by design, so the routes invariant looks at this much of an outage.
+    # that it drops it by design, so the routes invariant looks at this much of an outage ...
     route_bound: float
+    # ... and a drone that follows the dead controller stops its backends itself (hearing no
+    # renewal) this soon, by design too: for its backends the invariant looks at this much.
+    self_stop_bound: float
+    follows: dict[str, str]  # drone id -> the controller (part name) it follows
 
 
 def one_live_container_per_key(ev: Evidence) -> Verdict:
@@ -246,9 +253,11 @@ def routes_answer_while_controller_down(ev: Evidence) -> Verdict:
     running, answers 200."""
     verdict = Verdict("known routes answer through the proxy while the controller is down",
                       0)
-    for outage in ev.outages:
-        end = min(outage.back_at, outage.killed_at + ev.route_bound)
+    for outage, link_lost in _link_outages(ev.outages):
         for probe in ev.probes:
+            orphaned = ev.follows.get(ev.drone_of.get(probe.backend_id, "")) == outage.target
+            bound = ev.self_stop_bound if orphaned else ev.route_bound
+            end = min(outage.back_at, link_lost + bound)
             if not (probe.controller_down and probe.proxy_steady
                     and outage.killed_at <= probe.at <= end):
                 continue
@@ -258,8 +267,21 @@ def routes_answer_while_controller_down(ev: Evidence) -> Verdict:
             if probe.status != 200:
                 verdict.violations.append(
                     f"{probe.backend_id} -> {probe.status} {probe.error} at "
-                    f"{probe.at - outage.killed_at:.1f}s into the outage of {outage.target}")
+                    f"{probe.at - link_lost:.1f}s after the proxy's link went down with "
+                    f"{outage.target} (t+{link_lost - ev.began:.1f}s)")
     return verdict
+
+
+def _link_outages(outages: list[Fault]) -> list[tuple[Fault, float]]:
+    """Each outage with the moment the proxy's link went down for it: that of an earlier
+    outage when the proxy may not have connected again in between."""
+    chained: list[tuple[Fault, float]] = []
+    for outage in sorted(outages, key=lambda f: f.killed_at):
+        lost = outage.killed_at
+        if chained and outage.killed_at - chained[-1][0].back_at < RECONNECT_SECONDS:
+            lost = chained[-1][1]
+        chained.append((outage, lost))
+    return chained
 
 
 def _served(ev: Evidence, probe: Probe, before: float) -> bool:

@@ -43,6 +43,7 @@ class Part:
     name: str
     process: Process
     port: int | None = None  # a controller's or the proxy's port
+    follows: str = ""  # a drone's or the proxy's controller (its part name)
     kills: int = 0
 
     @property
@@ -99,11 +100,11 @@ class ChaosCluster:
                 "--drone-id", drone_id, "--mount-base", str(mount_base),
                 "--state-dir", str(workdir / f"drone-{name}"), "--grace-seconds", "2",
                 "--startup-timeout", "15",
-            ], workdir / f"drone-{name}.log", env))
+            ], workdir / f"drone-{name}.log", env), follows=controller.name)
         made.proxy = Part("proxy", Process("proxy", [
             str(SAILPLANE), "proxy", "--controller", made.controllers[0].url,
             "--port", str(proxy_port),
-        ], workdir / "proxy.log", env), proxy_port)
+        ], workdir / "proxy.log", env), proxy_port, follows=made.controllers[0].name)
         return made
 
     @property
@@ -116,8 +117,12 @@ class ChaosCluster:
         return self.proxy
 
     def proxy_controller(self) -> Part:
-        """The controller the proxy (and drone ``a``) follows."""
-        return self.controllers[0]
+        """The controller the proxy follows."""
+        return next(part for part in self.controllers if part.name == self.proxy_part.follows)
+
+    def follows(self) -> dict[str, str]:
+        """drone id -> the name of the controller it follows."""
+        return {self.drone_ids[name]: part.follows for name, part in self.drones.items()}
 
     def parts(self) -> list[Part]:
         return [*self.controllers, *self.drones.values(), self.proxy_part]

@@ -126,6 +126,10 @@ def _attack(plan: ChaosPlan, cluster: ChaosCluster, image: str, client: docker.D
     # This process runs unscaled: the cluster's deadlines are the plan's scale of them.
     lost_after = timing.DRONE_LOST_SECONDS / timing.TIME_SCALE * plan.time_scale
     lease = timing.LEASE_SECONDS / timing.TIME_SCALE * plan.time_scale
+    heartbeat = timing.HEARTBEAT_INTERVAL_SECONDS / timing.TIME_SCALE * plan.time_scale
+    # A drone renews at each heartbeat; its last renewal came up to two heartbeats before
+    # its controller died.
+    self_stop = timing.LEASE_SELF_STOP_SHARE * lease - 2 * heartbeat
     driver = FaultDriver(cluster, plan_faults(rng, cluster, plan.faults, plan.storm_seconds,
                                               lost_after))
     proxy_controller = cluster.proxy_controller().name
@@ -186,7 +190,8 @@ def _attack(plan: ChaosPlan, cluster: ChaosCluster, image: str, client: docker.D
         outages=[f for f in driver.faults if f.target == proxy_controller],
         settled_at=settled_at, settled=settled, containers_settled=containers,
         containers_left=left, unterminated=unterminated, settle_bound=plan.settle_bound,
-        leftover_grace=plan.leftover_grace, route_bound=lease,
+        leftover_grace=plan.leftover_grace, route_bound=lease, self_stop_bound=self_stop,
+        follows=cluster.follows(),
     )
     report.verdicts = judge(evidence)
     # Everything recorded, for a closer look at a failure.

@@ -62,21 +62,6 @@ class Watcher:
         self._stop.set()
         self._thread.join(10)
 
-    def running_at(self, at: float) -> frozenset[str] | None:
-        """The containers running at ``at``; None if no sample covers it."""
-        with self._lock:
-            for span in self.spans:
-                if span.start <= at <= span.end:
-                    return span.running
-        return None
-
-    def ran_throughout(self, backend_id: str, start: float, end: float) -> bool:
-        """Whether every sample from ``start`` to ``end`` saw the container running (and at
-        least one did)."""
-        with self._lock:
-            touching = [s for s in self.spans if s.end >= start and s.start <= end]
-        return bool(touching) and all(backend_id in s.running for s in touching)
-
     def snapshot(self) -> list[Span]:
         with self._lock:
             return list(self.spans)
