@@ -279,8 +279,11 @@ def record_state(
     At ``terminated`` the key is released, so the next connect spawns anew, unless
     ``release_key`` is False (the controller lost the backend: its lease still holds the key,
     ``sailplane.controller.leases``)."""
+    # Locked (PostgreSQL; SQLite takes its write lock at BEGIN): a concurrent writer of this
+    # backend (the sweeper's "lost" against the drone's late events) reads the committed
+    # status after us, never the one we are replacing, so no state moves it backwards.
     row = conn.execute(
-        select(backends.c.status).where(backends.c.id == backend_id)
+        select(backends.c.status).where(backends.c.id == backend_id).with_for_update()
     ).first()
     if row is None or BackendStatus(row[0]).rank >= state.status.rank:
         return False
