@@ -71,9 +71,8 @@ def plan_faults(rng: random.Random, cluster: ChaosCluster, counts: FaultCounts,
     plans += first
     rest = [rng.choice(controllers) for _ in range(counts.controller_kills - len(first))]
     after_first = first[-1].at + first[-1].down + RECOVERY_SECONDS if first else begin
-    for name in controllers:
-        start = after_first if name == controllers[0] else begin
-        plans += _spread(rng, "controller", name, rest.count(name), start, end)
+    for name in controllers:  # the other controllers too: their drones keep backends up
+        plans += _spread(rng, "controller", name, rest.count(name), after_first, end)
     plans += _spread(rng, "proxy", cluster.proxy_part.name, counts.proxy_kills, 0.5 * d, 0.9 * d)
     away = cluster.drones["b"].name
     away_at = rng.uniform(0.5 * d, 0.6 * d)

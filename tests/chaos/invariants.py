@@ -15,13 +15,11 @@ from typing import Any
 from tests.chaos.api import Answer
 from tests.chaos.faults import Fault
 from tests.chaos.followers import Followed
-from tests.chaos.poller import Seen
+from tests.chaos.poller import ORDER, Seen
 from tests.chaos.prober import Probe
 from tests.chaos.storm import BAD_REQUESTS, StormCall
 from tests.chaos.watcher import Span
 
-ORDER = ["scheduled", "loading", "starting", "waiting", "ready", "terminating",
-         "hard-terminating", "terminated"]
 ALIVE = set(ORDER[:5])
 # The only 5xx the API documents: no drone can take the backend, or the key is still held by a
 # backend on its way out. Both pass.
@@ -222,6 +220,8 @@ def no_status_event_lost(ev: Evidence) -> Verdict:
         missing = sorted(set(seen.first_seen) - set(statuses), key=ORDER.index) if seen else []
         if missing:
             problems.append(f"the API showed {missing}, the stream never did")
+        if seen and seen.went_back:
+            problems.append(f"the API showed it move back: {seen.went_back}")
         followed = ev.followed.get(backend_id)
         if followed is not None:
             got = [e["status"] for e in followed.events]

@@ -12,9 +12,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from sailplane.state import BackendStatus
 from tests.chaos.api import Api
 
 POLL_SECONDS = 0.5
+# The lifecycle's order (sailplane.state.BackendStatus): a status never moves back in it.
+ORDER = [status.value for status in BackendStatus]
 
 
 def key_name(key: dict[str, Any]) -> str:
@@ -27,6 +30,7 @@ class Seen:
     drone: str
     first_seen: dict[str, float] = field(default_factory=dict)  # status -> wall clock
     last: dict[str, Any] = field(default_factory=dict)  # the latest summary
+    went_back: list[str] = field(default_factory=list)  # "ready after terminated", ...
 
 
 class Poller:
@@ -57,6 +61,9 @@ class Poller:
                 seen = self.backends.setdefault(summary["backend_id"], Seen(
                     key_name(summary["key"]), summary["drone"]))
                 seen.first_seen.setdefault(summary["status"], at)
+                before = seen.last.get("status")
+                if before and ORDER.index(summary["status"]) < ORDER.index(before):
+                    seen.went_back.append(f"{summary['status']} after {before}")
                 seen.last = summary
         return list(answer.body)
 

@@ -11,6 +11,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import httpx
@@ -19,7 +20,7 @@ from tests.chaos.api import error_code
 
 PROBE_SECONDS = 0.25
 PROBES_PER_ROUND = 3
-PROBE_TIMEOUT = httpx.Timeout(2.0)
+PROBE_TIMEOUT = httpx.Timeout(5.0)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Prober:
         self.probes: list[Probe] = []
         self._rng = random.Random(f"{seed}-prober")
         self._stop = threading.Event()
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="chaos-prober", daemon=True)
 
     def start(self) -> None:
@@ -57,8 +59,9 @@ class Prober:
 
     def served(self, generation: int, before: float) -> set[str]:
         """Backends the proxy process of ``generation`` answered 200 for before ``before``."""
-        return {p.backend_id for p in self.probes
-                if p.proxy_generation == generation and p.status == 200 and p.at < before}
+        with self._lock:
+            return {p.backend_id for p in self.probes
+                    if p.proxy_generation == generation and p.status == 200 and p.at < before}
 
     def _run(self) -> None:
         with httpx.Client(timeout=PROBE_TIMEOUT) as client:
@@ -76,8 +79,11 @@ class Prober:
                     chosen += self._rng.sample(
                         rest, min(PROBES_PER_ROUND - len(chosen), len(rest)))
                 urls = self.urls()
-                for backend_id in chosen:
-                    self._probe(client, backend_id, urls[backend_id], generation, down)
+                # At once: on a busy machine one slow answer must not starve the others.
+                with ThreadPoolExecutor(max(1, len(chosen))) as pool:
+                    for backend_id in chosen:
+                        pool.submit(self._probe, client, backend_id, urls[backend_id],
+                                    generation, down)
                 self._stop.wait(PROBE_SECONDS)
 
     def _probe(self, client: httpx.Client, backend_id: str, url: str, generation: int,
@@ -91,8 +97,9 @@ class Prober:
         except httpx.HTTPError as exc:
             status, error = None, f"{type(exc).__name__}: {exc}"
         steady = steady and not self.proxy_down() and generation == self.proxy_generation()
-        self.probes.append(Probe(at, backend_id, generation, down, status, error, steady,
-                                 time.time()))
+        with self._lock:
+            self.probes.append(Probe(at, backend_id, generation, down, status, error, steady,
+                                     time.time()))
 
 
 def _json(response: httpx.Response) -> object:
