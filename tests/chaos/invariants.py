@@ -71,6 +71,8 @@ class Evidence:
     # renewal) this soon, by design too: for its backends the invariant looks at this much.
     self_stop_bound: float
     follows: dict[str, str]  # drone id -> the controller (part name) it follows
+    drone_parts: dict[str, str]  # drone id -> its part name in the faults
+    faults: list[Fault]  # every fault injected
 
 
 def one_live_container_per_key(ev: Evidence) -> Verdict:
@@ -255,12 +257,15 @@ def routes_answer_while_controller_down(ev: Evidence) -> Verdict:
                       0)
     for outage, link_lost in _link_outages(ev.outages):
         for probe in ev.probes:
-            orphaned = ev.follows.get(ev.drone_of.get(probe.backend_id, "")) == outage.target
+            drone = ev.drone_of.get(probe.backend_id, "")
+            orphaned = ev.follows.get(drone) == outage.target
             bound = ev.self_stop_bound if orphaned else ev.route_bound
             end = min(outage.back_at, link_lost + bound)
             if not (probe.controller_down and probe.proxy_steady
                     and outage.killed_at <= probe.at <= end):
                 continue
+            if not orphaned and _renewals_disturbed(ev, drone, probe.at):
+                continue  # its drone may be stopping it for want of renewals, by design
             if not _served(ev, probe, outage.killed_at) or not _healthy(ev, probe, outage):
                 continue
             verdict.checked += 1
@@ -282,6 +287,14 @@ def _link_outages(outages: list[Fault]) -> list[tuple[Fault, float]]:
             lost = chained[-1][1]
         chained.append((outage, lost))
     return chained
+
+
+def _renewals_disturbed(ev: Evidence, drone: str, at: float) -> bool:
+    """Whether the drone or the controller it follows was down within a lease before ``at``:
+    then the drone may stop its backends itself, as it should."""
+    parts = {ev.drone_parts.get(drone), ev.follows.get(drone)}
+    return any(f.target in parts and f.killed_at <= at and f.back_at >= at - ev.route_bound
+               for f in ev.faults)
 
 
 def _served(ev: Evidence, probe: Probe, before: float) -> bool:

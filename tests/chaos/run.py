@@ -116,7 +116,9 @@ def _attack(plan: ChaosPlan, cluster: ChaosCluster, image: str, client: docker.D
 
     def on_backend(backend_id: str, _key: str, body: dict[str, Any]) -> None:
         returned.setdefault(backend_id, time.time())
-        urls[backend_id] = str(body["url"])
+        # Each connect mints a token of its own: the prober keeps to the first, so that a
+        # route it found served is the very one it asks for later.
+        urls.setdefault(backend_id, str(body["url"]))
         followers.follow(backend_id)
 
     storm = Storm(api=api, image=image, namespace=f"chaos-{uuid.uuid4().hex[:6]}",
@@ -191,7 +193,8 @@ def _attack(plan: ChaosPlan, cluster: ChaosCluster, image: str, client: docker.D
         settled_at=settled_at, settled=settled, containers_settled=containers,
         containers_left=left, unterminated=unterminated, settle_bound=plan.settle_bound,
         leftover_grace=plan.leftover_grace, route_bound=lease, self_stop_bound=self_stop,
-        follows=cluster.follows(),
+        follows=cluster.follows(), faults=list(driver.faults),
+        drone_parts={cluster.drone_ids[n]: p.name for n, p in cluster.drones.items()},
     )
     report.verdicts = judge(evidence)
     # Everything recorded, for a closer look at a failure.
