@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/proxy.py [--duration 3] [--rounds 5] [--connections 64]
                                     [--ws-connections 8] [--ws-messages 4000] [--profile]
-                                    [--check]
+                                    [--check] [--compare SRC]
 
 Three HTTP targets, each loaded by ``wrk`` (Debian's) with ``--connections`` keep-alive
 connections for ``--duration`` seconds after a one-second warm-up. The targets take turns,
@@ -13,6 +13,10 @@ of the medians (the per-round ratios are printed too):
   (a) direct      an nginx serving a small response (one worker, started here)
   (b) nginx       an nginx reverse proxy in front of (a): one worker, upstream keep-alive
   (c) sailplane   ``sailplane proxy`` (one process) in front of (a), routing /{token}/
+  (d) compared    with ``--compare SRC``: the same, but the proxy of another source tree
+                  (``SRC/sailplane``, e.g. ``git archive OLD src | tar -x -C /tmp/old`` and
+                  ``--compare /tmp/old/src``), so a change is measured before and after in
+                  the same rounds, under the same load
 
 For (c) a real controller runs as a subprocess on SQLite; a fake drone is registered in its
 database and a ``ready`` backend whose address is (a)'s is recorded, exactly as a drone's
@@ -128,6 +132,16 @@ async def main():
         await asyncio.get_running_loop().create_future()
 
 asyncio.run(main())
+"""
+
+
+# The proxy of another source tree (``--compare``), with its default options.
+COMPARED_PROXY = """\
+import os, sys
+sys.path.insert(0, sys.argv[1])
+from sailplane.proxy.run import ProxyConfig, run_workers
+run_workers(ProxyConfig(controller_url=sys.argv[2], port=int(sys.argv[3]),
+                        ctrl_token=os.environ["SAILPLANE_PROXY_TOKEN"]))
 """
 
 
@@ -331,6 +345,8 @@ def main() -> int:
     parser.add_argument("--ws-messages", type=int, default=4000, help="per connection")
     parser.add_argument("--profile", action="store_true", help="py-spy the proxy under load")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument("--compare", type=Path, metavar="SRC",
+                        help="also run the proxy of this source tree as target (d)")
     args = parser.parse_args()
     for tool in (NGINX, "wrk"):
         if not shutil.which(tool):
@@ -384,6 +400,14 @@ def run(args: argparse.Namespace, tmp: Path, processes: Processes) -> int:
         str(SAILPLANE), "proxy", "--controller", f"http://127.0.0.1:{controller_port}",
         "--port", str(proxy_port)])
     wait_for(f"{proxy_url}/{http_token}/", "the proxy", proxy)
+    compared = None
+    if args.compare:
+        compared_port = free_port()
+        compared = processes.start("proxy-compared", [
+            sys.executable, "-c", COMPARED_PROXY, str(args.compare.resolve()),
+            f"http://127.0.0.1:{controller_port}", str(compared_port)])
+        wait_for(f"http://127.0.0.1:{compared_port}/{http_token}/", "the compared proxy",
+                 compared)
 
     targets = {
         "(a) direct": f"http://127.0.0.1:{backend_port}/",
@@ -397,6 +421,9 @@ def run(args: argparse.Namespace, tmp: Path, processes: Processes) -> int:
     pids = {"(b) nginx": int(Path(f"/proc/{nginx_pids['reverse'].pid}/task/"
                                   f"{nginx_pids['reverse'].pid}/children").read_text().split()[0]),
             "(c) sailplane": proxy.pid}
+    if compared is not None:
+        targets["(d) compared"] = f"http://127.0.0.1:{compared_port}/{http_token}/"
+        pids["(d) compared"] = compared.pid
     rounds: dict[str, list[Load]] = {name: [] for name in targets}
     for url in targets.values():
         wrk(url, args.connections, WARMUP_SECONDS)
@@ -436,6 +463,13 @@ def run(args: argparse.Namespace, tmp: Path, processes: Processes) -> int:
           + "   p99 " + "  ".join(
         f"{c.p99_ms / b.p99_ms:.2f}x" for b, c in zip(rounds["(b) nginx"],
                                                       rounds["(c) sailplane"], strict=True)))
+    if "(d) compared" in rounds:
+        print("per round, (c)/(d):  req/s " + "  ".join(
+            f"{c.rps / d.rps:.2f}x" for d, c in zip(rounds["(d) compared"],
+                                                    rounds["(c) sailplane"], strict=True))
+              + "   CPU/req " + "  ".join(
+            f"{(c.cpu_us or 0) / (d.cpu_us or 1):.2f}x"
+            for d, c in zip(rounds["(d) compared"], rounds["(c) sailplane"], strict=True)))
     print()
     print(f"{'WebSocket':<16}{'msg/s':>10}{'vs direct':>11}   "
           f"({args.ws_connections} connections x {args.ws_messages} echoed 64-byte messages, "
