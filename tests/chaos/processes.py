@@ -164,11 +164,15 @@ class ChaosCluster:
 
     # -- stopping ----------------------------------------------------------------------------
 
-    def stop(self, client: docker.DockerClient) -> None:
-        """Stop every process, then remove every container of the drones, whatever is left."""
+    def stop_processes(self) -> None:
+        """Stop every process (nothing here needs the engine)."""
         for part in reversed(self.parts()):
             with contextlib.suppress(Exception):
                 part.process.stop()
+
+    def remove_containers(self, client: docker.DockerClient) -> None:
+        """Remove every container of the drones, whatever is left (their watchdogs then
+        leave too: they stay only while a container of their drone runs)."""
         deadline = time.monotonic() + 30
         for drone_id in self.drone_ids.values():
             while True:

@@ -93,8 +93,11 @@ def run_chaos(plan: ChaosPlan, workdir: Path, image: str,
                 cluster.start()
                 _attack(plan, cluster, image, client, report, workdir, log)
             finally:
-                dockerd.ensure_engine()
-                cluster.stop(client)
+                try:
+                    cluster.stop_processes()
+                finally:
+                    dockerd.ensure_engine()
+                    cluster.remove_containers(client)
     finally:
         dockerd.ensure_engine()
         client.close()
