@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -264,13 +265,16 @@ def test_a_backend_refusing_connections_is_502(
 ) -> None:
     made = proxy_cluster.connect()
     assert httpx.get(made["url"] + "headers").status_code == 200  # route cached, conn pooled
-    # Disconnecting the container from its network unpublishes its port (the docker-proxy for
-    # it ends, closing the pooled connection too) while its process runs on: the drone sees no
-    # exit, the controller still says ready, and the proxy's connect is refused. Stopping or
-    # killing the container instead would race the drone's report of the exit.
+    # A rule inside the backend's own network namespace resets every packet to its port,
+    # pooled connection included, while its process runs on: the drone sees no exit, the
+    # controller still says ready, and the proxy's connect is refused. Stopping or killing the
+    # container instead would race the drone's report of the exit. The rule goes with the
+    # namespace when the container is removed.
     container = docker_client.containers.get(container_name(made["backend_id"]))
-    for network in list(container.attrs["NetworkSettings"]["Networks"]):
-        docker_client.networks.get(network).disconnect(container)
+    netns = container.attrs["NetworkSettings"]["SandboxKey"]
+    subprocess.run(["nsenter", f"--net={netns}", "iptables", "-w", "-I", "INPUT", "-p", "tcp",
+                    "--dport", "8080", "-j", "REJECT", "--reject-with", "tcp-reset"],
+                   check=True, capture_output=True, timeout=30)
     response = httpx.get(made["url"] + "headers")
     assert response.status_code == 502
     assert response.json()["error"]["code"] in {"backend_unreachable", "backend_closed"}
