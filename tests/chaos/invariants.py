@@ -312,8 +312,9 @@ def _healthy(ev: Evidence, probe: Probe, outage: Fault) -> bool:
     if not ready or ready[0] > outage.killed_at or (left and left[0] <= probe.at + 1.0):
         return False
     running = [s for s in ev.spans if s.end >= outage.killed_at and s.start <= probe.answered]
-    return (bool(running) and running[-1].end >= probe.answered
-            and all(probe.backend_id in s.running for s in running))
+    after = next((s for s in ev.spans if s.end >= probe.answered), None)  # the next look
+    return (bool(running) and after is not None
+            and all(probe.backend_id in s.running for s in [*running, after]))
 
 
 CHECKS = (one_live_container_per_key, every_backend_settles, nothing_stuck,
