@@ -5,7 +5,8 @@
   its answer, on SQLite and PostgreSQL;
 * the batcher really batches (fewer transactions than connects) and a failed batch leaves
   its connects to the full path;
-* a SQLite batch waits out another transaction's write lock and goes on when it ends;
+* a SQLite batch waits out another transaction's write lock and goes on when it ends, and
+  SQLite's log stays bounded though batches never checkpoint at commit;
   the PostgreSQL store reconnects after its connection was killed;
 * the lane gives the route's answer for everything it does not take: a bad credential, a body
   that does not validate (even for a live key), another content type, a dying key.
@@ -17,6 +18,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,7 +32,7 @@ from sailplane.controller.app import create_app
 from sailplane.controller.db.engine import make_engine, migrate
 from sailplane.controller.db.tables import tokens
 from sailplane.controller.join_batch import JoinBatcher, JoinFailed
-from sailplane.controller.join_store import Answers, store_for
+from sailplane.controller.join_store import Answers, SqliteJoins, store_for
 from sailplane.spec import ConnectRequest
 from sailplane.state import BackendState, BackendStatus, TerminationReason, now_ms
 from tests.controller.conftest import (
@@ -258,6 +260,45 @@ def test_a_sqlite_batch_waits_out_another_writer(sqlite_url: str) -> None:
         engine.dispose()
     assert answers[0] is not None
     assert hold_seconds * 0.5 < waited < hold_seconds + 0.2  # right after the release
+
+
+def test_sqlite_batches_keep_the_log_bounded(sqlite_url: str, tmp_path: Path) -> None:
+    """The batches' connections never checkpoint at commit; a worker thread does, every few
+    batches, so the write-ahead log is reused instead of growing with every connect."""
+    engine = make_engine(sqlite_url)
+    migrate(engine)
+    add_drone(engine)
+    make_live(engine, "k")
+    request = ConnectRequest.model_validate(spawn_body("k"))
+    batches = 600
+    wal = tmp_path / "c.db-wal"
+
+    async def run() -> int:
+        store = SqliteJoins(make_engine(sqlite_url, wait_for_locks=False), URLS,
+                            checkpointer=engine, checkpoint_every=20)
+        try:
+            for _ in range(batches):
+                assert (await store.join([request]))[0] is not None
+                await asyncio.sleep(0)  # lets a finished checkpoint's task end
+            return wal.stat().st_size  # (the last connection to close removes the log)
+        finally:
+            await store.close()
+
+    try:
+        size = asyncio.run(run())
+    finally:
+        engine.dispose()
+    assert stored_tokens_in(sqlite_url) >= batches
+    # Each batch appends a few 4 KiB pages: unbounded, the log would pass 4 MiB here.
+    assert size < 1024 * 1024, size
+
+
+def stored_tokens_in(url: str) -> int:
+    engine = make_engine(url)
+    try:
+        return stored_tokens(engine)
+    finally:
+        engine.dispose()
 
 
 def test_the_postgres_store_reconnects_after_its_connection_died(postgres_url: str) -> None:

@@ -4,10 +4,16 @@ A batch reads the backend holding each of its keys, decides each connect
 (:func:`answer_batch`), inserts the fresh tokens, and commits; only then are the answers
 given. How the transaction runs is the database's business:
 
-* SQLite (:class:`SqliteJoins`): SQLAlchemy in a worker thread, on an engine of its own that
-  does not sleep on the write lock. While another transaction holds the lock the batch is
-  tried again every :data:`LOCK_RETRY_SECONDS` (SQLite's own busy handler sleeps up to 100 ms
-  a time, and a batch waiting there holds up every connect in it).
+* SQLite (:class:`SqliteJoins`): SQLAlchemy on the event loop itself. SQLite is a library
+  call away, and a batch's few statements cost less than handing them to a worker thread,
+  which gives the interpreter lock up at every statement and every row and must then wait to
+  take it back from a busy event loop (up to its switch interval, 5 ms, each time). So that
+  the loop never stops in SQLite, the batch's connections do not wait for the write lock
+  (while another transaction holds it the batch yields and is tried again every
+  :data:`LOCK_RETRY_SECONDS`, where SQLite's own busy handler would sleep up to 100 ms a time)
+  and do not checkpoint the log at commit (a checkpoint fsyncs): a worker thread does, every
+  :data:`CHECKPOINT_EVERY` batches, on the controller's own engine, while the next batch
+  waits (a batch writing meanwhile would keep it from finishing, and the log would grow).
 * PostgreSQL (:class:`PostgresJoins`): one psycopg asynchronous connection driven by the event
   loop itself. A worker thread would pay for each of the transaction's round trips twice:
   the network, then the wait to take the interpreter lock back from a busy event loop (up to
@@ -19,12 +25,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 import psycopg
-from sqlalchemy import Engine, insert, select, tuple_
+from sqlalchemy import Engine, event, insert, select, tuple_
 from sqlalchemy.exc import OperationalError
 
 from sailplane.controller.backends import Urls, connect_response, joinable, new_token_row
@@ -34,7 +42,12 @@ from sailplane.controller.models import ConnectResponse
 from sailplane.spec import ConnectRequest
 from sailplane.state import BackendStatus
 
+log = logging.getLogger(__name__)
+
 LOCK_RETRY_SECONDS = 0.001
+# Batches between two checkpoints of SQLite's log by a worker thread (each batch appends a
+# few pages; SQLite's own default is to checkpoint at 1,000 pages).
+CHECKPOINT_EVERY = 200
 
 Answers = list[ConnectResponse | None]
 
@@ -50,7 +63,7 @@ def store_for(engine: Engine, urls: Urls) -> JoinStore:
     """The store for the controller's database."""
     url = engine.url.render_as_string(hide_password=False)
     if engine.dialect.name == "sqlite":
-        return SqliteJoins(make_engine(url, wait_for_locks=False), urls)
+        return SqliteJoins(make_engine(url, wait_for_locks=False), urls, checkpointer=engine)
     return PostgresJoins(engine.url.set(drivername="postgresql")
                          .render_as_string(hide_password=False), urls)
 
@@ -94,31 +107,69 @@ def _keys(requests: Sequence[ConnectRequest]) -> list[tuple[str, str]]:
 
 
 class SqliteJoins:
-    def __init__(self, engine: Engine, urls: Urls) -> None:
+    """Batches on the event loop itself; see the module. The engine's connections must not
+    wait for locks (``make_engine(wait_for_locks=False)``)."""
+
+    def __init__(self, engine: Engine, urls: Urls, checkpointer: Engine,
+                 checkpoint_every: int = CHECKPOINT_EVERY) -> None:
         self._engine = engine
         self._urls = urls
+        self._checkpointer = checkpointer  # one that waits for locks: the controller's
+        self._checkpoint_every = checkpoint_every
+        self._batches = 0
+        self._checkpoint: asyncio.Task[None] | None = None
+        # A commit that checkpoints writes the database file and fsyncs it: not on the loop.
+        event.listen(engine, "connect", _no_automatic_checkpoint)
 
     async def join(self, requests: Sequence[ConnectRequest]) -> Answers:
-        return await asyncio.to_thread(self._join, requests)
-
-    async def close(self) -> None:
-        self._engine.dispose()
-
-    def _join(self, requests: Sequence[ConnectRequest]) -> Answers:
+        if self._checkpoint is not None:
+            # A batch writing now would keep the checkpoint from ever taking the lock (it
+            # retries far more often than SQLite's busy handler) and from finishing the log.
+            await self._checkpoint
+            self._checkpoint = None
         deadline = time.monotonic() + SQLITE_LOCK_WAIT_SECONDS
-        query = select(*_COLUMNS).join(backends, backends.c.id == backend_keys.c.backend_id) \
-            .where(tuple_(backend_keys.c.namespace, backend_keys.c.name).in_(_keys(requests)))
         while True:
             try:
-                with self._engine.begin() as conn:
-                    answers, new_tokens = answer_batch(requests, conn.execute(query), self._urls)
-                    if new_tokens:
-                        conn.execute(insert(tokens), new_tokens)
-                    return answers
+                answers = self._join(requests)
+                break
             except OperationalError as exc:  # all of it rolled back: nothing was answered
                 if not is_lock_busy(exc) or time.monotonic() >= deadline:
                     raise
-            time.sleep(LOCK_RETRY_SECONDS)
+            await asyncio.sleep(LOCK_RETRY_SECONDS)  # another writer: the loop goes on
+        self._batches += 1
+        if self._batches % self._checkpoint_every == 0:
+            self._checkpoint = asyncio.create_task(asyncio.to_thread(self._checkpoint_wal))
+        return answers
+
+    async def close(self) -> None:
+        if self._checkpoint is not None:
+            await self._checkpoint
+        self._engine.dispose()
+
+    def _join(self, requests: Sequence[ConnectRequest]) -> Answers:
+        query = select(*_COLUMNS).join(backends, backends.c.id == backend_keys.c.backend_id) \
+            .where(tuple_(backend_keys.c.namespace, backend_keys.c.name).in_(_keys(requests)))
+        with self._engine.begin() as conn:
+            answers, new_tokens = answer_batch(requests, conn.execute(query), self._urls)
+            if new_tokens:
+                conn.execute(insert(tokens), new_tokens)
+        return answers
+
+    def _checkpoint_wal(self) -> None:
+        """Copy the whole log into the database file and have the next writer start it anew,
+        so it does not grow without end (batches wait for it; the loop goes on)."""
+        raw = self._checkpointer.raw_connection()
+        try:
+            raw.driver_connection.execute(  # type: ignore[union-attr]
+                "PRAGMA wal_checkpoint(RESTART)")
+        except sqlite3.Error as exc:  # the next one may succeed; batches go on meanwhile
+            log.warning("checkpointing the SQLite log failed: %s", exc)
+        finally:
+            raw.close()
+
+
+def _no_automatic_checkpoint(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.execute("PRAGMA wal_autocheckpoint=0")
 
 
 _PG_SELECT = f"""
