@@ -62,6 +62,7 @@ class Evidence:
     containers_settled: dict[str, str]  # backend -> container state when the run settled
     containers_left: dict[str, str]  # after every backend was terminated
     unterminated: dict[str, str]  # backend -> status, not terminated after a hard-terminate
+    drones: dict[str, str]  # drone id -> "connected" or why not, when the run settled
     settle_bound: float
     leftover_grace: float
     # The proxy keeps a route it cannot have confirmed for this long (the key lease); after
@@ -123,10 +124,13 @@ def every_backend_settles(ev: Evidence) -> Verdict:
 
 
 def nothing_stuck(ev: Evidence) -> Verdict:
-    """Once the faults are over, every backend the controller counts live is ready and its
-    container runs: none waits forever, none is "ready" with its container gone."""
-    verdict = Verdict("nothing stuck: every live backend is ready with its container",
-                      len(ev.settled))
+    """Once the faults are over, every drone is connected again, and every backend the
+    controller counts live is ready and its container runs: none waits forever, none is
+    "ready" with its container gone."""
+    verdict = Verdict("nothing stuck: drones back, every live backend ready and running",
+                      len(ev.settled) + len(ev.drones))
+    verdict.violations += [f"drone {drone} {state} when the run settled"
+                           for drone, state in sorted(ev.drones.items()) if state != "connected"]
     for backend_id, summary in sorted(ev.settled.items()):
         status = summary["status"]
         if status == "terminated":

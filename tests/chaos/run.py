@@ -157,7 +157,10 @@ def _attack(plan: ChaosPlan, cluster: ChaosCluster, image: str, client: docker.D
             killed, back = dockerd.kill_and_restart(DOCKERD_DOWN_SECONDS)
             driver.record(Fault("dockerd", "dockerd", killed, back))
             log(f"chaos: dockerd killed and answering again after {back - killed:.1f}s")
-        settled_at, settled, containers = _settle(poller, client, drone_ids, plan.settle_bound)
+        settled_at, settled, containers = _settle(
+            poller, client, drone_ids, plan.settle_bound,
+            lambda: all(s == "connected" for s in _drones(api, cluster).values()))
+        drones = _drones(api, cluster)
         prober.stop()
         unterminated = _terminate_all(api, poller, settled)
         followers.stop(timeout=10)
@@ -194,7 +197,8 @@ def _attack(plan: ChaosPlan, cluster: ChaosCluster, image: str, client: docker.D
         probes=list(prober.probes),
         outages=[f for f in driver.faults if f.target == proxy_controller],
         settled_at=settled_at, settled=settled, containers_settled=containers,
-        containers_left=left, unterminated=unterminated, settle_bound=plan.settle_bound,
+        containers_left=left, unterminated=unterminated, drones=drones,
+        settle_bound=plan.settle_bound,
         leftover_grace=plan.leftover_grace, route_bound=lease, self_stop_bound=self_stop,
         follows=cluster.follows(), faults=list(driver.faults),
         drone_parts={cluster.drone_ids[n]: p.name for n, p in cluster.drones.items()},
@@ -226,9 +230,11 @@ def _wait_ready(poller: Poller, backend_ids: list[str], bound: float) -> None:
 
 
 def _settle(poller: Poller, client: docker.DockerClient, drone_ids: set[str],
-            bound: float) -> tuple[float, dict[str, dict[str, Any]], dict[str, str]]:
-    """Wait (up to ``bound``) until every backend is terminated, or ready with its container
-    running, and no container of a terminated backend is left; the state then."""
+            bound: float, drones_back: Callable[[], bool],
+            ) -> tuple[float, dict[str, dict[str, Any]], dict[str, str]]:
+    """Wait (up to ``bound``) until every drone is connected, every backend is terminated,
+    or ready with its container running, and no container of a terminated backend is left;
+    the state then."""
     deadline = time.monotonic() + bound
     while True:
         listing = poller.poll()
@@ -239,11 +245,21 @@ def _settle(poller: Poller, client: docker.DockerClient, drone_ids: set[str],
                 (s["status"] == "terminated" and b not in containers)
                 or (s["status"] == "ready" and containers.get(b) == "running")
                 for b, s in summaries.items())
-            if done or time.monotonic() > deadline:
+            if (done and drones_back()) or time.monotonic() > deadline:
                 return time.time(), summaries, containers
         elif time.monotonic() > deadline:
             raise AssertionError("neither the controllers nor the engine answer at the end")
         time.sleep(1.0)
+
+
+def _drones(api: Api, cluster: ChaosCluster) -> dict[str, str]:
+    """drone id -> "connected", or why not, once the run has settled."""
+    answer = api.call("GET", "/ctrl/drones", retry_seconds=10)
+    listed = answer.body if answer.status == 200 and isinstance(answer.body, list) else []
+    connected = {d["drone_id"] for d in listed if d["connected"]}
+    return {cluster.drone_ids[name]: "connected" if cluster.drone_ids[name] in connected
+            else f"not connected (its process {'runs' if part.alive() else 'has exited'})"
+            for name, part in cluster.drones.items()}
 
 
 def _terminate_all(api: Api, poller: Poller,

@@ -38,7 +38,7 @@ def verdicts(spans: list[Span], seen: dict[str, Seen],
     evidence = Evidence(
         began=0.0, spans=spans, drone_of={}, seen=seen, returned={}, answers=[], calls=[],
         followed={}, replays=replays, final_status={}, probes=[], outages=[], settled_at=0.0,
-        settled={}, containers_settled={}, containers_left={}, unterminated={},
+        settled={}, containers_settled={}, containers_left={}, unterminated={}, drones={},
         settle_bound=60, leftover_grace=15, route_bound=10, self_stop_bound=4, follows={},
         drone_parts={}, faults=[])
     return {verdict.name: verdict for verdict in judge(evidence)}
