@@ -202,7 +202,8 @@ class PostgresJoins:
         conn = self._conn
         keys = _keys(requests)
         try:
-            async with conn.transaction():
+            # Pipelined: BEGIN goes with the read, the insert with COMMIT; two round trips.
+            async with conn.pipeline(), conn.transaction():
                 cursor = await conn.execute(_PG_SELECT, ([k[0] for k in keys],
                                                          [k[1] for k in keys]))
                 answers, new_tokens = answer_batch(requests, await cursor.fetchall(),
