@@ -71,6 +71,7 @@ class Evidence:
     # ... and a drone that follows the dead controller stops its backends itself (hearing no
     # renewal) this soon, by design too: for its backends the invariant looks at this much.
     self_stop_bound: float
+    stop_after: float  # a drone without renewals for this long stops its backends
     follows: dict[str, str]  # drone id -> the controller (part name) it follows
     drone_parts: dict[str, str]  # drone id -> its part name in the faults
     faults: list[Fault]  # every fault injected
@@ -294,10 +295,11 @@ def _link_outages(outages: list[Fault]) -> list[tuple[Fault, float]]:
 
 
 def _renewals_disturbed(ev: Evidence, drone: str, at: float) -> bool:
-    """Whether the drone or the controller it follows was down within a lease before ``at``:
-    then the drone may stop its backends itself, as it should."""
+    """Whether the drone or the controller it follows was down at some moment of the
+    ``stop_after`` before ``at``: the drone may then have gone without renewals long enough
+    to stop its backends itself, as it should (and its own account of that may be lost)."""
     parts = {ev.drone_parts.get(drone), ev.follows.get(drone)}
-    return any(f.target in parts and f.killed_at <= at and f.back_at >= at - ev.route_bound
+    return any(f.target in parts and f.killed_at <= at and f.back_at >= at - ev.stop_after
                for f in ev.faults)
 
 

@@ -20,6 +20,7 @@ from tests.chaos.api import error_code
 
 PROBE_SECONDS = 0.25
 PROBES_PER_ROUND = 3
+PROBE_THREADS = 16
 PROBE_TIMEOUT = httpx.Timeout(5.0)
 
 
@@ -48,6 +49,7 @@ class Prober:
         self._rng = random.Random(f"{seed}-prober")
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._in_flight = 0  # probes submitted and not answered yet
         self._thread = threading.Thread(target=self._run, name="chaos-prober", daemon=True)
 
     def start(self) -> None:
@@ -64,7 +66,8 @@ class Prober:
                     if p.proxy_generation == generation and p.status == 200 and p.at < before}
 
     def _run(self) -> None:
-        with httpx.Client(timeout=PROBE_TIMEOUT) as client:
+        with (httpx.Client(timeout=PROBE_TIMEOUT) as client,
+              ThreadPoolExecutor(PROBE_THREADS) as pool):
             while not self._stop.is_set():
                 down = self.controller_down()
                 generation = self.proxy_generation()
@@ -79,16 +82,19 @@ class Prober:
                     chosen += self._rng.sample(
                         rest, min(PROBES_PER_ROUND - len(chosen), len(rest)))
                 urls = self.urls()
-                # At once: on a busy machine one slow answer must not starve the others.
-                with ThreadPoolExecutor(max(1, len(chosen))) as pool:
-                    for backend_id in chosen:
-                        pool.submit(self._probe, client, backend_id, urls[backend_id],
-                                    generation, down)
+                # Not waited for: on a busy machine one slow answer must not hold the next
+                # round back (what the probe saw is taken when it is sent).
+                for backend_id in chosen:
+                    with self._lock:
+                        if self._in_flight >= 2 * PROBE_THREADS:  # bounded, however slow
+                            break
+                        self._in_flight += 1
+                    pool.submit(self._probe, client, backend_id, urls[backend_id])
                 self._stop.wait(PROBE_SECONDS)
 
-    def _probe(self, client: httpx.Client, backend_id: str, url: str, generation: int,
-               down: bool) -> None:
+    def _probe(self, client: httpx.Client, backend_id: str, url: str) -> None:
         at = time.time()
+        generation, down = self.proxy_generation(), self.controller_down()
         steady = not self.proxy_down()
         try:
             response = client.get(url)
@@ -98,6 +104,7 @@ class Prober:
             status, error = None, f"{type(exc).__name__}: {exc}"
         steady = steady and not self.proxy_down() and generation == self.proxy_generation()
         with self._lock:
+            self._in_flight -= 1
             self.probes.append(Probe(at, backend_id, generation, down, status, error, steady,
                                      time.time()))
 

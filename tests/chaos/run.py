@@ -134,7 +134,8 @@ def _attack(plan: ChaosPlan, cluster: ChaosCluster, image: str, client: docker.D
     heartbeat = timing.HEARTBEAT_INTERVAL_SECONDS / timing.TIME_SCALE * plan.time_scale
     # A drone renews at each heartbeat; its last renewal came up to two heartbeats before
     # its controller died.
-    self_stop = timing.LEASE_SELF_STOP_SHARE * lease - 2 * heartbeat
+    stop_after = timing.LEASE_SELF_STOP_SHARE * lease
+    self_stop = stop_after - 2 * heartbeat
     driver = FaultDriver(cluster, plan_faults(rng, cluster, plan.faults, plan.storm_seconds,
                                               lost_after))
     proxy_controller = cluster.proxy_controller().name
@@ -200,6 +201,7 @@ def _attack(plan: ChaosPlan, cluster: ChaosCluster, image: str, client: docker.D
         containers_left=left, unterminated=unterminated, drones=drones,
         settle_bound=plan.settle_bound,
         leftover_grace=plan.leftover_grace, route_bound=lease, self_stop_bound=self_stop,
+        stop_after=stop_after,
         follows=cluster.follows(), faults=list(driver.faults),
         drone_parts={cluster.drone_ids[n]: p.name for n, p in cluster.drones.items()},
     )

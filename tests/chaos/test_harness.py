@@ -39,8 +39,8 @@ def verdicts(spans: list[Span], seen: dict[str, Seen],
         began=0.0, spans=spans, drone_of={}, seen=seen, returned={}, answers=[], calls=[],
         followed={}, replays=replays, final_status={}, probes=[], outages=[], settled_at=0.0,
         settled={}, containers_settled={}, containers_left={}, unterminated={}, drones={},
-        settle_bound=60, leftover_grace=15, route_bound=10, self_stop_bound=4, follows={},
-        drone_parts={}, faults=[])
+        settle_bound=60, leftover_grace=15, route_bound=10, self_stop_bound=4, stop_after=6,
+        follows={}, drone_parts={}, faults=[])
     return {verdict.name: verdict for verdict in judge(evidence)}
 
 
