@@ -257,7 +257,7 @@ def _stream_problems(statuses: list[str], events: list[dict[str, Any]]) -> list[
 def routes_answer_while_controller_down(ev: Evidence) -> Verdict:
     """While the proxy's controller is down (up to the route bound), every route this proxy
     process served before the outage, whose backend stayed ready and whose container kept
-    running, answers 200."""
+    running, answers 200 (a 502 counts only if the backend answered this host directly)."""
     verdict = Verdict("known routes answer through the proxy while the controller is down",
                       0)
     for outage, link_lost in _link_outages(ev.outages):
@@ -273,6 +273,8 @@ def routes_answer_while_controller_down(ev: Evidence) -> Verdict:
                 continue  # its drone may be stopping it for want of renewals, by design
             if not _served(ev, probe, outage.killed_at) or not _healthy(ev, probe, outage):
                 continue
+            if probe.status == 502 and probe.direct_status is None:
+                continue  # the backend itself did not answer: nothing the proxy could do
             verdict.checked += 1
             if probe.status != 200:
                 verdict.violations.append(

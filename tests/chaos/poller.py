@@ -72,6 +72,11 @@ class Poller:
             seen = self.backends.get(backend_id)
             return str(seen.last.get("status")) if seen else None
 
+    def address_of(self, backend_id: str) -> str | None:
+        with self._lock:
+            seen = self.backends.get(backend_id)
+            return str(seen.last["address"]) if seen and seen.last.get("address") else None
+
     def copy(self) -> dict[str, Seen]:
         with self._lock:
             return dict(self.backends)

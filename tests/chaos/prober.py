@@ -34,14 +34,19 @@ class Probe:
     error: str = ""  # the error code of the proxy's own answer, or why there was none
     proxy_steady: bool = True  # the proxy was neither killed nor down during the probe
     answered: float = 0.0  # when the answer (or the failure) came
+    # When the proxy could not reach the backend (502), what the backend's own address
+    # answered then, straight from this host: None if it did not answer either.
+    direct_status: int | None = None
 
 
 class Prober:
     def __init__(self, seed: int, urls: Callable[[], dict[str, str]],
-                 ready: Callable[[str], bool], proxy_generation: Callable[[], int],
+                 ready: Callable[[str], bool], address: Callable[[str], str | None],
+                 proxy_generation: Callable[[], int],
                  proxy_down: Callable[[], bool], controller_down: Callable[[], bool]) -> None:
         self.urls = urls  # backend id -> its URL through the proxy
         self.ready = ready
+        self.address = address  # backend id -> host:port, as the controller last listed it
         self.proxy_generation = proxy_generation
         self.proxy_down = proxy_down
         self.controller_down = controller_down
@@ -103,10 +108,21 @@ class Prober:
         except httpx.HTTPError as exc:
             status, error = None, f"{type(exc).__name__}: {exc}"
         steady = steady and not self.proxy_down() and generation == self.proxy_generation()
+        answered = time.time()
+        direct = self._direct(client, backend_id) if status == 502 else None
         with self._lock:
             self._in_flight -= 1
             self.probes.append(Probe(at, backend_id, generation, down, status, error, steady,
-                                     time.time()))
+                                     answered, direct))
+
+    def _direct(self, client: httpx.Client, backend_id: str) -> int | None:
+        address = self.address(backend_id)
+        if not address:
+            return None
+        try:
+            return client.get(f"http://{address}/").status_code
+        except httpx.HTTPError:
+            return None
 
 
 def _json(response: httpx.Response) -> object:

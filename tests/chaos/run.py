@@ -140,7 +140,7 @@ def _attack(plan: ChaosPlan, cluster: ChaosCluster, image: str, client: docker.D
                                               lost_after))
     proxy_controller = cluster.proxy_controller().name
     prober = Prober(plan.seed, urls=lambda: dict(urls),
-                    ready=lambda b: poller.status_of(b) == "ready",
+                    ready=lambda b: poller.status_of(b) == "ready", address=poller.address_of,
                     proxy_generation=lambda: cluster.proxy_part.kills,
                     proxy_down=lambda: driver.is_down(cluster.proxy_part.name),
                     controller_down=lambda: driver.is_down(proxy_controller))
