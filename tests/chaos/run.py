@@ -187,6 +187,10 @@ def _attack(plan: ChaosPlan, cluster: ChaosCluster, image: str, client: docker.D
         "terminates": len(storm.terminates),
         "backends": len(seen),
         "docker ps samples": sum(s.samples for s in watcher.spans),
+        # 100 ms when the engine keeps up; a busy machine stretches it (read the table so)
+        "ms between samples": int(1000 * (watcher.spans[-1].end - watcher.spans[0].start)
+                                  / max(1, sum(s.samples for s in watcher.spans)))
+        if watcher.spans else 0,
         "failed samples": watcher.failed_samples,
         "probes": len(prober.probes),
         "streams followed": len(followers.followed),
