@@ -11,6 +11,7 @@ Shared types live here, not in one runtime, so a second runtime never imports th
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,6 +25,7 @@ from sailplane.spec import PullPolicy, ResourceLimits
 # The runtimes shipped (docs/runtimes.md), as ``sailplane drone --runtime`` names them.
 RuntimeName = Literal["docker", "containerd"]
 RUNTIMES: tuple[RuntimeName, ...] = ("docker", "containerd")
+IMAGE_SEEN_SECONDS = 10.0
 
 BACKEND_LABEL = "dev.sailplane.backend"
 DRONE_LABEL = "dev.sailplane.drone"
@@ -88,6 +90,26 @@ class WarmContainer:
 class BackendMetrics:
     memory_bytes: int
     cpu_seconds: float
+
+
+class RecentImages:
+    """Images a runtime found in its store lately, trusted for ``seconds`` without asking the
+    engine again: most spawns use an image seen a moment ago. An image removed meanwhile makes
+    the container's creation fail with a clear error, and is forgotten."""
+
+    def __init__(self, seconds: float = IMAGE_SEEN_SECONDS) -> None:
+        self.seconds = seconds
+        self._seen: dict[str, float] = {}
+
+    def fresh(self, image: str) -> bool:
+        seen = self._seen.get(image)
+        return seen is not None and time.monotonic() - seen < self.seconds
+
+    def saw(self, image: str) -> None:
+        self._seen[image] = time.monotonic()
+
+    def forget(self, image: str) -> None:
+        self._seen.pop(image, None)
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ from sailplane.runtime.base import (
     BackendSpec,
     NamedVolume,
     OwnedBackend,
+    RecentImages,
     Runtime,
 )
 from sailplane.runtime.calls import MAX_ENGINE_CALLS, EngineCalls
@@ -101,8 +102,6 @@ PULL_TIMEOUT_SECONDS = 300.0
 SUBSCRIBE_TIMEOUT_SECONDS = 15.0
 PROBE_INTERVAL_SECONDS = 0.2
 RESUBSCRIBE_DELAY_SECONDS = 1.0
-# An image seen in the store is trusted this long (a removed one makes `ctr run` fail clearly).
-IMAGE_SEEN_SECONDS = 10.0
 _RUNNING = frozenset({"RUNNING", "PAUSED", "PAUSING"})
 _EVENT = re.compile(r" (?P<topic>/\S+) (?P<body>\{.*\})\s*$")
 _REAPED_CODE = re.compile(r"exit with non-zero exit code (\d+)")
@@ -131,7 +130,7 @@ class ContainerdRuntime(Runtime):
         self.log_dir = state_dir / "logs"
         self._backends: dict[str, str] = {}  # container id -> backend id, of this drone
         self.network = CniNetwork(subnet, egress or EgressPolicy())
-        self._images_seen: dict[str, float] = {}
+        self._images_seen = RecentImages()
         self._exits: asyncio.Queue[BackendExit] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
@@ -169,7 +168,7 @@ class ContainerdRuntime(Runtime):
         except CtrError as exc:
             raise RuntimeFailure(self._missing(
                 image, ref, f"a pull failed: {exc.message}")) from exc
-        self._images_seen[ref] = time.monotonic()
+        self._images_seen.saw(ref)
 
     def _missing(self, image: str, ref: str, why: str) -> str:
         docker = ("nor in the local Docker engine's" if self.docker_images.available()
@@ -181,8 +180,7 @@ class ContainerdRuntime(Runtime):
         )
 
     async def _has_image(self, ref: str, cached: bool = True) -> bool:
-        seen = self._images_seen.get(ref)
-        if cached and seen is not None and time.monotonic() - seen < IMAGE_SEEN_SECONDS:
+        if cached and self._images_seen.fresh(ref):
             return True
         try:
             async with self.calls.slot():
@@ -191,7 +189,7 @@ class ContainerdRuntime(Runtime):
             raise RuntimeFailure(f"cannot inspect image {ref!r}: {exc.message}") from exc
         if ref not in listed.split():
             return False
-        self._images_seen[ref] = time.monotonic()
+        self._images_seen.saw(ref)
         return True
 
     # -- containers ------------------------------------------------------------------------

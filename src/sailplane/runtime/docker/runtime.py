@@ -22,7 +22,6 @@ from typing import Any
 import docker
 import docker.errors
 import requests.exceptions
-from docker.models.containers import Container
 from docker.types import Ulimit
 
 from sailplane.errors import BackendExited, RuntimeFailure
@@ -41,6 +40,7 @@ from sailplane.runtime.base import (
     BackendSpec,
     NamedVolume,
     OwnedBackend,
+    RecentImages,
     Runtime,
     WarmContainer,
 )
@@ -100,6 +100,7 @@ class DockerRuntime(Runtime):
         self._watcher: threading.Thread | None = None
         self._closing = threading.Event()  # set by close(): the event stream is not followed
         self._storage_opt_supported = True
+        self._images_seen = RecentImages()
         self._volumes_lock = threading.Lock()
 
     # -- images ----------------------------------------------------------------------------
@@ -109,8 +110,11 @@ class DockerRuntime(Runtime):
 
     def _prepare(self, image: str, pull_policy: PullPolicy) -> None:
         if pull_policy is not PullPolicy.ALWAYS:
+            if self._images_seen.fresh(image):
+                return
             try:
                 self.client.images.get(image)
+                self._images_seen.saw(image)
                 return
             except docker.errors.ImageNotFound:
                 if pull_policy is PullPolicy.NEVER:
@@ -123,6 +127,7 @@ class DockerRuntime(Runtime):
             self.client.images.pull(image)
         except docker.errors.APIError as exc:
             raise RuntimeFailure(f"image {image!r} could not be pulled: {exc.explanation}") from exc
+        self._images_seen.saw(image)
 
     # -- containers ------------------------------------------------------------------------
 
@@ -143,20 +148,28 @@ class DockerRuntime(Runtime):
     def _start(self, spec: BackendSpec) -> tuple[str, str]:
         """Create and start the container; its id and its network namespace's path."""
         self._ensure_volumes([m for m in spec.mounts if isinstance(m, ResolvedVolumeMount)])
+        name = container_name(spec.backend_id)
+        container_id = self._create(
+            spec.image, name, {BACKEND_LABEL: spec.backend_id}, spec.env, spec.resource_limits,
+            mounts=to_docker_mounts(spec.mounts), command=spec.command,
+            disk=spec.resource_limits.disk_limit_bytes,
+        )
+        attrs = self._run_created(container_id, name)
         try:
-            container = self._create(spec)
-        except docker.errors.APIError as exc:
-            raise RuntimeFailure(f"cannot create the container: {exc.explanation}") from exc
-        try:
-            container.start()
-            container.reload()
-        except docker.errors.APIError as exc:
-            self._remove(spec.backend_id)
-            raise RuntimeFailure(f"cannot start the container: {exc.explanation}") from exc
-        try:
-            return _namespace(container, container_name(spec.backend_id))
+            netns, _ = _namespace(attrs, name)
         except RuntimeFailure as exc:
-            raise self._unreachable(container_name(spec.backend_id), str(exc)) from exc
+            raise self._unreachable(name, str(exc)) from exc
+        return container_id, netns
+
+    def _run_created(self, container_id: str, name: str) -> dict[str, Any]:
+        """Start a created container; its inspection. One that cannot start is removed."""
+        try:
+            self.client.api.start(container_id)
+            attrs: dict[str, Any] = self.client.api.inspect_container(container_id)
+        except docker.errors.APIError as exc:
+            self._remove_named(name)
+            raise RuntimeFailure(f"cannot start the container: {exc.explanation}") from exc
+        return attrs
 
     def _unreachable(self, name: str, why: str) -> RuntimeFailure:
         """A started container that could not be connected: it has already exited (its
@@ -169,41 +182,45 @@ class DockerRuntime(Runtime):
             return RuntimeFailure(f"cannot connect the container to its network: {why}")
         return BackendExited(int(status.get("StatusCode", -1)))
 
-    def _options(self, name: str, labels: dict[str, str], env: dict[str, str],
-                 limits: ResourceLimits) -> dict[str, Any]:
-        """``containers.create`` arguments every backend container gets: isolated (an empty
-        network namespace, wired after the start), limited."""
-        return {
-            "name": name,
-            "environment": {**env, "PORT": str(BACKEND_PORT)},
-            "labels": {**labels, DRONE_LABEL: self.drone_id},
-            "security_opt": ["no-new-privileges"],
-            "cap_drop": ["ALL"],
-            "cap_add": list(BACKEND_CAPABILITIES),
-            "network_mode": "none",
-            "detach": True,
-            **_limits(limits),
-        }
+    def _create(self, image: str, name: str, labels: dict[str, str], env: dict[str, str],
+                limits: ResourceLimits, *, mounts: list[dict[str, Any]] | None = None,
+                command: list[str] | None = None, disk: int | None = None) -> str:
+        """Create a backend's container, isolated (an empty network namespace, wired after the
+        start) and limited; its id. One engine call: the SDK's ``containers.create`` would
+        inspect the new container too, which costs a round trip nothing here needs."""
 
-    def _create(self, spec: BackendSpec) -> Container:
-        options = self._options(container_name(spec.backend_id),
-                                {BACKEND_LABEL: spec.backend_id}, spec.env, spec.resource_limits)
-        options["mounts"] = to_docker_mounts(spec.mounts)
-        if spec.command is not None:
-            options["command"] = spec.command
-        disk = spec.resource_limits.disk_limit_bytes
-        if disk is not None and self._storage_opt_supported:
-            try:
-                return self.client.containers.create(
-                    spec.image, storage_opt={"size": str(disk)}, **options
-                )
-            except docker.errors.APIError as exc:
-                if "storage-opt" not in str(exc.explanation).lower():
-                    raise
-                # overlay2 supports a size only on xfs with pquota; remember and go without.
-                log.warning("disk limits unsupported by this storage driver: %s", exc.explanation)
-                self._storage_opt_supported = False
-        return self.client.containers.create(spec.image, **options)
+        def create(storage_opt: dict[str, str] | None) -> str:
+            host_config = self.client.api.create_host_config(
+                security_opt=["no-new-privileges"], cap_drop=["ALL"],
+                cap_add=list(BACKEND_CAPABILITIES), network_mode="none",
+                storage_opt=storage_opt, **_limits(limits),
+            )
+            host_config["Mounts"] = mounts or []  # already the Engine API's entries
+            created = self.client.api.create_container(
+                image, name=name, command=command, detach=True, host_config=host_config,
+                environment={**env, "PORT": str(BACKEND_PORT)},
+                labels={**labels, DRONE_LABEL: self.drone_id},
+            )
+            return str(created["Id"])
+
+        try:
+            if disk is not None and self._storage_opt_supported:
+                try:
+                    return create({"size": str(disk)})
+                except docker.errors.APIError as exc:
+                    if "storage-opt" not in str(exc.explanation).lower():
+                        raise
+                    # overlay2 supports a size only on xfs with pquota; remember, go without.
+                    log.warning("disk limits unsupported by this storage driver: %s",
+                                exc.explanation)
+                    self._storage_opt_supported = False
+            return create(None)
+        except docker.errors.ImageNotFound as exc:
+            self._images_seen.forget(image)  # removed since it was last seen
+            raise RuntimeFailure(f"image {image!r} is no longer present: {exc.explanation}; "
+                                 "spawn again") from exc
+        except docker.errors.APIError as exc:
+            raise RuntimeFailure(f"cannot create the container: {exc.explanation}") from exc
 
     def _ensure_volumes(self, mounts: list[ResolvedVolumeMount]) -> None:
         """Dynamic provisioning: create each missing named volume, labelled, on first use.
@@ -422,22 +439,25 @@ class DockerRuntime(Runtime):
         return {str(container["Id"]) for container in listed}
 
     def _owned(self) -> list[OwnedBackend]:
-        containers = self.client.containers.list(
+        # The list alone, no inspection per container: one removed meanwhile (by an operator,
+        # by the watchdog) would fail an inspection, and the drone's start with it.
+        listed = self.client.api.containers(
             all=True, filters={"label": f"{DRONE_LABEL}={self.drone_id}"}
         )
         found = []
-        for container in containers:
-            backend_id = backend_of(container.labels, container.name or "")
+        for container in listed:
+            container_id = str(container["Id"])
+            name = str((container.get("Names") or ["/"])[0]).lstrip("/")
+            backend_id = backend_of(container.get("Labels") or {}, name)
             if backend_id is None:  # a warm container nobody claimed: the pool makes new ones
-                self._remove_named(container.name or container.id or "")
+                self._remove_named(name or container_id)
                 continue
-            running = container.status == "running"
-            state = container.attrs.get("State", {})
+            running = container.get("State") == "running"
             found.append(OwnedBackend(
                 backend_id=backend_id,
                 running=running,
-                address=self._address(container) if running else None,
-                exit_code=None if running else int(state.get("ExitCode", -1)),
+                address=self._address(container_id) if running else None,
+                exit_code=None if running else _listed_exit_code(str(container.get("Status"))),
             ))
         return found
 
@@ -484,16 +504,16 @@ class DockerRuntime(Runtime):
     def _create_warm(self, name: str, image: str,
                      limits: ResourceLimits) -> tuple[str, str, int]:
         try:
-            container = self.client.containers.create(
-                image, **self._options(name, {WARM_LABEL: image}, {}, limits))
-            container.start()
-            container.reload()
-        except docker.errors.APIError as exc:
-            self._remove_named(name)
+            container_id = self._create(image, name, {WARM_LABEL: image}, {}, limits)
+        except RuntimeFailure as exc:
             raise RuntimeFailure(f"cannot start a warm container of {image!r}: "
-                                 f"{exc.explanation}") from exc
-        container_id, netns = _namespace(container, name)
-        return container_id, netns, int(container.attrs["State"]["Pid"])
+                                 f"{exc.message}") from exc
+        try:
+            netns, pid = _namespace(self._run_created(container_id, name), name)
+        except RuntimeFailure:
+            self._remove_named(name)
+            raise
+        return container_id, netns, pid
 
     async def claim_warm(self, warm: WarmContainer, backend_id: str) -> BackendAddress:
         try:
@@ -521,9 +541,9 @@ class DockerRuntime(Runtime):
                 raise RuntimeFailure(f"cannot remove container {name}: {exc}") from exc
         return container_id
 
-    def _address(self, container: Container) -> BackendAddress | None:
+    def _address(self, container_id: str) -> BackendAddress | None:
         """A running container's address on the bridge, from the address book."""
-        ip = self.network.address_of(container.id or "")
+        ip = self.network.address_of(container_id)
         return None if ip is None else BackendAddress(ip, BACKEND_PORT)
 
     async def remove_isolation(self) -> bool:
@@ -564,17 +584,19 @@ def _timestamp(text: object) -> datetime | None:
         return None
 
 
-def _namespace(container: Container, name: str) -> tuple[str, str]:
-    """A started container's id and network namespace (the engine keeps a path to it while
-    the container runs); RuntimeFailure if it has none, having exited already."""
-    netns = container.attrs.get("NetworkSettings", {}).get("SandboxKey") or ""
-    if not netns or not container.attrs.get("State", {}).get("Running"):
+def _namespace(attrs: dict[str, Any], name: str) -> tuple[str, int]:
+    """A started container's network namespace (the engine keeps a path to it while the
+    container runs) and main process, from its inspection; RuntimeFailure if it has none,
+    having exited already."""
+    netns = attrs.get("NetworkSettings", {}).get("SandboxKey") or ""
+    state = attrs.get("State", {})
+    if not netns or not state.get("Running"):
         raise RuntimeFailure(f"container {name} has no network namespace: it is not running")
-    return str(container.id), netns
+    return str(netns), int(state.get("Pid", 0))
 
 
 def _limits(limits: ResourceLimits) -> dict[str, Any]:
-    """Plane's resource limits as ``containers.create`` keyword arguments."""
+    """Plane's resource limits as ``create_host_config`` keyword arguments."""
     options: dict[str, Any] = {}
     if limits.memory_limit_bytes is not None:
         options["mem_limit"] = limits.memory_limit_bytes
