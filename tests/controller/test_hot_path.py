@@ -168,6 +168,7 @@ class CountingStore:
 
     def __init__(self, engine: Engine) -> None:
         self.store = store_for(engine, URLS)
+        self.parallel = self.store.parallel
         self.batches: list[int] = []
 
     async def join(self, requests: Sequence[ConnectRequest]) -> Answers:
@@ -208,8 +209,29 @@ def test_connects_waiting_together_share_a_transaction(migrated: Engine) -> None
     assert len(counting.batches) < 101 and max(counting.batches) > 1, counting.batches
 
 
+def test_a_connect_right_after_a_batch_is_taken(migrated: Engine) -> None:
+    """The one that arrives as the last committer ends finds it gone and starts another."""
+    make_live(migrated, "k")
+    request = ConnectRequest.model_validate(spawn_body("k"))
+
+    async def joins(batcher: JoinBatcher) -> None:
+        for _ in range(5):  # each one awaited in this task, right as the last one is answered
+            assert await batcher.join(request) is not None
+
+    async def run() -> None:
+        batcher = JoinBatcher(migrated, URLS)
+        try:
+            await asyncio.wait_for(joins(batcher), 10)
+        finally:
+            await batcher.close()
+
+    asyncio.run(run())
+
+
 def test_a_failed_batch_leaves_its_connects_to_the_full_path(migrated: Engine) -> None:
     class Broken:
+        parallel = 1
+
         async def join(self, requests: Sequence[ConnectRequest]) -> Answers:
             raise psycopg.OperationalError("the database went away")
 

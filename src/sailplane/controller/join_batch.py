@@ -56,30 +56,34 @@ class _Waiting:
 
 
 class JoinBatcher:
-    """Answers connects to live keys, every connect that waits meanwhile in one transaction."""
+    """Answers connects to live keys, every connect that waits meanwhile in one transaction;
+    up to the store's ``parallel`` transactions at once."""
 
     def __init__(self, engine: Engine, urls: Urls, max_batch: int = MAX_BATCH,
                  store: JoinStore | None = None) -> None:
         self._store = store or store_for(engine, urls)
         self._max_batch = max_batch
         self._waiting: list[_Waiting] = []
-        self._committing: asyncio.Task[None] | None = None
+        self._committers: set[asyncio.Task[None]] = set()
 
     async def join(self, request: ConnectRequest) -> ConnectResponse | None:
         """The response joining the key's live backend (its token stored), or None if the key
         is not live. Raises :class:`JoinFailed` if the batch's transaction failed."""
         waiting = _Waiting(request)
         self._waiting.append(waiting)
-        if self._committing is None:
-            self._committing = asyncio.create_task(self._commit_batches())
+        if len(self._committers) < self._store.parallel:
+            self._committers.add(asyncio.create_task(self._commit_batches()))
         return await waiting.answer
 
     async def close(self) -> None:
         """Stop committing; connects still waiting are cancelled."""
-        if self._committing is not None:
-            self._committing.cancel()
+        for task in list(self._committers):
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._committing
+                await task
+        for waiting in self._waiting:
+            waiting.answer.cancel()
+        self._waiting.clear()
         await self._store.close()
 
     async def _commit_batches(self) -> None:
@@ -101,7 +105,10 @@ class JoinBatcher:
                     if not waiting.answer.done():  # its client may have gone
                         waiting.answer.set_result(answer)
         finally:
-            self._committing = None
-            for waiting in [*batch, *self._waiting]:
+            # Here, not in a done callback: a connect arriving after the last batch was taken
+            # must find this committer gone, or nothing would take it.
+            task = asyncio.current_task()
+            if task is not None:
+                self._committers.discard(task)
+            for waiting in batch:
                 waiting.answer.cancel()  # a no-op for those answered
-            self._waiting.clear()

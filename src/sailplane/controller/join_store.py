@@ -14,10 +14,11 @@ given. How the transaction runs is the database's business:
   and do not checkpoint the log at commit (a checkpoint fsyncs): a worker thread does, every
   :data:`CHECKPOINT_EVERY` batches, on the controller's own engine, while the next batch
   waits (a batch writing meanwhile would keep it from finishing, and the log would grow).
-* PostgreSQL (:class:`PostgresJoins`): one psycopg asynchronous connection driven by the event
-  loop itself. A worker thread would pay for each of the transaction's round trips twice:
-  the network, then the wait to take the interpreter lock back from a busy event loop (up to
-  its switch interval, 5 ms).
+* PostgreSQL (:class:`PostgresJoins`): psycopg asynchronous connections driven by the event
+  loop itself, two batches under way at once (while one waits for the server, the next one
+  goes). A worker thread would pay for each of the transaction's round trips twice: the
+  network, then the wait to take the interpreter lock back from a busy event loop (up to its
+  switch interval, 5 ms).
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ Answers = list[ConnectResponse | None]
 
 
 class JoinStore(Protocol):
+    parallel: int  # how many batches may be under way at once
+
     async def join(self, requests: Sequence[ConnectRequest]) -> Answers:
         """Each request's answer (None: its key is not live), its token committed."""
 
@@ -109,6 +112,8 @@ def _keys(requests: Sequence[ConnectRequest]) -> list[tuple[str, str]]:
 class SqliteJoins:
     """Batches on the event loop itself; see the module. The engine's connections must not
     wait for locks (``make_engine(wait_for_locks=False)``)."""
+
+    parallel = 1  # one writer at a time is all SQLite has
 
     def __init__(self, engine: Engine, urls: Urls, checkpointer: Engine,
                  checkpoint_every: int = CHECKPOINT_EVERY) -> None:
@@ -188,18 +193,20 @@ FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[])
 
 
 class PostgresJoins:
-    """Batches on one asynchronous connection, opened at the first batch and again after a
-    batch failed (the connection may be what broke)."""
+    """Batches on asynchronous connections, :attr:`parallel` at once: while one batch waits
+    for the server the next one is under way. A connection is opened when none is idle and
+    closed when its batch failed (it may be what broke)."""
+
+    parallel = 2
 
     def __init__(self, conninfo: str, urls: Urls) -> None:
         self._conninfo = conninfo
         self._urls = urls
-        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._idle: list[psycopg.AsyncConnection[Any]] = []
 
     async def join(self, requests: Sequence[ConnectRequest]) -> Answers:
-        if self._conn is None or self._conn.closed:
-            self._conn = await psycopg.AsyncConnection.connect(self._conninfo)
-        conn = self._conn
+        conn = self._idle.pop() if self._idle else \
+            await psycopg.AsyncConnection.connect(self._conninfo)
         keys = _keys(requests)
         try:
             # Pipelined: BEGIN goes with the read, the insert with COMMIT; two round trips.
@@ -215,12 +222,14 @@ class PostgresJoins:
                         for column in ("token", "backend_id", "username", "auth",
                                        "created_ms")))
         except BaseException:
-            await self.close()
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
             raise
+        self._idle.append(conn)
         return answers
 
     async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
             with contextlib.suppress(psycopg.Error):
                 await conn.close()
