@@ -20,9 +20,16 @@ from sailplane.drone.watchdog import (
 from sailplane.state import now_ms
 
 
+class NoInterruptedStarts:
+    """What the keeper asks of an executor when renewals revoke nothing."""
+
+    def resume_starts(self, revoked: set[str]) -> None:
+        pass
+
+
 def keeper(state_dir: Path) -> LeaseKeeper:
     config = WatchdogConfig(drone_id="d1", drone_pid=os.getpid(), state_dir=state_dir)
-    return LeaseKeeper(cast(Executor, None), lease_ms=10_000, share=0.5,
+    return LeaseKeeper(cast(Executor, NoInterruptedStarts()), lease_ms=10_000, share=0.5,
                        watchdog=Watchdog(config))
 
 

@@ -29,6 +29,9 @@ class FakeExecutor:
     def unfinished(self) -> list[Record]:
         return [Record(b) for b in self.running]
 
+    def resume_starts(self, revoked: set[str]) -> None:
+        pass  # no start was interrupted
+
     async def terminate(self, backend_id: str, hard: bool, reason: TerminationReason) -> None:
         self.killed.append((backend_id, hard, reason))
         self.running.remove(backend_id)

@@ -88,6 +88,7 @@ def test_an_interrupted_start_is_run_again_once_and_not_a_second_time(
     async def restart(runtime: FakeRuntime) -> Executor:
         executor = Executor(runtime, MountPolicy.build([]), store, staging)
         await executor.start()
+        executor.resume_starts(set())  # the controller's first renewal revokes nothing
         return executor
 
     async def scenario() -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Collection, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 
 START_RETRIED = ("its start was interrupted by the drone stopping, run again, and interrupted "
                  "again; not tried a third time")
+START_REVOKED = ("its start was interrupted by the drone stopping, and the controller revoked it "
+                 "before it ran again")
+START_ABANDONED = "stopped while its container was being created"
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,9 @@ class Executor:
         self.warm_pool: WarmPool | None = None  # containers started ahead, if the drone has any
         self.new_events = asyncio.Event()  # set whenever the outbox grows
         self._backends: dict[str, _Backend] = {}
+        # Starts a crash interrupted, run again only once the controller has answered
+        # (``resume_starts``): it may have given their keys to other backends meanwhile.
+        self._interrupted: dict[str, _Backend] = {}
         self._exit_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
 
@@ -162,10 +168,26 @@ class Executor:
         self._backends[spawn.backend_id] = backend
         backend.task = asyncio.create_task(self._run(backend))
 
+    def resume_starts(self, revoked: Collection[str]) -> None:
+        """The controller's first lease renewal since this drone started has come: run again
+        the starts a crash interrupted, except those it ``revoked`` (it counts them
+        terminated and may have given their keys to other backends) or that were asked to
+        stop: those end without a container."""
+        interrupted, self._interrupted = self._interrupted, {}
+        for backend in interrupted.values():
+            if backend.backend_id in revoked or backend.stop_reason is not None:
+                self._finish(backend, backend.stop_reason or TerminationReason.LOST,
+                             message=START_REVOKED if backend.backend_id in revoked else None)
+            else:
+                self.store.retry_start(backend.backend_id)
+                backend.task = asyncio.create_task(self._run(backend))
+
     async def terminate(self, backend_id: str, hard: bool, reason: TerminationReason) -> None:
         """Soft: SIGTERM, then SIGKILL after the grace period. Hard: SIGKILL at once.
 
-        Returns once the backend is terminated (or the kill could not be confirmed)."""
+        Returns once the backend is terminated (or the kill could not be confirmed). A hard
+        terminate of a backend whose container is being created reports it terminated at
+        once; the container, if the start still makes one, is removed when the start ends."""
         backend = self._backends.get(backend_id)
         if backend is None or backend.status is BackendStatus.TERMINATED:
             return
@@ -173,10 +195,15 @@ class Executor:
             backend.stop_reason = reason
             self.store.set_stop_reason(backend_id, reason)
         if backend.address is None:
-            # No container yet: stop the lifecycle before it creates one.
-            if backend.task and backend.status.rank < BackendStatus.STARTING.rank:
-                backend.task.cancel()
+            if (self._interrupted.pop(backend_id, None) is not None
+                    or (backend.task and backend.status.rank < BackendStatus.STARTING.rank)):
+                # No container yet: stop the lifecycle before it creates one.
                 self._finish(backend, backend.stop_reason)
+            elif hard and backend.status is BackendStatus.STARTING:
+                # The engine may take long to create the container (a dockerd restarting):
+                # the controller and the lease keeper learn now; _run removes what it made.
+                self._set(backend, BackendStatus.TERMINATED, reason=backend.stop_reason,
+                          message=START_ABANDONED)
             return  # otherwise _run sees stop_reason once start() returns
         if not hard and backend.status.rank < BackendStatus.TERMINATING.rank:
             self._set(backend, BackendStatus.TERMINATING)
@@ -244,6 +271,9 @@ class Executor:
             log.exception("backend %s: its start failed", backend.backend_id)
             self._finish(backend, TerminationReason.ERROR,
                          message=f"the drone failed to start it: {type(exc).__name__}: {exc}")
+            return
+        if backend.status is BackendStatus.TERMINATED:  # abandoned while it started
+            self._finish(backend, backend.stop_reason or TerminationReason.ERROR)
             return
         if backend.stop_reason is not None:  # terminated while the container was starting
             await self.terminate(backend.backend_id, True, backend.stop_reason)
@@ -331,10 +361,14 @@ class Executor:
         self, backend: _Backend, reason: TerminationReason, *, exit_code: int | None = None,
         message: str | None = None,
     ) -> None:
-        """Mark terminated (the one way a backend ends) and remove its container."""
+        """Mark terminated (the one way a backend ends) and remove its container.
+
+        A backend already terminated is one whose start was abandoned (``terminate``), now
+        ended: it is not reported again, only what its start left is removed."""
         may_have_container = backend.status.rank >= BackendStatus.STARTING.rank
-        self._set(backend, BackendStatus.TERMINATED, reason=reason, exit_code=exit_code,
-                  message=message)
+        if backend.status is not BackendStatus.TERMINATED:
+            self._set(backend, BackendStatus.TERMINATED, reason=reason, exit_code=exit_code,
+                      message=message)
         if backend.task and backend.task is not asyncio.current_task():
             backend.task.cancel()
         if may_have_container and not self.settings.keep_containers:
@@ -412,11 +446,12 @@ class Executor:
             elif (backend.status.rank < BackendStatus.STARTING.rank
                   or (backend.status is BackendStatus.STARTING and backend.address is None)):
                 # never got a container (the drone died before or while creating it): again,
-                # once; a start interrupted twice may be what stops the drone
-                if self.store.retry_start(backend.backend_id):
-                    backend.task = asyncio.create_task(self._run(backend))
-                else:
+                # once, after the controller's first renewal (resume_starts); a start
+                # interrupted twice may be what stops the drone
+                if self.store.start_retried(backend.backend_id):
                     self._finish(backend, TerminationReason.ERROR, message=START_RETRIED)
+                else:
+                    self._interrupted[backend.backend_id] = backend
             else:
                 self._finish(backend, TerminationReason.LOST,
                              message="the container vanished while the drone was down")

@@ -62,6 +62,8 @@ class LeaseKeeper:
         self.lease_ms = lease_ms
         self._accepted = True
         self._feed()
+        # Only now, reconciled with the controller, may starts a crash interrupted run again.
+        self.executor.resume_starts(set(revoked))
         for backend_id in revoked:
             log.warning("backend %s: %s", backend_id, REVOKED_MESSAGE)
             self._kill(backend_id)

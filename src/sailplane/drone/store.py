@@ -145,6 +145,12 @@ class DroneStore:
             (backend_id, _live_mounts.dump_json(mounts).decode()),
         )
 
+    def start_retried(self, backend_id: str) -> bool:
+        """Whether the backend's interrupted start ran again once already."""
+        row = self._db.execute(
+            "SELECT 1 FROM start_retries WHERE backend_id = ?", (backend_id,)).fetchone()
+        return row is not None
+
     def retry_start(self, backend_id: str) -> bool:
         """Note that the backend's interrupted start runs again; False if it did once already."""
         cursor = self._db.execute(

@@ -1,0 +1,209 @@
+"""Starts that must not run, or must not be waited for.
+
+A start a crash interrupted runs again only after the controller's first lease renewal, and
+not at all if that renewal revokes it (the controller may have given its key to another
+backend meanwhile). A hard terminate or a revocation of a backend whose container is still
+being created ends it at once; the container that start makes anyway is removed when it
+returns, with no second report.
+
+The executor runs on the in-memory runtime of ``test_executor.py`` (the start must block at
+one precise point); the link is a real WebSocket to a controller stand-in on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+
+from sailplane.drone.agent import DroneAgent
+from sailplane.drone.executor import START_ABANDONED, START_REVOKED, Executor
+from sailplane.drone.leases import LeaseKeeper
+from sailplane.drone.store import DroneStore
+from sailplane.errors import BackendExited, RuntimeFailure
+from sailplane.mounts.pin import StagingArea
+from sailplane.mounts.policy import MountPolicy
+from sailplane.protocol import Hello, LeaseRenewal
+from sailplane.runtime.base import BackendAddress, BackendSpec
+from sailplane.state import BackendState, BackendStatus, TerminationReason
+from tests.drone.test_executor import WITHIN, FakeRuntime, left_in, spawn_of
+
+S = BackendStatus
+PROMPTLY = 1.0  # a terminate during a start returns within this, however long the start takes
+
+
+class CountingRuntime(FakeRuntime):
+    """Records every container start."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: list[str] = []
+
+    async def start(self, spec: BackendSpec) -> BackendAddress:
+        self.started.append(spec.backend_id)
+        return await super().start(spec)
+
+
+def test_an_interrupted_start_waits_for_the_first_renewal_and_a_revoked_one_never_runs(
+    store: DroneStore, staging: StagingArea,
+) -> None:
+    # A drone killed while creating two containers; meanwhile the controller declared one
+    # of the backends lost (and may have given its key to a new backend).
+    left_in(store, "b-kept", S.LOADING, S.STARTING)
+    left_in(store, "b-revoked", S.LOADING, S.STARTING)
+    runtime = CountingRuntime()
+    before_renewal: list[str] = []
+
+    async def controller(socket: ServerConnection) -> None:
+        assert json.loads(await socket.recv())["type"] == "hello"
+        heartbeat = json.loads(await socket.recv())
+        assert heartbeat["type"] == "heartbeat"
+        assert set(heartbeat["live"]) == {"b-kept", "b-revoked"}
+        await asyncio.sleep(0.5)  # a slow controller: nothing may start meanwhile
+        before_renewal.extend(runtime.started)
+        await socket.send(LeaseRenewal(time=heartbeat["time"], lease_ms=20_000,
+                                       revoked=["b-revoked"]).model_dump_json())
+        async for _ in socket:
+            pass
+
+    async def scenario() -> None:
+        executor = Executor(runtime, MountPolicy.build([]), store, staging)
+        await executor.start()
+        await asyncio.sleep(0.2)
+        assert runtime.started == [], "a start ran again before the drone reached its controller"
+        async with serve(controller, "127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            hello = Hello(drone_id="d1", runtime="docker", host_volumes=[])
+            agent = DroneAgent(f"http://127.0.0.1:{port}", executor, hello,
+                               heartbeat_seconds=0.05)
+            running = asyncio.create_task(agent.run())
+            try:
+                await executor.wait_for("b-kept", S.WAITING, WITHIN)
+                await executor.wait_for("b-revoked", S.TERMINATED, WITHIN)
+            finally:
+                running.cancel()
+                await asyncio.gather(running, return_exceptions=True)
+                await executor.close()
+
+    asyncio.run(scenario())
+    assert before_renewal == []
+    assert runtime.started == ["b-kept"]  # the revoked one never got a container
+    last = states(store, "b-revoked")[-1]
+    assert (last.status, last.reason, last.message) == (
+        S.TERMINATED, TerminationReason.LOST, START_REVOKED)
+    assert store.start_retried("b-kept") and not store.start_retried("b-revoked")
+
+
+def test_interrupted_starts_end_lost_when_no_renewal_comes(
+    store: DroneStore, staging: StagingArea,
+) -> None:
+    """The controller never answers: the lease keeper's self-stop ends the start that was
+    waiting for it, without starting it."""
+    left_in(store, "b-waiting", S.LOADING, S.STARTING)
+    runtime = CountingRuntime()
+
+    async def scenario() -> None:
+        executor = Executor(runtime, MountPolicy.build([]), store, staging)
+        await executor.start()
+        keeper = LeaseKeeper(executor, lease_ms=10_000, share=0.5)
+        try:
+            assert keeper.check(keeper.stop_at_ms) == ["b-waiting"]
+            await executor.wait_for("b-waiting", S.TERMINATED, WITHIN)
+            keeper.renewed(keeper.stop_at_ms, 10_000, revoked=[])  # too late to run it
+            await asyncio.sleep(0.05)
+        finally:
+            await executor.close()
+
+    asyncio.run(scenario())
+    assert runtime.started == []
+    last = states(store, "b-waiting")[-1]
+    assert (last.status, last.reason) == (S.TERMINATED, TerminationReason.LOST)
+
+
+class BlockedStart(FakeRuntime):
+    """A start that returns only when told to, with what it is told (an address or an
+    error), as dockerd restarting makes a container creation hang."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.starting = asyncio.Event()
+        self.outcome: asyncio.Future[BackendAddress] | None = None
+        self.removed_event = asyncio.Event()
+
+    async def start(self, spec: BackendSpec) -> BackendAddress:
+        self.outcome = asyncio.get_running_loop().create_future()
+        self.starting.set()
+        return await self.outcome
+
+    async def remove(self, backend_id: str) -> None:
+        await super().remove(backend_id)
+        self.removed_event.set()
+
+
+@pytest.mark.parametrize("outcome", ["container", "exited", "failed"])
+@pytest.mark.parametrize("how", ["hard terminate", "revocation"])
+def test_a_hard_stop_during_a_start_ends_the_backend_at_once_and_removes_its_container(
+    store: DroneStore, staging: StagingArea, how: str, outcome: str,
+) -> None:
+    runtime = BlockedStart()
+
+    async def scenario() -> None:
+        executor = Executor(runtime, MountPolicy.build([]), store, staging)
+        await executor.start()
+        keeper = LeaseKeeper(executor)
+        try:
+            executor.spawn(spawn_of("b-slow"))
+            async with asyncio.timeout(WITHIN):
+                await runtime.starting.wait()
+            assert executor.status("b-slow") is S.STARTING
+            async with asyncio.timeout(PROMPTLY):
+                if how == "hard terminate":
+                    await executor.terminate("b-slow", True, TerminationReason.EXTERNAL)
+                else:
+                    keeper.renewed(keeper.renewed_ms, keeper.lease_ms, revoked=["b-slow"])
+                await executor.wait_for("b-slow", S.TERMINATED, PROMPTLY)
+            assert keeper.live() == []  # the next heartbeat no longer holds its key
+            assert runtime.removed == []  # no container yet: its start has not returned
+            # Long after, the engine finishes the start.
+            assert runtime.outcome is not None
+            if outcome == "container":
+                runtime.outcome.set_result(runtime.address)
+            elif outcome == "exited":
+                runtime.outcome.set_exception(BackendExited(1))
+            else:
+                runtime.outcome.set_exception(RuntimeFailure("the engine went away"))
+            async with asyncio.timeout(WITHIN):
+                await runtime.removed_event.wait()
+            await executor.removals_done(WITHIN)
+            runtime.exit("b-slow", 137)  # the engine reports the removed container's death
+            await asyncio.sleep(0.05)
+        finally:
+            await executor.close()
+
+    asyncio.run(scenario())
+    assert runtime.removed == ["b-slow"]
+    reason = TerminationReason.EXTERNAL if how == "hard terminate" else TerminationReason.LOST
+    terminated = [s for s in states(store, "b-slow") if s.status is S.TERMINATED]
+    assert [(s.reason, s.message) for s in terminated] == [(reason, START_ABANDONED)]
+    assert [s.status for s in states(store, "b-slow")] == [S.LOADING, S.STARTING, S.TERMINATED]
+
+
+def states(store: DroneStore, backend_id: str) -> list[BackendState]:
+    return [event.state for event in store.pending() if event.backend_id == backend_id]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[DroneStore]:
+    opened = DroneStore(tmp_path / "drone.sqlite3")
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def staging(tmp_path: Path) -> StagingArea:
+    return StagingArea(tmp_path / "staging")
+
