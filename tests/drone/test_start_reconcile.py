@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
+from sailplane.drone import executor as executor_module
 from sailplane.drone.agent import DroneAgent
 from sailplane.drone.executor import START_ABANDONED, START_REVOKED, Executor
 from sailplane.drone.leases import LeaseKeeper
@@ -28,7 +29,7 @@ from sailplane.errors import BackendExited, RuntimeFailure
 from sailplane.mounts.pin import StagingArea
 from sailplane.mounts.policy import MountPolicy
 from sailplane.protocol import Hello, LeaseRenewal
-from sailplane.runtime.base import BackendAddress, BackendSpec
+from sailplane.runtime.base import BackendAddress, BackendSpec, OwnedBackend
 from sailplane.state import BackendState, BackendStatus, TerminationReason
 from tests.drone.test_executor import WITHIN, FakeRuntime, left_in, spawn_of
 
@@ -190,6 +191,43 @@ def test_a_hard_stop_during_a_start_ends_the_backend_at_once_and_removes_its_con
     terminated = [s for s in states(store, "b-slow") if s.status is S.TERMINATED]
     assert [(s.reason, s.message) for s in terminated] == [(reason, START_ABANDONED)]
     assert [s.status for s in states(store, "b-slow")] == [S.LOADING, S.STARTING, S.TERMINATED]
+
+
+class LosesItsFirstAnswer(FakeRuntime):
+    """The first list of the drone's containers never comes back (an engine restarting)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = 0
+
+    async def owned(self) -> list[OwnedBackend]:
+        self.asked += 1
+        if self.asked == 1:
+            await asyncio.Event().wait()
+        return await super().owned()
+
+
+def test_a_start_whose_container_list_never_comes_asks_again(
+    store: DroneStore, staging: StagingArea, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(executor_module, "OWNED_LIST_SECONDS", 0.2)
+    left_in(store, "b-live", S.LOADING, S.STARTING, S.WAITING, S.READY)
+    store.set_address("b-live", BackendAddress("127.0.0.1", 9))
+    runtime = LosesItsFirstAnswer()
+    runtime.owned_backends = [OwnedBackend("b-live", False, None, 3)]
+
+    async def scenario() -> None:
+        executor = Executor(runtime, MountPolicy.build([]), store, staging)
+        try:
+            async with asyncio.timeout(WITHIN):
+                await executor.start()
+            await executor.wait_for("b-live", S.TERMINATED, WITHIN)
+        finally:
+            await executor.close()
+
+    asyncio.run(scenario())
+    assert runtime.asked == 2
+    assert runtime.removed == ["b-live"]
 
 
 def states(store: DroneStore, backend_id: str) -> list[BackendState]:

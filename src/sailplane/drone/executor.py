@@ -30,7 +30,13 @@ from sailplane.mounts.policy import MountPolicy
 from sailplane.mounts.resolve import CreatedDirectories
 from sailplane.mounts.validate import TemplateValues
 from sailplane.protocol import SpawnBackend
-from sailplane.runtime.base import BackendAddress, BackendExit, BackendSpec, Runtime
+from sailplane.runtime.base import (
+    BackendAddress,
+    BackendExit,
+    BackendSpec,
+    OwnedBackend,
+    Runtime,
+)
 from sailplane.spec import PullPolicy, ResourceLimits
 from sailplane.state import (
     BackendState,
@@ -53,6 +59,10 @@ START_RETRIED = ("its start was interrupted by the drone stopping, run again, an
 START_REVOKED = ("its start was interrupted by the drone stopping, and the controller revoked it "
                  "before it ran again")
 START_ABANDONED = "stopped while its container was being created"
+# How long a restarted drone waits for the engine's list of its containers before asking
+# again: one restarted drone never finished its adoption (nor connected to its controller),
+# and an engine restarting can lose an answer.
+OWNED_LIST_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -419,7 +429,7 @@ class Executor:
         """Adopt live containers we have a record of, clean up the others."""
         # Known before the engine is asked: an exit reported meanwhile finds its backend.
         backends = [self._adopted(record) for record in self.store.unfinished()]
-        owned = {found.backend_id: found for found in await self.runtime.owned()}
+        owned = {found.backend_id: found for found in await self._owned()}
         known = {backend.backend_id for backend in backends}  # some may be finished by now
         for backend_id in owned:
             if backend_id not in known and backend_id not in self._backends:
@@ -460,6 +470,18 @@ class Executor:
                 if b.status is not BackendStatus.TERMINATED]
         for backend_id in self.staging.sweep(keep=live):
             log.info("removed the staging mounts of finished backend %s", backend_id)
+
+    async def _owned(self) -> list[OwnedBackend]:
+        """The runtime's list of this drone's containers, asked again (saying so) whenever it
+        takes longer than ``OWNED_LIST_SECONDS``: the drone's start never waits for it
+        silently."""
+        while True:
+            try:
+                async with asyncio.timeout(OWNED_LIST_SECONDS):
+                    return await self.runtime.owned()
+            except TimeoutError:
+                log.warning("the engine has not listed this drone's containers in %.0f s; "
+                            "asking again", OWNED_LIST_SECONDS)
 
     def _adopted(self, record: BackendRecord) -> _Backend:
         address = BackendAddress(*record.address) if record.address else None
