@@ -32,6 +32,9 @@ class FakeExecutor:
     def resume_starts(self, revoked: set[str]) -> None:
         pass  # no start was interrupted
 
+    async def revoke(self, backend_id: str) -> None:
+        await self.terminate(backend_id, True, TerminationReason.LOST)
+
     async def terminate(self, backend_id: str, hard: bool, reason: TerminationReason) -> None:
         self.killed.append((backend_id, hard, reason))
         self.running.remove(backend_id)

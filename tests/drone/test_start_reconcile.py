@@ -127,56 +127,68 @@ def test_interrupted_starts_end_lost_when_no_renewal_comes(
 
 class BlockedStart(FakeRuntime):
     """A start that returns only when told to, with what it is told (an address or an
-    error), as dockerd restarting makes a container creation hang."""
+    error), as dockerd restarting makes a container creation hang. A killed backend exits."""
 
     def __init__(self) -> None:
         super().__init__()
         self.starting = asyncio.Event()
         self.outcome: asyncio.Future[BackendAddress] | None = None
         self.removed_event = asyncio.Event()
+        self.killed: list[str] = []
 
     async def start(self, spec: BackendSpec) -> BackendAddress:
         self.outcome = asyncio.get_running_loop().create_future()
         self.starting.set()
         return await self.outcome
 
+    async def signal(self, backend_id: str, hard: bool) -> None:
+        if hard:
+            self.killed.append(backend_id)
+            self.exit(backend_id, 137)
+
     async def remove(self, backend_id: str) -> None:
         await super().remove(backend_id)
         self.removed_event.set()
 
+    def finish_start(self, outcome: str) -> None:
+        assert self.outcome is not None
+        if outcome == "container":
+            self.outcome.set_result(self.address)
+        elif outcome == "exited":
+            self.outcome.set_exception(BackendExited(1))
+        else:
+            self.outcome.set_exception(RuntimeFailure("the engine went away"))
 
-@pytest.mark.parametrize("outcome", ["container", "exited", "failed"])
-@pytest.mark.parametrize("how", ["hard terminate", "revocation"])
-def test_a_hard_stop_during_a_start_ends_the_backend_at_once_and_removes_its_container(
-    store: DroneStore, staging: StagingArea, how: str, outcome: str,
+
+async def blocked_in_its_start(executor: Executor, runtime: BlockedStart) -> None:
+    await executor.start()
+    executor.spawn(spawn_of("b-slow"))
+    async with asyncio.timeout(WITHIN):
+        await runtime.starting.wait()
+    assert executor.status("b-slow") is S.STARTING
+
+
+OUTCOMES = ["container", "exited", "failed"]
+
+
+@pytest.mark.parametrize("outcome", OUTCOMES)
+def test_a_revocation_during_a_start_ends_the_backend_at_once_and_removes_its_container(
+    store: DroneStore, staging: StagingArea, outcome: str,
 ) -> None:
+    """The controller counts it terminated already: it hears so at once, and the container
+    the start makes long after is removed, with no second report."""
     runtime = BlockedStart()
 
     async def scenario() -> None:
         executor = Executor(runtime, MountPolicy.build([]), store, staging)
-        await executor.start()
         keeper = LeaseKeeper(executor)
         try:
-            executor.spawn(spawn_of("b-slow"))
-            async with asyncio.timeout(WITHIN):
-                await runtime.starting.wait()
-            assert executor.status("b-slow") is S.STARTING
-            async with asyncio.timeout(PROMPTLY):
-                if how == "hard terminate":
-                    await executor.terminate("b-slow", True, TerminationReason.EXTERNAL)
-                else:
-                    keeper.renewed(keeper.renewed_ms, keeper.lease_ms, revoked=["b-slow"])
-                await executor.wait_for("b-slow", S.TERMINATED, PROMPTLY)
+            await blocked_in_its_start(executor, runtime)
+            keeper.renewed(keeper.renewed_ms, keeper.lease_ms, revoked=["b-slow"])
+            await executor.wait_for("b-slow", S.TERMINATED, PROMPTLY)
             assert keeper.live() == []  # the next heartbeat no longer holds its key
             assert runtime.removed == []  # no container yet: its start has not returned
-            # Long after, the engine finishes the start.
-            assert runtime.outcome is not None
-            if outcome == "container":
-                runtime.outcome.set_result(runtime.address)
-            elif outcome == "exited":
-                runtime.outcome.set_exception(BackendExited(1))
-            else:
-                runtime.outcome.set_exception(RuntimeFailure("the engine went away"))
+            runtime.finish_start(outcome)  # long after, the engine finishes the start
             async with asyncio.timeout(WITHIN):
                 await runtime.removed_event.wait()
             await executor.removals_done(WITHIN)
@@ -187,10 +199,43 @@ def test_a_hard_stop_during_a_start_ends_the_backend_at_once_and_removes_its_con
 
     asyncio.run(scenario())
     assert runtime.removed == ["b-slow"]
-    reason = TerminationReason.EXTERNAL if how == "hard terminate" else TerminationReason.LOST
-    terminated = [s for s in states(store, "b-slow") if s.status is S.TERMINATED]
-    assert [(s.reason, s.message) for s in terminated] == [(reason, START_ABANDONED)]
     assert [s.status for s in states(store, "b-slow")] == [S.LOADING, S.STARTING, S.TERMINATED]
+    last = states(store, "b-slow")[-1]
+    assert (last.reason, last.message) == (TerminationReason.LOST, START_ABANDONED)
+
+
+@pytest.mark.parametrize("outcome", OUTCOMES)
+def test_a_hard_terminate_during_a_start_is_hard_terminating_at_once_and_ends_with_the_start(
+    store: DroneStore, staging: StagingArea, outcome: str,
+) -> None:
+    """The controller still holds the key: it hears ``hard-terminating`` at once, and
+    ``terminated`` only once the container the start made is killed, never before (then a
+    new backend for the key could run beside it)."""
+    runtime = BlockedStart()
+
+    async def scenario() -> None:
+        executor = Executor(runtime, MountPolicy.build([]), store, staging)
+        try:
+            await blocked_in_its_start(executor, runtime)
+            async with asyncio.timeout(PROMPTLY):
+                await executor.terminate("b-slow", True, TerminationReason.EXTERNAL)
+            assert executor.status("b-slow") is S.HARD_TERMINATING
+            await asyncio.sleep(0.1)
+            assert executor.status("b-slow") is S.HARD_TERMINATING  # until the start returns
+            runtime.finish_start(outcome)
+            await executor.wait_for("b-slow", S.TERMINATED, WITHIN)
+            await executor.removals_done(WITHIN)
+        finally:
+            await executor.close()
+
+    asyncio.run(scenario())
+    assert runtime.removed == ["b-slow"]
+    assert runtime.killed == (["b-slow"] if outcome == "container" else [])
+    history = states(store, "b-slow")
+    assert [s.status for s in history] == [
+        S.LOADING, S.STARTING, S.HARD_TERMINATING, S.TERMINATED]
+    if outcome != "failed":
+        assert history[-1].reason is TerminationReason.EXTERNAL
 
 
 class LosesItsFirstAnswer(FakeRuntime):

@@ -58,7 +58,8 @@ START_RETRIED = ("its start was interrupted by the drone stopping, run again, an
                  "again; not tried a third time")
 START_REVOKED = ("its start was interrupted by the drone stopping, and the controller revoked it "
                  "before it ran again")
-START_ABANDONED = "stopped while its container was being created"
+START_ABANDONED = ("the controller revoked it while its container was being created; the "
+                   "container, if the start still made one, is removed")
 # How long a restarted drone waits for the engine's list of its containers before asking
 # again: one restarted drone never finished its adoption (nor connected to its controller),
 # and an engine restarting can lose an answer.
@@ -196,8 +197,10 @@ class Executor:
         """Soft: SIGTERM, then SIGKILL after the grace period. Hard: SIGKILL at once.
 
         Returns once the backend is terminated (or the kill could not be confirmed). A hard
-        terminate of a backend whose container is being created reports it terminated at
-        once; the container, if the start still makes one, is removed when the start ends."""
+        terminate of a backend whose container is being created makes it
+        ``hard-terminating`` at once and returns; the container is killed when its start
+        returns, and only then is the backend terminated (its key stays held until no
+        container of it can run)."""
         backend = self._backends.get(backend_id)
         if backend is None or backend.status is BackendStatus.TERMINATED:
             return
@@ -211,10 +214,9 @@ class Executor:
                 self._finish(backend, backend.stop_reason)
             elif hard and backend.status is BackendStatus.STARTING:
                 # The engine may take long to create the container (a dockerd restarting):
-                # the controller and the lease keeper learn now; _run removes what it made.
-                self._set(backend, BackendStatus.TERMINATED, reason=backend.stop_reason,
-                          message=START_ABANDONED)
-            return  # otherwise _run sees stop_reason once start() returns
+                # say so now; _run kills the container as soon as its start returns.
+                self._set(backend, BackendStatus.HARD_TERMINATING)
+            return  # _run sees stop_reason once start() returns
         if not hard and backend.status.rank < BackendStatus.TERMINATING.rank:
             self._set(backend, BackendStatus.TERMINATING)
             await self.runtime.signal(backend_id, hard=False)
@@ -223,6 +225,25 @@ class Executor:
                     await backend.exited.wait()
         if not backend.exited.is_set():
             await self._kill(backend)
+
+    async def revoke(self, backend_id: str) -> None:
+        """The controller revoked the backend's key lease: it counts it terminated and may
+        have given its key to another backend already. Hard-terminate it; one whose container
+        is still being created is reported terminated at once (waiting for a slow start would
+        only keep the controller uninformed), and the container that start may still make is
+        removed when it returns, with no second report."""
+        backend = self._backends.get(backend_id)
+        if (backend is not None and backend.address is None
+                and BackendStatus.STARTING.rank <= backend.status.rank
+                < BackendStatus.TERMINATED.rank
+                and backend.task is not None and not backend.task.done()):
+            if backend.stop_reason is None:
+                backend.stop_reason = TerminationReason.LOST
+                self.store.set_stop_reason(backend_id, TerminationReason.LOST)
+            self._set(backend, BackendStatus.TERMINATED, reason=backend.stop_reason,
+                      message=START_ABANDONED)
+            return
+        await self.terminate(backend_id, True, TerminationReason.LOST)
 
     async def wait_for(self, backend_id: str, status: BackendStatus, timeout: float) -> None:
         """Wait until the backend has reached ``status`` (or passed it)."""
@@ -282,7 +303,7 @@ class Executor:
             self._finish(backend, TerminationReason.ERROR,
                          message=f"the drone failed to start it: {type(exc).__name__}: {exc}")
             return
-        if backend.status is BackendStatus.TERMINATED:  # abandoned while it started
+        if backend.status is BackendStatus.TERMINATED:  # revoked while it started
             self._finish(backend, backend.stop_reason or TerminationReason.ERROR)
             return
         if backend.stop_reason is not None:  # terminated while the container was starting
@@ -373,8 +394,9 @@ class Executor:
     ) -> None:
         """Mark terminated (the one way a backend ends) and remove its container.
 
-        A backend already terminated is one whose start was abandoned (``terminate``), now
-        ended: it is not reported again, only what its start left is removed."""
+        A backend already terminated is one revoked while its container was being created
+        (``revoke``) whose start has now ended: it is not reported again, only what its start
+        left is removed."""
         may_have_container = backend.status.rank >= BackendStatus.STARTING.rank
         if backend.status is not BackendStatus.TERMINATED:
             self._set(backend, BackendStatus.TERMINATED, reason=reason, exit_code=exit_code,

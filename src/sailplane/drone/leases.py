@@ -66,7 +66,7 @@ class LeaseKeeper:
         self.executor.resume_starts(set(revoked))
         for backend_id in revoked:
             log.warning("backend %s: %s", backend_id, REVOKED_MESSAGE)
-            self._kill(backend_id)
+            self._kill(backend_id, revoked=True)
 
     @property
     def stop_at_ms(self) -> int:
@@ -105,11 +105,13 @@ class LeaseKeeper:
     def _killing(self) -> set[str]:
         return {task.get_name() for task in self._kills}
 
-    def _kill(self, backend_id: str) -> None:
+    def _kill(self, backend_id: str, revoked: bool = False) -> None:
         if backend_id in self._killing():
             return
-        task = asyncio.create_task(
-            self.executor.terminate(backend_id, True, TerminationReason.LOST),
-            name=backend_id)
+        # A lapse is not a revocation: the controller may still hold the key, so it must
+        # hear of no termination before the container is gone.
+        stop = (self.executor.revoke(backend_id) if revoked
+                else self.executor.terminate(backend_id, True, TerminationReason.LOST))
+        task = asyncio.create_task(stop, name=backend_id)
         self._kills.add(task)
         task.add_done_callback(self._kills.discard)
