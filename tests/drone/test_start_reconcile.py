@@ -290,3 +290,38 @@ def store(tmp_path: Path) -> Iterator[DroneStore]:
 def staging(tmp_path: Path) -> StagingArea:
     return StagingArea(tmp_path / "staging")
 
+
+
+class EngineAwayOnce(FakeRuntime):
+    """The first removal is lost: the engine restarts under it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attempts = 0
+
+    async def remove(self, backend_id: str) -> None:
+        self.attempts += 1
+        if self.attempts == 1:
+            raise ConnectionError("Connection aborted.")
+        await super().remove(backend_id)
+
+
+def test_a_removal_lost_to_an_engine_restart_is_tried_again(
+    store: DroneStore, staging: StagingArea,
+) -> None:
+    runtime = EngineAwayOnce()
+
+    async def scenario() -> None:
+        executor = Executor(runtime, MountPolicy.build([]), store, staging)
+        await executor.start()
+        try:
+            executor.spawn(spawn_of("b-gone"))
+            await executor.wait_for("b-gone", S.WAITING, WITHIN)
+            runtime.exit("b-gone", 0)
+            await executor.wait_for("b-gone", S.TERMINATED, WITHIN)
+            assert await executor.removals_done(WITHIN)
+        finally:
+            await executor.close()
+
+    asyncio.run(scenario())
+    assert (runtime.attempts, runtime.removed) == (2, ["b-gone"])

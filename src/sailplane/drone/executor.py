@@ -64,6 +64,11 @@ START_ABANDONED = ("the controller revoked it while its container was being crea
 # again: one restarted drone never finished its adoption (nor connected to its controller),
 # and an engine restarting can lose an answer.
 OWNED_LIST_SECONDS = 30.0
+# How long a container removal that fails (the engine restarting drops the call) is tried
+# again before the drone gives up on it (its next start removes what is left).
+REMOVAL_RETRY_SECONDS = 120.0
+REMOVAL_RETRY_FIRST_SECONDS = 0.2
+REMOVAL_RETRY_MAX_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -412,12 +417,33 @@ class Executor:
         """Remove the container, then the staging mounts it was bound from; with ``forget``
         the executor then drops the finished backend (the store keeps its record)."""
         try:
-            await self.runtime.remove(backend_id)
-            self.staging.release(backend_id)
+            if await self._remove_container(backend_id):
+                self.staging.release(backend_id)
         finally:
             backend = self._backends.get(backend_id)
             if forget and backend is not None:
                 self._forget(backend)
+
+    async def _remove_container(self, backend_id: str) -> bool:
+        """``runtime.remove``, tried again with backoff while it fails, for at most
+        ``REMOVAL_RETRY_SECONDS`` (a removal lost to an engine restart would leave the
+        container of a terminated backend behind for good); whether it was removed."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + REMOVAL_RETRY_SECONDS
+        delay = REMOVAL_RETRY_FIRST_SECONDS
+        while True:
+            try:
+                await self.runtime.remove(backend_id)
+                return True
+            except Exception as exc:
+                if loop.time() + delay > give_up_at:
+                    log.error("backend %s: cannot remove its container, giving up: %s: %s",
+                              backend_id, type(exc).__name__, exc)
+                    return False
+                log.warning("backend %s: cannot remove its container (%s: %s); again in "
+                            "%.1f s", backend_id, type(exc).__name__, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, REMOVAL_RETRY_MAX_SECONDS)
 
     def _forget(self, backend: _Backend) -> None:
         """A terminated backend leaves memory: what a drone holds grows with its live
@@ -457,7 +483,7 @@ class Executor:
             if backend_id not in known and backend_id not in self._backends:
                 # unknown, or terminated in an earlier run
                 log.info("removing container of unknown or finished backend %s", backend_id)
-                await self._remove(backend_id)
+                self._in_background(self._remove(backend_id))  # the start goes on meanwhile
         for backend in backends:
             if backend.status is BackendStatus.TERMINATED:
                 continue  # its exit was reported while we looked
