@@ -63,7 +63,6 @@ def test_without_a_docker_cli_the_failure_says_so_and_what_to_run(tmp_path: Path
                                 docker_images=DockerImages(binary="/nonexistent/docker"))
 
     async def scenario() -> str:
-        runtime._images_seen.clear()
 
         async def absent(ref: str, cached: bool = True) -> bool:
             return False
