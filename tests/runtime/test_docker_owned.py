@@ -51,19 +51,3 @@ def test_containers_removed_after_the_list_do_not_fail_the_adoption():
     assert (owned["b-exited"].running, owned["b-exited"].exit_code) == (False, 137)
     assert (owned["b-dead"].running, owned["b-dead"].exit_code) == (False, -1)
 
-
-def test_an_image_is_trusted_for_a_while_then_asked_about_again(monkeypatch):
-    from sailplane.runtime import base
-
-    now = [100.0]
-    monkeypatch.setattr(base.time, "monotonic", lambda: now[0])
-    seen = base.RecentImages(seconds=10)
-    assert not seen.fresh("img")
-    seen.saw("img")
-    now[0] += 9.9
-    assert seen.fresh("img")
-    now[0] += 0.2
-    assert not seen.fresh("img")
-    seen.saw("img")
-    seen.forget("img")  # removed from the engine meanwhile
-    assert not seen.fresh("img")
