@@ -39,10 +39,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import contextlib
 import os
-import re
 import shutil
 import signal
 import socket
@@ -52,13 +50,12 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import websockets
 
+from loadgen import Load, median_load, profiled, py_spy, top_functions, wrk
 from sailplane.controller import backends, drones
 from sailplane.controller.db.engine import make_engine
 from sailplane.credentials import Role, mint, new_secret
@@ -145,12 +142,6 @@ run_workers(ProxyConfig(controller_url=sys.argv[2], port=int(sys.argv[3]),
 """
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -206,55 +197,6 @@ class Processes:
                 process.wait(10)
 
 
-# -- wrk -------------------------------------------------------------------------------------
-
-
-@dataclass
-class Load:
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    errors: int
-    requests: int
-    cpu_us: float | None = None  # the proxy's CPU time per request, where measured
-
-
-_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-
-
-def _ms(text: str) -> float:
-    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
-    return float(number) * _UNITS[unit]
-
-
-def median_load(runs: list[Load]) -> Load:
-    """Each figure's median over the rounds (errors and requests: the totals)."""
-    cpus = [run.cpu_us for run in runs if run.cpu_us is not None]
-    return Load(rps=statistics.median(r.rps for r in runs),
-                p50_ms=statistics.median(r.p50_ms for r in runs),
-                p99_ms=statistics.median(r.p99_ms for r in runs),
-                errors=sum(r.errors for r in runs), requests=sum(r.requests for r in runs),
-                cpu_us=statistics.median(cpus) if cpus else None)
-
-
-def wrk(url: str, connections: int, duration: int) -> Load:
-    args = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "5s",
-            url]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=duration + 30,
-                          check=True)
-    out = done.stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses:\s+(\d+)", out))
-    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), "
-                              r"timeout (\d+)", out)
-    if socket_errors:
-        errors += sum(int(n) for n in socket_errors.groups())
-    return Load(rps, p50, p99, errors, requests)
-
-
 # -- WebSocket -------------------------------------------------------------------------------
 
 
@@ -297,43 +239,6 @@ def ready_backend(engine: object, address: str, name: str, proxy_url: str) -> st
                                   time=now_ms()),
                                   address if status is BackendStatus.READY else None)
     return made.token
-
-
-def py_spy() -> str:
-    """py-spy from PATH or from the virtual environment this bench runs in ("" if none)."""
-    beside = Path(sys.executable).parent / "py-spy"
-    return shutil.which("py-spy") or (str(beside) if beside.exists() else "")
-
-
-@contextlib.contextmanager
-def profiled(pid: int, seconds: int, tmp: Path) -> Iterator[Path]:
-    """py-spy samples ``pid`` for ``seconds`` while the block runs; yields the raw output."""
-    out = tmp / "profile.txt"
-    spy = subprocess.Popen([py_spy(), "record", "--pid", str(pid), "--duration",
-                            str(seconds), "--format", "raw", "--output", str(out),
-                            "--nonblocking"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    time.sleep(0.5)
-    try:
-        yield out
-    finally:
-        spy.wait(seconds + 30)
-
-
-def top_functions(raw: Path, count: int = 12) -> list[tuple[float, float, str]]:
-    """(self %, total %, function) from py-spy's collapsed stacks, by self time."""
-    own: collections.Counter[str] = collections.Counter()
-    total: collections.Counter[str] = collections.Counter()
-    samples = 0
-    for line in raw.read_text().splitlines():
-        stack, _, number = line.rpartition(" ")
-        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
-        n = int(number)
-        samples += n
-        own[frames[-1]] += n
-        for frame in set(frames):
-            total[frame] += n
-    return [(100 * n / samples, 100 * total[f] / samples, f) for f, n in own.most_common(count)]
 
 
 def main() -> int:
@@ -426,16 +331,12 @@ def run(args: argparse.Namespace, tmp: Path, processes: Processes) -> int:
         pids["(d) compared"] = compared.pid
     rounds: dict[str, list[Load]] = {name: [] for name in targets}
     for url in targets.values():
-        wrk(url, args.connections, WARMUP_SECONDS)
+        wrk(url, connections=args.connections, threads=1, seconds=WARMUP_SECONDS)
     for _ in range(args.rounds):
         for name, url in targets.items():
             drones.heartbeat(engine, DRONE_ID)  # the fake drone must not be declared lost
-            pid = pids.get(name)
-            before = cpu_seconds(pid) if pid else 0.0
-            load = wrk(url, args.connections, args.duration)
-            if pid:
-                load.cpu_us = (cpu_seconds(pid) - before) * 1e6 / load.requests
-            rounds[name].append(load)
+            rounds[name].append(wrk(url, connections=args.connections, threads=1,
+                                    seconds=args.duration, server_pid=pids.get(name)))
     loads = {name: median_load(runs) for name, runs in rounds.items()}
 
     ws_targets = {"(a) direct": f"ws://127.0.0.1:{echo_port}/",
@@ -493,8 +394,9 @@ def run(args: argparse.Namespace, tmp: Path, processes: Processes) -> int:
     if args.profile:
         seconds = args.duration
         assert proxy.pid is not None
-        with profiled(proxy.pid, seconds, tmp) as raw:
-            wrk(targets["(c) sailplane"], args.connections, seconds)
+        with profiled(proxy.pid, seconds, tmp / "profile.txt") as raw:
+            wrk(targets["(c) sailplane"], connections=args.connections, threads=1,
+                seconds=seconds)
         print()
         print(f"py-spy, the proxy under the same load ({seconds}s): self% total% function")
         for own, total, function in top_functions(raw):
