@@ -246,6 +246,27 @@ class Cluster:
         return httpx.get(f"http://{address}/", timeout=5)
 
 
+def controller_process(tmp: Path, port: int, proxy_url: str = "http://127.0.0.1:9091",
+                       env: dict[str, str] | None = None) -> Process:
+    """A controller on ``port`` over SQLite in ``tmp``, logging to ``tmp/controller.log``."""
+    return Process("controller", [
+        str(SAILPLANE), "controller", "--port", str(port),
+        "--database-url", f"sqlite:///{tmp}/c.db", "--proxy-url", proxy_url,
+    ], tmp / "controller.log", env=env or {})
+
+
+def drone_process(tmp: Path, port: int, drone_id: str, *options: str, name: str = "drone",
+                  grace: str = "2", startup_timeout: str = "10",
+                  env: dict[str, str] | None = None) -> Process:
+    """A Docker drone of the controller on ``port``, its state in ``tmp/NAME``; ``options``
+    give it its mounts (``--mount-base``, ``--policy``, ...)."""
+    return Process(name, [
+        str(SAILPLANE), "drone", "--controller", f"http://127.0.0.1:{port}",
+        "--drone-id", drone_id, *options, "--state-dir", str(tmp / name),
+        "--grace-seconds", grace, "--startup-timeout", startup_timeout,
+    ], tmp / f"{name}.log", env=env or {})
+
+
 @pytest.fixture
 def cluster(
     tmp_path: Path, docker_client: docker.DockerClient, backend_image: str,
@@ -256,16 +277,8 @@ def cluster(
     drone_id = f"test-{uuid.uuid4().hex[:12]}"
     mount_base = tmp_path / "base"
     mount_base.mkdir()
-    controller = Process("controller", [
-        str(SAILPLANE), "controller", "--port", str(port),
-        "--database-url", f"sqlite:///{tmp_path}/c.db", "--proxy-url", "http://127.0.0.1:9091",
-    ], tmp_path / "controller.log")
-    drone = Process("drone", [
-        str(SAILPLANE), "drone", "--controller", f"http://127.0.0.1:{port}",
-        "--drone-id", drone_id, "--mount-base", str(mount_base),
-        "--state-dir", str(tmp_path / "drone"), "--grace-seconds", "2",
-        "--startup-timeout", "10",
-    ], tmp_path / "drone.log")
+    controller = controller_process(tmp_path, port)
+    drone = drone_process(tmp_path, port, drone_id, "--mount-base", str(mount_base))
     http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
     made = Cluster(tmp=tmp_path, port=port, drone_id=drone_id, controller=controller,
                    drone=drone, http=http, image=backend_image, mount_base=mount_base)

@@ -33,6 +33,8 @@ from tests.integration.controller_fixtures import (
     START_TIMEOUT,
     Cluster,
     Process,
+    controller_process,
+    drone_process,
     free_port,
     wait_until,
 )
@@ -114,16 +116,9 @@ def proxy_cluster(
     drone_id = f"test-{uuid.uuid4().hex[:12]}"
     mount_base = tmp / "base"
     mount_base.mkdir()
-    controller = Process("controller", [
-        str(SAILPLANE), "controller", "--port", str(port),
-        "--database-url", f"sqlite:///{tmp}/c.db",
-        "--proxy-url", f"http://127.0.0.1:{proxy_port}",
-    ], tmp / "controller.log")
-    drone = Process("drone", [
-        str(SAILPLANE), "drone", "--controller", f"http://127.0.0.1:{port}",
-        "--drone-id", drone_id, "--mount-base", str(mount_base),
-        "--state-dir", str(tmp / "drone"), "--grace-seconds", "2", "--startup-timeout", "15",
-    ], tmp / "drone.log")
+    controller = controller_process(tmp, port, proxy_url=f"http://127.0.0.1:{proxy_port}")
+    drone = drone_process(tmp, port, drone_id, "--mount-base", str(mount_base),
+                          startup_timeout="15")
     proxy = Process("proxy", [
         str(SAILPLANE), "proxy", "--controller", f"http://127.0.0.1:{port}",
         "--port", str(proxy_port),

@@ -32,7 +32,8 @@ from tests.integration.controller_fixtures import (
     API_TOKEN,
     SAILPLANE,
     Cluster,
-    Process,
+    controller_process,
+    drone_process,
     free_port,
 )
 from tests.integration.test_drone_docker import spawn_of, spawn_ready, terminated
@@ -63,16 +64,8 @@ def cluster(
     )
     port = free_port()
     drone_id = f"test-{uuid.uuid4().hex[:12]}"
-    controller = Process("controller", [
-        str(SAILPLANE), "controller", "--port", str(port),
-        "--database-url", f"sqlite:///{tmp_path}/c.db", "--proxy-url", "http://127.0.0.1:9091",
-    ], tmp_path / "controller.log")
-    drone = Process("drone", [
-        str(SAILPLANE), "drone", "--controller", f"http://127.0.0.1:{port}",
-        "--drone-id", drone_id, "--policy", str(policy),
-        "--state-dir", str(tmp_path / "drone"), "--grace-seconds", "1",
-        "--startup-timeout", "10",
-    ], tmp_path / "drone.log")
+    controller = controller_process(tmp_path, port)
+    drone = drone_process(tmp_path, port, drone_id, "--policy", str(policy), grace="1")
     http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
     made = Cluster(tmp=tmp_path, port=port, drone_id=drone_id, controller=controller,
                    drone=drone, http=http, image=backend_image, mount_base=roots["base"])
