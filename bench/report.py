@@ -38,6 +38,10 @@ BENCHMARKS: list[tuple[str, list[str], int, str]] = [
      "a spawn to `ready` through the executor takes at most 1.15x raw Docker's (and raw "
      "`ctr run`'s) create + start + first HTTP answer, median; the isolated raw series shows "
      "what backend isolation itself costs"),
+    ("bench/spawn_path.py", ["--warm"], 900,
+     "the whole cold-spawn path a user waits for (connect -> first answer through the proxy "
+     "of a separate `sailplane dev`, one bind mount) takes at most 1.10x raw Docker Engine API "
+     "calls with the same mount, median; warm claims through the same path at most 0.25x"),
     ("bench/warm.py", [], 600,
      "a spawn that claims a warm container, its mount injected, answers in at most 0.25x raw "
      "Docker's create + start + first HTTP answer with the same bind mount, median"),
@@ -46,8 +50,8 @@ BENCHMARKS: list[tuple[str, list[str], int, str]] = [
      "`GET /health` on the same server, with a p99 of at most 50 ms at 32 connections, on "
      "SQLite (`sailplane dev`) and PostgreSQL (a standalone controller); new keys beside it"),
     ("bench/proxy.py", [], 600,
-     "the proxy, one process, reaches at least 0.5x nginx's requests per second as a reverse "
-     "proxy, with a p99 at most 2x nginx's"),
+     "the proxy, one process, reaches at least 0.6x nginx's requests per second as a reverse "
+     "proxy, with a p99 at most 2x nginx's, and WebSocket messages at least 0.5x direct"),
     ("bench/density.py", ["--n", str(DENSITY_N), "--probes", "10", "--plot", DENSITY_PLOT],
      1800,
      "1,000 live backends on one drone with spawn p50 at that load at most 1.5x an idle "
