@@ -7,7 +7,7 @@ from sailplane.runtime import base
 
 def test_an_image_is_trusted_for_a_while_then_asked_about_again(monkeypatch):
     now = [100.0]
-    monkeypatch.setattr(base.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr("sailplane.runtime.base.time.monotonic", lambda: now[0])
     seen = base.RecentImages(seconds=10)
     assert not seen.fresh("img")
     seen.saw("img")
