@@ -7,15 +7,13 @@ an exit at one precise moment, which only a fake engine can place there.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
 from sailplane.drone.executor import Executor, ExecutorSettings
 from sailplane.drone.store import DroneStore
 from sailplane.errors import BackendExited
-from sailplane.mounts.pin import StagingArea
 from sailplane.mounts.policy import MountPolicy
 from sailplane.protocol import SpawnBackend
 from sailplane.runtime.base import (
@@ -79,18 +77,6 @@ class FakeRuntime(Runtime):
 
     async def close(self) -> None:
         pass
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[DroneStore]:
-    opened = DroneStore(tmp_path / "drone.sqlite3")
-    yield opened
-    opened.close()
-
-
-@pytest.fixture
-def staging(tmp_path: Path) -> StagingArea:
-    return StagingArea(tmp_path / "staging")
 
 
 def spawn_of(backend_id: str) -> SpawnBackend:

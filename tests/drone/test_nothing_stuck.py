@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -169,15 +167,3 @@ def heartbeats_after_refusal(received: list[dict[str, Any]]) -> int:
     if "action_refused" not in types:
         return 0
     return types[types.index("action_refused"):].count("heartbeat")
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[DroneStore]:
-    opened = DroneStore(tmp_path / "drone.sqlite3")
-    yield opened
-    opened.close()
-
-
-@pytest.fixture
-def staging(tmp_path: Path) -> StagingArea:
-    return StagingArea(tmp_path / "staging")

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
@@ -277,19 +275,6 @@ def test_a_start_whose_container_list_never_comes_asks_again(
 
 def states(store: DroneStore, backend_id: str) -> list[BackendState]:
     return [event.state for event in store.pending() if event.backend_id == backend_id]
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[DroneStore]:
-    opened = DroneStore(tmp_path / "drone.sqlite3")
-    yield opened
-    opened.close()
-
-
-@pytest.fixture
-def staging(tmp_path: Path) -> StagingArea:
-    return StagingArea(tmp_path / "staging")
-
 
 
 class EngineAwayOnce(FakeRuntime):
