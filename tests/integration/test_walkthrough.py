@@ -58,10 +58,9 @@ class Dev:
                                                                    filters={"label": label})]
             finally:
                 client.close()
-        listed = subprocess.run(
-            ["ctr", "--address", default_address(), "-n", DEFAULT_NAMESPACE, "containers", "ls",
-             "-q", f'labels."dev.sailplane.drone"=={json.dumps(self.drone_id)}'],
-            capture_output=True, text=True, timeout=60, check=True)
+        listed = ctr("-n", DEFAULT_NAMESPACE, "containers", "ls", "-q",
+                     f'labels."dev.sailplane.drone"=={json.dumps(self.drone_id)}')
+        assert listed.returncode == 0, listed.stderr
         return listed.stdout.split()
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -83,11 +82,21 @@ class Dev:
         return response
 
 
+def ctr(*args: str) -> subprocess.CompletedProcess[str]:
+    """``ctr`` on the containerd the dev drone uses, in its namespace."""
+    return subprocess.run(["ctr", "--address", default_address(), *args], capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
 @pytest.fixture(params=RUNTIMES)
 def dev(request: pytest.FixtureRequest, tmp_path: Path,
         demo_image: str) -> Iterator[Dev]:  # noqa: F811 - the fixture
     runtime: str = request.param
     client = docker.from_env()
+    # The containerd drone imports the demo image into its namespace: removed at the end
+    # unless it (and the namespace) were there before.
+    had_namespace = runtime == "containerd" and DEFAULT_NAMESPACE in ctr(
+        "namespaces", "ls", "-q").stdout.split()
     for name in ("config", "data", "code"):
         (tmp_path / name).mkdir()
     (tmp_path / "config" / "app.toml").write_text('greeting = "hello"\n')
@@ -124,6 +133,10 @@ def dev(request: pytest.FixtureRequest, tmp_path: Path,
         assert not (runtime == "containerd" and Dev(
             tmp_path, data_dir, controller, drone_id, process, env, runtime).containers()), \
             "containerd backends left behind"
+        if runtime == "containerd" and not had_namespace:
+            for image in ctr("-n", DEFAULT_NAMESPACE, "images", "ls", "-q").stdout.split():
+                ctr("-n", DEFAULT_NAMESPACE, "images", "rm", "--sync", image)
+            ctr("namespaces", "rm", DEFAULT_NAMESPACE)
 
 
 def test_a_config_file_replaced_on_the_host_is_served_at_once(dev: Dev):
