@@ -14,7 +14,9 @@ one CNI ``ADD`` is ~13 ms.
 
 The CNI configuration is the drone's own (never ``/etc/cni/net.d``). The address records live
 in ``IPAM_DIR``, one directory per network for the whole host: drones on one host share a
-bridge, so they must share its address book too (``host-local`` locks it).
+bridge, so they must share its address book too (``host-local`` locks it). A backend whose
+namespace is gone has only its record left, freed in-process (``runtime/address_book.py``)
+rather than by a CNI ``DEL`` process per backend.
 """
 
 from __future__ import annotations
@@ -30,12 +32,14 @@ from typing import Any
 
 from sailplane.errors import RuntimeFailure
 from sailplane.runtime import firewall
+from sailplane.runtime.address_book import AddressBook
 
 CNI_BIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
 CNI_VERSION = "1.0.0"
 # On tmpfs: a reboot, which ends every backend, frees every address too.
 IPAM_DIR = Path("/run/sailplane/cni")
 CNI_TIMEOUT_SECONDS = 30
+IFNAME = "eth0"  # the backend's interface, in every backend
 
 
 @dataclass
@@ -51,6 +55,9 @@ class BridgeNetwork:
         ipaddress.IPv4Network(self.subnet)  # a bad subnet option fails at start
         self._firewall_ready = False
         self._firewall_lock = asyncio.Lock()
+        self.book = AddressBook(IPAM_DIR / self.name, IFNAME)
+        self._releasing: set[str] = set()  # containers whose address waits for a pass
+        self._release_lock = asyncio.Lock()
 
     def config(self) -> dict[str, Any]:
         return {
@@ -80,31 +87,39 @@ class BridgeNetwork:
         return address
 
     async def detach(self, container_id: str, netns: str = "") -> None:
-        """Disconnect and free the address. ``netns`` may be gone (or ``""``) already: the
-        kernel deleted the interface with it, and only the address is left to free."""
-        if netns and not os.path.exists(netns):
-            netns = ""
-        await self._plugin("DEL", container_id, netns)
+        """Disconnect and free the address.
+
+        ``netns``, a namespace that outlives this call, is disconnected by a CNI ``DEL``
+        (its ``eth0`` deleted, the address freed). Gone (or ``""``: gone, or deleted right
+        after by the caller), the kernel deletes the interface with it and only the address
+        is left to free: that is done here, without a process."""
+        if netns and os.path.exists(netns):
+            await self._plugin("DEL", container_id, netns)
+        else:
+            await self._release(container_id)
+
+    async def _release(self, container_id: str) -> None:
+        """Free the container's address together with every release queued meanwhile: one
+        pass over the book at a time, each taking all the ids waiting (a pass reads every
+        record, so one per container would cost the square of the backends)."""
+        self._releasing.add(container_id)
+        async with self._release_lock:
+            if container_id not in self._releasing:
+                return  # freed by the pass that ran while this one waited
+            batch, self._releasing = self._releasing, set()
+            try:
+                await asyncio.to_thread(self.book.release, batch)
+            except BaseException:
+                self._releasing |= batch  # the next one waiting tries them again
+                raise
 
     def address_of(self, container_id: str) -> str | None:
         """The address the container holds, from the address book; None if none."""
         return next((ip for ip, owner in self.holders().items() if owner == container_id), None)
 
     def holders(self) -> dict[str, str]:
-        """The address book: address -> container id (``host-local`` keeps one file per
-        address, named by it, starting with its holder's id)."""
-        try:
-            entries = list((IPAM_DIR / self.name).iterdir())
-        except FileNotFoundError:
-            return {}
-        book = {}
-        for entry in entries:
-            try:
-                ipaddress.IPv4Address(entry.name)
-                book[entry.name] = entry.read_text().split()[0]
-            except (ValueError, IndexError, OSError):
-                continue  # the lock file, the last reserved address, a file going away
-        return book
+        """The address book: address -> container id."""
+        return self.book.holders()
 
     async def release_stale(self, alive: Callable[[], Awaitable[set[str]]]) -> int:
         """Free the addresses of containers gone without a ``detach`` (removed by hand, a
@@ -113,8 +128,7 @@ class BridgeNetwork:
         meanwhile is not in the book yet, and one in the book is listed if it exists."""
         owners = set(self.holders().values())
         stale = owners - await alive()
-        for container_id in stale:
-            await self.detach(container_id)
+        await asyncio.to_thread(self.book.release, stale)  # their namespaces are gone
         return len(stale)
 
     async def _plugin(self, command: str, container_id: str, netns: str) -> dict[str, Any]:
@@ -124,7 +138,7 @@ class BridgeNetwork:
                                  "containernetworking-plugins); looked in "
                                  + " and ".join(CNI_BIN_DIRS))
         env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container_id,
-               "CNI_NETNS": netns, "CNI_IFNAME": "eth0",
+               "CNI_NETNS": netns, "CNI_IFNAME": IFNAME,
                "CNI_PATH": bin_dir, "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin")}
         out = await run(f"{bin_dir}/bridge", env=env, stdin=json.dumps(self.config()))
         if command != "ADD":

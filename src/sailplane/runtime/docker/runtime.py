@@ -325,8 +325,9 @@ class DockerRuntime(Runtime):
     async def remove(self, backend_id: str) -> None:
         container_id = await self.calls.thread(self._remove, backend_id)
         if container_id is not None:
-            async with self.calls.slot():
-                await self.network.detach(container_id)  # its address
+            # Its namespace went with it: only its address is left, freed in-process (no
+            # engine call, so no slot held).
+            await self.network.detach(container_id)
 
     def _remove(self, backend_id: str) -> str | None:
         """Remove the container; its id, or None if there was none."""
@@ -525,8 +526,7 @@ class DockerRuntime(Runtime):
     async def discard_warm(self, warm: WarmContainer) -> None:
         container_id = await self.calls.thread(self._remove_named, warm.name)
         if container_id is not None:
-            async with self.calls.slot():
-                await self.network.detach(container_id)
+            await self.network.detach(container_id)
 
     def _remove_named(self, name: str) -> str | None:
         """Remove a container by name; its id (for freeing its address), or None if there
