@@ -194,9 +194,6 @@ def test_a_paused_drones_backend_is_killed_before_its_key_goes_to_another_drone(
 # -- a store error on the controller's end of the link ----------------------------------------
 
 
-@pytest.mark.xfail(strict=False, reason="open defect, docs/faults.md: after the trigger is "
-                   "dropped by another process, the controller's SQLite connections sometimes "
-                   "answer 'disk I/O error' from then on")
 def test_a_store_error_closes_the_drone_link_and_the_drone_comes_back(cluster: Cluster) -> None:
     """A real database error while the controller handles a heartbeat: the controller closes
     that socket (it does not die, nor leave the link dead), the drone reconnects, and

@@ -9,7 +9,6 @@ mode, so they run on the event loop.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ from pydantic import BaseModel, TypeAdapter
 from sailplane.mounts.hot_plug import LiveMount
 from sailplane.protocol import SpawnBackend
 from sailplane.runtime.base import BackendAddress
+from sailplane.sqlite_files import make_private
 from sailplane.state import BackendState, BackendStatus, TerminationReason
 
 _SCHEMA = """
@@ -71,7 +71,7 @@ class OutboxEvent:
 class DroneStore:
     def __init__(self, path: str | Path) -> None:
         if str(path) != ":memory:":
-            _private(Path(path))
+            make_private(Path(path))
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -179,16 +179,6 @@ class DroneStore:
             raise
         self._db.execute("COMMIT")
 
-
-def _private(path: Path) -> None:
-    """Create the store 0600 (or make it so): it holds every spawn's env and secret token.
-    SQLite gives the ``-wal`` and ``-shm`` files the database file's mode."""
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-    os.chmod(path, 0o600)
-    for suffix in ("-wal", "-shm"):
-        sibling = path.with_name(path.name + suffix)
-        if sibling.exists():
-            os.chmod(sibling, 0o600)
 
 
 def _record(row: tuple[str, str, str | None, int | None, str | None]) -> BackendRecord:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +9,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.exc import OperationalError
+
+from sailplane.sqlite_files import make_private
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_LOCK_WAIT_SECONDS = 30.0  # how long a SQLite transaction waits for the write lock
@@ -33,7 +34,7 @@ def make_engine(url: str, *, wait_for_locks: bool = True) -> Engine:
                                    "check_same_thread": False}
         database = make_url(url).database
         if database and database != ":memory:":
-            private_sqlite_file(Path(database))
+            make_private(Path(database))
     else:  # a server may restart under the pool (a SQLite file cannot go away like that)
         options |= {"pool_size": 20, "max_overflow": 20, "pool_pre_ping": True}
     engine = create_engine(url, **options)
@@ -42,17 +43,6 @@ def make_engine(url: str, *, wait_for_locks: bool = True) -> Engine:
         # Take the write lock at BEGIN, so two writers queue instead of deadlocking.
         event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
     return engine
-
-
-def private_sqlite_file(path: Path) -> None:
-    """Create ``path`` mode 0600 if missing, or make it 0600: it holds every backend's env and
-    tokens. SQLite gives its ``-wal`` and ``-shm`` files the database file's mode."""
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-    os.chmod(path, 0o600)
-    for suffix in ("-wal", "-shm", "-journal"):
-        sibling = path.with_name(path.name + suffix)
-        if sibling.exists():
-            os.chmod(sibling, 0o600)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
