@@ -21,7 +21,19 @@ once on SIGTERM):
    the last container removed; then what is left: containers of this drone, staging
    directories, and on containerd anything of any backend the run spawned (task, snapshot,
    network namespace, address, cgroup, log: ``runtime/containerd/leftovers.py``);
-5. **idle again**: the probes of 1 once more; the idle figure is both sets together.
+5. **idle again**: the probes of 1 once more; the idle figure is both sets together;
+6. **the raw engine's floor** for stopping N: N containers made straight through the engine
+   (Docker's Engine API through the SDK; ``ctr`` for containerd), equally made (same image,
+   an empty network namespace, Docker: the same capabilities), at most ``--in-flight`` made
+   at once, then all stopped and removed with the drone's parallelism (``MAX_ENGINE_CALLS``
+   calls in flight; Docker: SIGTERM, wait, remove, per container; containerd: ``ctr tasks
+   delete --force`` then ``ctr containers delete``, ``MAX_BATCH`` ids a process, as the
+   drone batches them); the report prints Sailplane's stop-all against it.
+
+Every probe point (1, 2, 5) also measures the **raw engine's spawn**, interleaved with the
+drone's probes one for one: a container created and started straight through the engine on
+the host network (its own port, no CNI), timed to its first HTTP answer, then removed; so the
+report shows whether the engine itself slows down with N live, apart from Sailplane.
 
 Targets: the p50 at N at most 1.5x the idle p50; stop all in at most 15 s. ``--check`` exits 1
 when one is missed. Everything the bench starts is removed at the end, whatever happens; the
@@ -36,26 +48,33 @@ import contextlib
 import json
 import math
 import os
+import socket
 import statistics
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
 
 from sailplane.drone.executor import Executor, ExecutorSettings
+from sailplane.drone.readiness import wait_until_ready
 from sailplane.drone.store import DroneStore
 from sailplane.mounts.pin import StagingArea
 from sailplane.mounts.policy import MountPolicy
 from sailplane.protocol import SpawnBackend
-from sailplane.runtime.base import DRONE_LABEL, Runtime
+from sailplane.runtime.base import BACKEND_CAPABILITIES, DRONE_LABEL, BackendAddress, Runtime
+from sailplane.runtime.calls import MAX_ENGINE_CALLS
+from sailplane.runtime.containerd.batch import MAX_BATCH
 from sailplane.runtime.containerd.ctr import Ctr, CtrError, default_address, normalize_image
 from sailplane.runtime.containerd.leftovers import traces
+from sailplane.runtime.containerd.netns_pool import NetnsPool
 from sailplane.runtime.containerd.network import CniNetwork
 from sailplane.runtime.containerd.runtime import ContainerdRuntime, container_id
 from sailplane.runtime.docker.runtime import DockerRuntime
@@ -71,6 +90,7 @@ STOP_WAIT_SECONDS = 900.0  # a bound on the wait for the last removal, not a tar
 CONTAINERD_NAMESPACE = "sailplane-bench-density"
 NAMESPACE_GC_WAIT_SECONDS = 10.0
 PLOT = Path(__file__).resolve().parent / "density.png"
+RAW_LABEL = "dev.sailplane.bench-raw"  # the raw engine's containers, by run
 ENGINE_PROCESSES = ("dockerd", "containerd", "containerd-shim", "containerd-shim-runc-v2",
                     "docker-proxy")
 
@@ -93,6 +113,12 @@ class Result:
     left: dict[str, int] = field(default_factory=dict)
     spawned: list[str] = field(default_factory=list)  # every backend id, probes included
     failures: list[str] = field(default_factory=list)
+    raw_idle: list[float] = field(default_factory=list)  # ms, the raw engine's spawn
+    raw_probes: dict[int, list[float]] = field(default_factory=dict)  # live count -> ms
+    raw_made: int = 0  # containers made for the raw stop
+    raw_fill_seconds: float = 0.0
+    raw_stop_seconds: float = 0.0
+    raw_left: int = 0
 
     @property
     def idle(self) -> list[float]:
@@ -127,15 +153,51 @@ async def spawn_ready(executor: Executor, image: str, spawned: list[str]) -> tup
     return spawn.backend_id, elapsed
 
 
-async def probes(executor: Executor, image: str, count: int, spawned: list[str]) -> list[float]:
-    """``count`` spawns one at a time, each stopped (and removed) before the next; in ms."""
+async def probes(executor: Executor, image: str, count: int, spawned: list[str],
+                 engine: Engine | None = None, raw: list[float] | None = None) -> list[float]:
+    """``count`` spawns one at a time, each stopped (and removed) before the next; in ms.
+    With ``engine``, each is followed by one raw engine spawn, its time added to ``raw``."""
     times = []
     for _ in range(count):
         backend_id, elapsed = await spawn_ready(executor, image, spawned)
         times.append(elapsed * 1000)
         await executor.terminate(backend_id, True, TerminationReason.EXTERNAL)
         await executor.removals_done(PROBE_STOP_TIMEOUT_SECONDS)
+        if engine is not None and raw is not None:
+            raw.append(await engine.raw_probe() * 1000)
     return times
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def raw_stop_floor(engine: Engine, n: int, in_flight: int, result: Result) -> None:
+    """Make ``n`` containers straight through the engine (``in_flight`` at once), then time
+    stopping and removing them all with the drone's parallelism."""
+    names = [f"sp-raw-{uuid.uuid4().hex[:12]}" for _ in range(n)]
+    slots = asyncio.Semaphore(in_flight)
+
+    async def make(name: str) -> bool:
+        async with slots:
+            try:
+                await engine.raw_start(name, None)
+            except Exception as exc:  # noted and left out: the floor is of those made
+                result.failures.append(f"raw start: {type(exc).__name__}: {exc}")
+                return False
+            return True
+
+    started = time.monotonic()
+    made = [name for name, ok in zip(names, await asyncio.gather(*(make(n) for n in names)),
+                                     strict=True) if ok]
+    result.raw_made = len(made)
+    result.raw_fill_seconds = time.monotonic() - started
+    started = time.monotonic()
+    await engine.raw_stop(made)
+    result.raw_stop_seconds = time.monotonic() - started
+    result.raw_left = await engine.raw_left()
 
 
 async def fill(executor: Executor, image: str, target: int, in_flight: int, result: Result,
@@ -205,12 +267,83 @@ class Engine:
     async def remove_everything(self, drone_id: str, state_dir: Path) -> None:
         raise NotImplementedError
 
+    async def raw_start(self, name: str, port: int | None) -> None:
+        """Create and start a container straight through the engine: on the host network
+        serving ``port``, or with an empty network namespace (``None``)."""
+        raise NotImplementedError
+
+    async def raw_remove(self, name: str) -> None:
+        raise NotImplementedError
+
+    async def raw_stop(self, names: list[str]) -> None:
+        """Stop and remove these raw containers, ``MAX_ENGINE_CALLS`` engine calls at once."""
+        raise NotImplementedError
+
+    async def raw_left(self) -> int:
+        """Raw containers of this run still there."""
+        raise NotImplementedError
+
+    async def raw_probe(self) -> float:
+        """Seconds from a raw container's create to its first HTTP answer; it is removed."""
+        name, port = f"sp-raw-{uuid.uuid4().hex[:12]}", free_port()
+        started = time.perf_counter()
+        try:
+            await self.raw_start(name, port)
+            async with asyncio.timeout(SPAWN_TIMEOUT_SECONDS):
+                await wait_until_ready(BackendAddress("127.0.0.1", port))
+            return time.perf_counter() - started
+        finally:
+            await self.raw_remove(name)
+
 
 class DockerEngine(Engine):
     name = "docker"
 
-    def __init__(self) -> None:
-        self.client = docker.from_env()
+    def __init__(self, image: str) -> None:
+        self.image = image
+        self.client = docker.from_env(max_pool_size=MAX_ENGINE_CALLS + 1)
+        self.pool = ThreadPoolExecutor(MAX_ENGINE_CALLS, thread_name_prefix="raw-docker")
+        self.run_id = uuid.uuid4().hex[:10]
+
+    async def _call(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(
+            self.pool, lambda: function(*args, **kwargs))
+
+    def _raw_create(self, name: str, port: int | None) -> None:
+        """As the drone makes a backend (``DockerRuntime._create``), less what a spawn
+        does not need here: limits (none in this bench) and mounts."""
+        api = self.client.api
+        host_config = api.create_host_config(
+            security_opt=["no-new-privileges"], cap_drop=["ALL"],
+            cap_add=list(BACKEND_CAPABILITIES), network_mode="none" if port is None else "host")
+        created = api.create_container(
+            self.image, name=name, detach=True, host_config=host_config,
+            environment={"PORT": str(port or 8080)}, labels={RAW_LABEL: self.run_id})
+        api.start(created["Id"])
+
+    async def raw_start(self, name: str, port: int | None) -> None:
+        await self._call(self._raw_create, name, port)
+
+    async def raw_remove(self, name: str) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            await self._call(self.client.api.remove_container, name, force=True)
+
+    def _raw_stop_one(self, name: str) -> None:
+        api = self.client.api
+        api.kill(name, signal="SIGTERM")
+        api.wait(name)
+        api.remove_container(name)
+
+    async def raw_stop(self, names: list[str]) -> None:
+        await asyncio.gather(*(self._call(self._raw_stop_one, name) for name in names))
+
+    def _raw_listed(self) -> list[str]:
+        listed = self.client.api.containers(all=True, quiet=True,
+                                            filters={"label": f"{RAW_LABEL}={self.run_id}"})
+        return [found["Id"] for found in listed]
+
+    async def raw_left(self) -> int:
+        return len(await self._call(self._raw_listed))
 
     def runtime(self, drone_id: str, state_dir: Path) -> Runtime:
         return DockerRuntime(drone_id)
@@ -225,9 +358,11 @@ class DockerEngine(Engine):
         return {"containers": len(await asyncio.to_thread(self._ours, drone_id))}
 
     async def remove_everything(self, drone_id: str, state_dir: Path) -> None:
-        for container in await asyncio.to_thread(self._ours, drone_id):
+        ours = await asyncio.to_thread(self._ours, drone_id)
+        for container in ours + await self._call(self._raw_listed):
             with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
                 await asyncio.to_thread(self.client.api.remove_container, container, force=True)
+        self.pool.shutdown()
         self.client.close()
 
 
@@ -241,13 +376,48 @@ class ContainerdEngine(Engine):
     def __init__(self, address: str, image: str) -> None:
         self.ctr = Ctr(address, CONTAINERD_NAMESPACE)
         self.image = image
+        self.run_id = uuid.uuid4().hex[:10]
+        self.calls = asyncio.Semaphore(MAX_ENGINE_CALLS)  # made in the bench's loop
+
+    async def raw_start(self, name: str, port: int | None) -> None:
+        network = ["--net-host", "--env", f"PORT={port}"] if port is not None else []
+        async with self.calls:
+            await self.ctr("run", "--detach", "--label", f"{RAW_LABEL}={self.run_id}",
+                           *network, normalize_image(self.image), name)
+
+    async def raw_remove(self, name: str) -> None:
+        with contextlib.suppress(CtrError):
+            await self.ctr("tasks", "delete", "--force", name)
+        with contextlib.suppress(CtrError):
+            await self.ctr("containers", "delete", name)
+
+    async def raw_stop(self, names: list[str]) -> None:
+        """``MAX_BATCH`` ids a ``ctr``, ``MAX_ENGINE_CALLS`` ``ctr`` at once. ``--force``
+        kills with SIGKILL; the image's init ends at once on SIGTERM too."""
+
+        async def batch(ids: list[str]) -> None:
+            async with self.calls:
+                await self.ctr.each("tasks", "delete", "--force", ids=ids)
+                await self.ctr.each("containers", "delete", ids=ids)
+
+        await asyncio.gather(*(batch(names[i:i + MAX_BATCH])
+                               for i in range(0, len(names), MAX_BATCH)))
+
+    async def _raw_listed(self) -> list[str]:
+        return (await self.ctr("containers", "ls", "-q",
+                               f'labels."{RAW_LABEL}"=={json.dumps(self.run_id)}')).split()
+
+    async def raw_left(self) -> int:
+        return len(await self._raw_listed())
+        self.made: ContainerdRuntime | None = None
 
     def state(self, state_dir: Path) -> Path:
         return state_dir / "containerd"
 
     def runtime(self, drone_id: str, state_dir: Path) -> Runtime:
-        return ContainerdRuntime(drone_id, self.state(state_dir), self.ctr.address,
-                                 CONTAINERD_NAMESPACE)
+        self.made = ContainerdRuntime(drone_id, self.state(state_dir), self.ctr.address,
+                                      CONTAINERD_NAMESPACE)
+        return self.made
 
     async def _ours(self, drone_id: str) -> list[str]:
         value = json.dumps(drone_id)
@@ -257,12 +427,16 @@ class ContainerdEngine(Engine):
     async def left_behind(self, drone_id: str, backend_ids: list[str],
                           state_dir: Path) -> dict[str, int]:
         """Containers, tasks, snapshots, network namespaces, addresses, cgroups, logs."""
+        spare = self.made.netns.unused() if self.made else set()  # the drone's pool's
         found = await traces(self.ctr, self.state(state_dir) / "logs",
-                             [container_id(backend_id) for backend_id in backend_ids])
+                             [container_id(backend_id) for backend_id in backend_ids],
+                             drone_id, spare)
         counts = {kind: len(items) for kind, items in found.items()}
         return {"containers": len(await self._ours(drone_id)), **counts}
 
     async def remove_everything(self, drone_id: str, state_dir: Path) -> None:
+        for cid in await self._raw_listed():
+            await self.raw_remove(cid)
         network = CniNetwork()
         for cid in await self._ours(drone_id):
             for args in (("tasks", "delete", "--force", cid), ("containers", "delete", cid)):
@@ -270,6 +444,7 @@ class ContainerdEngine(Engine):
                     await self.ctr(*args)
             with contextlib.suppress(Exception):
                 await network.detach(cid)
+        await NetnsPool(network, drone_id, size=0).sweep(set())  # the namespaces it held
         with contextlib.suppress(CtrError):
             await self.ctr("images", "rm", "--sync", normalize_image(self.image))
         deadline = time.monotonic() + NAMESPACE_GC_WAIT_SECONDS
@@ -292,7 +467,9 @@ async def run(engine: Engine, args: argparse.Namespace, state_dir: Path) -> Resu
     try:
         await executor.start()
         await probes(executor, args.image, 1, result.spawned)  # warm-up (containerd: import)
-        result.idle_before = await probes(executor, args.image, args.probes, result.spawned)
+        await engine.raw_probe()
+        result.idle_before = await probes(executor, args.image, args.probes, result.spawned,
+                                          engine, result.raw_idle)
         result.memory_idle = memory()
         points = sorted({max(1, args.n * i // args.checkpoints)
                          for i in range(1, args.checkpoints + 1)})
@@ -307,8 +484,9 @@ async def run(engine: Engine, args: argparse.Namespace, state_dir: Path) -> Resu
                 result.fill_seconds = time.monotonic() - started
                 result.fill_cpu_seconds = time.process_time() - cpu  # probes included
                 result.memory_full = memory()
+            raw = result.raw_probes.setdefault(result.filled, [])
             result.probes[result.filled] = await probes(executor, args.image, args.probes,
-                                                        result.spawned)
+                                                        result.spawned, engine, raw)
             if result.filled < point:
                 break
         stop_started = time.monotonic()
@@ -320,7 +498,9 @@ async def run(engine: Engine, args: argparse.Namespace, state_dir: Path) -> Resu
         result.stop_seconds = time.monotonic() - stop_started
         result.left = await engine.left_behind(drone_id, result.spawned, state_dir)
         result.left["staging"] = len(staging.backends())
-        result.idle_after = await probes(executor, args.image, args.probes, result.spawned)
+        result.idle_after = await probes(executor, args.image, args.probes, result.spawned,
+                                         engine, result.raw_idle)
+        await raw_stop_floor(engine, result.filled, args.in_flight, result)
     finally:
         with contextlib.suppress(Exception):
             await executor.terminate_all(TerminationReason.EXTERNAL)
@@ -351,6 +531,18 @@ def report(result: Result, args: argparse.Namespace) -> bool:
     load_met = ratio <= MAX_LOAD_RATIO and result.filled >= result.n
     print(f"{'ratio at ' + str(result.filled) + ' live / idle, p50':34} {ratio:7.2f}x"
           f"   (target <= {MAX_LOAD_RATIO}x at {result.n}: {'met' if load_met else 'MISSED'})")
+    if result.raw_idle:
+        print("raw engine spawn (create, start, first answer; host network), interleaved:")
+        raw_rows = [("  idle (before + after)", result.raw_idle)]
+        raw_rows += [(f"  at {live} live", times)
+                     for live, times in sorted(result.raw_probes.items()) if times]
+        for name, times in raw_rows:
+            print(f"{name:34} {p(times, .5):6.0f}ms {p(times, .9):6.0f}ms {max(times):6.0f}ms")
+        raw_loaded = result.raw_probes.get(result.filled)
+        if raw_loaded:
+            raw_ratio = statistics.median(raw_loaded) / statistics.median(result.raw_idle)
+            print(f"{'  raw ratio at ' + str(result.filled) + ' live / idle':34} "
+                  f"{raw_ratio:7.2f}x   (Sailplane's: {ratio:.2f}x)")
     fills = [ms for _, ms in result.fill]
     if fills:
         print(f"fill: {len(fills)} spawns in {result.fill_seconds:.0f} s "
@@ -373,6 +565,12 @@ def report(result: Result, args: argparse.Namespace) -> bool:
           f"(target <= {MAX_STOP_SECONDS:.0f} s: {'met' if stop_met else 'MISSED'}; "
           f"terminate_all returned after {result.returned_seconds:.1f} s); "
           f"left behind: {left}")
+    if result.raw_made:
+        print(f"raw engine stop all {result.raw_made} (made in {result.raw_fill_seconds:.0f} s, "
+              f"empty network namespaces): {result.raw_stop_seconds:.1f} s, "
+              f"{MAX_ENGINE_CALLS} calls in flight; left behind: {result.raw_left}")
+        print(f"sailplane stop-all / raw engine stop-all: "
+              f"{result.stop_seconds / max(result.raw_stop_seconds, 1e-9):.2f}x")
     return load_met and stop_met and not any(result.left.values())
 
 
@@ -443,7 +641,7 @@ def main() -> int:
     for index, name in enumerate(names):
         if index:
             print()
-        engine: Engine = (DockerEngine() if name == "docker" else
+        engine: Engine = (DockerEngine(args.image) if name == "docker" else
                           ContainerdEngine(args.containerd_address or default_address(),
                                            args.image))
         with tempfile.TemporaryDirectory(prefix="sailplane-density-") as tmp:
