@@ -47,6 +47,7 @@ from sailplane.runtime.containerd.ctr import (
     Ctr,
     normalize_image,
 )
+from sailplane.runtime.containerd.netns_pool import NetnsPool
 from sailplane.runtime.containerd.network import CniNetwork, bridge_exists, remove_network
 from sailplane.runtime.containerd.runtime import ADDRESS_LABEL, ContainerdRuntime
 from sailplane.runtime.containerd.runtime import container_id as ctr_container_id
@@ -440,6 +441,8 @@ class ContainerdEngine(Engine):
             self.ctr("tasks", "delete", "--force", cid, check=False)
             self.ctr("containers", "delete", cid, check=False)
             asyncio.run(network.detach(cid))  # its namespace, address and NAT rules
+        # The namespaces and addresses its backends took from its pool.
+        asyncio.run(NetnsPool(network, drone_id, size=0).sweep(set()))
 
 
 @pytest.fixture(scope="session")

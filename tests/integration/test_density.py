@@ -13,7 +13,6 @@ however many spawns ask for it at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -36,6 +35,7 @@ from sailplane.runtime.containerd.ctr import (
     normalize_image,
 )
 from sailplane.runtime.containerd.leftovers import traces
+from sailplane.runtime.containerd.netns_pool import NetnsPool
 from sailplane.runtime.containerd.network import CniNetwork
 from sailplane.runtime.containerd.runtime import ContainerdRuntime
 from sailplane.runtime.containerd.runtime import container_id as ctr_container_id
@@ -149,7 +149,8 @@ class Leftovers:
 
     async def left(self) -> dict[str, list[str]]:
         if isinstance(self.runtime, ContainerdRuntime):
-            return await traces(self.runtime.ctr, self.runtime.log_dir, self.containers)
+            return await traces(self.runtime.ctr, self.runtime.log_dir, self.containers,
+                                self.runtime.drone_id, self.runtime.netns.unused())
         held = sorted(set(backend_network().holders().values()) & set(self.containers))
         return {"addresses": held} if held else {}
 
@@ -207,9 +208,7 @@ def test_containerd_imports_an_image_from_docker_once_for_concurrent_spawns(
             await executor.close()
             store.close()
             network = CniNetwork()
-            for spawn in spawns:  # if the test failed half-way
-                with contextlib.suppress(RuntimeFailure):
-                    await network.detach(ctr_container_id(spawn.backend_id))
+            await NetnsPool(network, drone_id, size=0).sweep(set())  # if it failed half-way
             staging.sweep(keep=())
 
     asyncio.run(scenario())

@@ -1,30 +1,29 @@
 """A named network namespace of its own for every containerd backend, on the ``sp-ctr0`` bridge.
 
-For each backend the drone makes a named network namespace (``ip netns add``), wires it to
-the bridge (``runtime/bridge_network.py``: CNI, firewall) and starts the container in it with
-``ctr run --with-ns network:...``. Removing the backend frees its address and deletes the
-namespace (in the drone's process: ``netns.py``).
+A backend's namespace is a named network namespace made in the drone's process
+(``netns.py``), wired to the bridge (``runtime/bridge_network.py``: CNI, firewall); the
+container starts in it with ``ctr run --with-ns network:...``. Namespaces are made and wired
+ahead of time by a small pool (``netns_pool.py``), so a start only takes one. Removing the
+backend frees its address and deletes its namespace.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sailplane.errors import RuntimeFailure
 from sailplane.runtime import firewall
-from sailplane.runtime.bridge_network import BridgeNetwork, run
-from sailplane.runtime.containerd.netns import delete_netns
+from sailplane.runtime.bridge_network import BridgeNetwork
+from sailplane.runtime.containerd.netns import create_netns, delete_netns
 
 NETWORK_NAME = "sailplane"
 BRIDGE_NAME = "sp-ctr0"
 DEFAULT_SUBNET = "10.213.0.0/16"
 NETNS_DIR = Path("/run/netns")
-
-
-def netns_name(container_id: str) -> str:
-    return container_id  # ``sailplane-{backend_id}``: one plain, unique name
 
 
 @dataclass
@@ -37,28 +36,38 @@ class CniNetwork:
     def __post_init__(self) -> None:
         self.bridge = BridgeNetwork(NETWORK_NAME, BRIDGE_NAME, self.subnet, self.egress)
 
-    def netns_path(self, container_id: str) -> str:
-        return str(NETNS_DIR / netns_name(container_id))
+    def netns_path(self, name: str) -> str:
+        return str(NETNS_DIR / name)
 
-    async def attach(self, container_id: str) -> str:
-        """Make the backend's namespace and connect it; its address on the bridge."""
-        if os.path.exists(self.netns_path(container_id)):
-            await self.detach(container_id)  # what an earlier, interrupted attempt left
-        await run("ip", "netns", "add", netns_name(container_id))
+    async def attach(self, name: str) -> str:
+        """Make the namespace ``name`` and connect it; its address on the bridge. ``name`` is
+        also its holder's id in the address book (the CNI container id)."""
+        path = self.netns_path(name)
+        if os.path.exists(path):
+            await self.detach(name)  # what an earlier, interrupted attempt left
+        making = asyncio.ensure_future(asyncio.to_thread(create_netns, path))
         try:
-            # A backend talking to itself (its own address or localhost) goes through lo.
-            await run("ip", "-n", netns_name(container_id), "link", "set", "lo", "up")
-            return await self.bridge.attach(container_id, self.netns_path(container_id))
+            await asyncio.shield(making)  # a thread cannot be stopped half-way
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):  # let it end, then undo what it made
+                await making
+            if making.done() and not making.cancelled() and making.exception() is None:
+                delete_netns(path)
+            raise
+        except OSError as exc:
+            raise RuntimeFailure(f"cannot make network namespace {name}: {exc}") from exc
+        try:
+            return await self.bridge.attach(name, path)
         except BaseException:
-            delete_netns(self.netns_path(container_id))  # two system calls: even if cancelled
+            delete_netns(path)  # two system calls: even if cancelled
             raise
 
-    async def detach(self, container_id: str) -> None:
+    async def detach(self, name: str) -> None:
         """Free the address and delete the namespace; nothing there is fine."""
-        path = self.netns_path(container_id)
+        path = self.netns_path(name)
         existed = os.path.exists(path)
         try:
-            await self.bridge.detach(container_id, path if existed else "")
+            await self.bridge.detach(name, path if existed else "")
         finally:
             if existed:
                 await asyncio.to_thread(delete_netns, path)

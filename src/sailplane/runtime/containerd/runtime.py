@@ -8,9 +8,10 @@
   processes at once.
 - A backend is one ``ctr run --detach`` in a network namespace of its own on Sailplane's CNI
   bridge (``network.py``), firewalled like Docker's backends, with only the capabilities of
-  ``BACKEND_CAPABILITIES``. It listens on ``PORT`` (8080) at its own address, where the drone
-  reaches it. The address, the backend id and the drone id are container labels, so a
-  restarted drone finds and adopts its own.
+  ``BACKEND_CAPABILITIES``; the namespace is taken from a few made ahead of time
+  (``netns_pool.py``). It listens on ``PORT`` (8080) at its own address, where the drone
+  reaches it. The address, the namespace, the backend id and the drone id are container
+  labels, so a restarted drone finds and adopts its own.
 - Mounts are the OCI mounts of docs/mounts.md as ``--mount`` flags; a named volume is a directory
   ``{state_dir}/volumes/{name}`` (mode 0750, ``name`` its namespaced runtime name), made on
   first use and kept, its labels recorded in ``{state_dir}/volumes/.labels/{name}.json``.
@@ -73,6 +74,7 @@ from sailplane.runtime.containerd.ctr import (
 )
 from sailplane.runtime.containerd.images import DockerImages, import_command
 from sailplane.runtime.containerd.mounts import to_ctr_mount_flag, to_oci_mounts
+from sailplane.runtime.containerd.netns_pool import DEFAULT_POOL_SIZE, NetnsPool
 from sailplane.runtime.containerd.network import DEFAULT_SUBNET, CniNetwork, remove_network
 from sailplane.runtime.containerd.signals import signal_init
 from sailplane.runtime.firewall import EgressPolicy
@@ -81,6 +83,9 @@ from sailplane.spec import PullPolicy, ResourceLimits
 log = logging.getLogger(__name__)
 
 ADDRESS_LABEL = "dev.sailplane.address"
+# The network namespace the backend holds; without it (older backends), one named like the
+# container.
+NETNS_LABEL = "dev.sailplane.netns"
 # Every capability Linux has (capability.h); ctr can only drop them by name.
 ALL_CAPABILITIES = (
     "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
@@ -116,6 +121,7 @@ class ContainerdRuntime(Runtime):
         self, drone_id: str, state_dir: Path, address: str, namespace: str = DEFAULT_NAMESPACE,
         subnet: str = DEFAULT_SUBNET, egress: EgressPolicy | None = None,
         max_engine_calls: int = MAX_ENGINE_CALLS, docker_images: DockerImages | None = None,
+        netns_pool_size: int = DEFAULT_POOL_SIZE,
     ) -> None:
         self.drone_id = drone_id
         self.ctr = Ctr(address, namespace)
@@ -130,6 +136,8 @@ class ContainerdRuntime(Runtime):
         self.log_dir = state_dir / "logs"
         self._backends: dict[str, str] = {}  # container id -> backend id, of this drone
         self.network = CniNetwork(subnet, egress or EgressPolicy())
+        self.netns = NetnsPool(self.network, drone_id, netns_pool_size, self.calls.slot)
+        self._netns: dict[str, str] = {}  # container id -> the namespace it holds
         self._images_seen = RecentImages()
         self._exits: asyncio.Queue[BackendExit] | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -215,19 +223,20 @@ class ContainerdRuntime(Runtime):
             )]
         self._backends[cid] = spec.backend_id
         try:
-            async with self.calls.slot():
-                ip = await self.network.attach(cid)
+            wired = await self.netns.take()
         except RuntimeFailure:
             await self.remove(spec.backend_id)
             raise
+        self._netns[cid] = wired.name  # from here on, the backend's removal deletes it
+        ip = wired.address
         env = {**spec.env, "PORT": str(BACKEND_PORT)}
         args = [
-            "run", "--detach", "--seccomp", "--with-ns", f"network:{self.network.netns_path(cid)}",
-            *_CAPABILITY_FLAGS,
+            "run", "--detach", "--seccomp",
+            "--with-ns", f"network:{self.network.netns_path(wired.name)}", *_CAPABILITY_FLAGS,
             "--log-uri", f"file://{quote(str(self._log_path(cid)))}",
             "--label", f"{BACKEND_LABEL}={spec.backend_id}",
             "--label", f"{DRONE_LABEL}={self.drone_id}",
-            "--label", f"{ADDRESS_LABEL}={ip}",
+            "--label", f"{ADDRESS_LABEL}={ip}", "--label", f"{NETNS_LABEL}={wired.name}",
             *(flag for name, value in env.items() for flag in ("--env", f"{name}={value}")),
             *mounts, *limits, normalize_image(spec.image), cid, *(spec.command or []),
         ]
@@ -431,8 +440,9 @@ class ContainerdRuntime(Runtime):
         except CtrError as exc:
             if not exc.not_found:  # a task still running (or created): kill it, then again
                 await self._remove_running(backend_id, cid)
-        async with self.calls.slot():
-            await self.network.detach(cid)
+        # Known from the start or the adoption; else the container's, if it had one of old.
+        await self.netns.release(self._netns.get(cid, cid))
+        self._netns.pop(cid, None)
         self._backends.pop(cid, None)
         self._log_path(cid).unlink(missing_ok=True)
         await asyncio.to_thread(remove_pids_cgroup, self.ctr.namespace, cid)
@@ -557,8 +567,12 @@ class ContainerdRuntime(Runtime):
             raise RuntimeFailure(f"cannot list containers: {exc.message}") from exc
         cids = listed.split()
         found = []
+        in_use = set()
         for cid, labels in zip(cids, await asyncio.gather(*map(self._labels, cids)),
                                strict=True):
+            if labels is not None and NETNS_LABEL in labels:
+                in_use.add(labels[NETNS_LABEL])
+                self._netns[cid] = labels[NETNS_LABEL]
             backend_id = (labels or {}).get(BACKEND_LABEL)
             if labels is None or not backend_id:
                 continue
@@ -571,6 +585,10 @@ class ContainerdRuntime(Runtime):
                 backend_id=backend_id, running=running, address=address,
                 exit_code=None if running else await self._exit_code(cid, status, labels),
             ))
+        # What no container of ours names is an earlier run's leftover; a start of this run
+        # under way meanwhile holds a namespace the pool made, which it never sweeps.
+        await self.netns.sweep(in_use)
+        self.netns.start()
         return found
 
     async def _tasks(self) -> dict[str, str]:
@@ -626,9 +644,11 @@ class ContainerdRuntime(Runtime):
         return _metrics(json.loads(raw))
 
     async def remove_isolation(self) -> bool:
+        await self.netns.close()  # the ready namespaces are on the bridge too
         return await remove_network()
 
     async def close(self) -> None:
+        await self.netns.close()
         await asyncio.gather(*self._runs, return_exceptions=True)  # let each container be
         await self._deletes.close()
         await self._force_deletes.close()
