@@ -12,6 +12,7 @@ after the lease ends.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -38,6 +39,8 @@ from tests.integration.controller_fixtures import (
     Cluster,
     Process,
     cluster,
+    controller_process,
+    drone_process,
     free_port,
     wait_until,
 )
@@ -91,14 +94,6 @@ class DockerWatch:
         return next((s.at for s in reversed(self.samples) if backend_id in s.running), None)
 
 
-def drone_process(tmp: Path, name: str, port: int, drone_id: str, mount_base: Path) -> Process:
-    return Process(name, [
-        str(SAILPLANE), "drone", "--controller", f"http://127.0.0.1:{port}",
-        "--drone-id", drone_id, "--mount-base", str(mount_base),
-        "--state-dir", str(tmp / name), "--grace-seconds", "2", "--startup-timeout", "10",
-    ], tmp / f"{name}.log", env=SCALED)
-
-
 def connected(cluster: Cluster, drone_id: str) -> bool:
     drones = cluster.http.get("/ctrl/drones").json()
     return any(d["drone_id"] == drone_id and d["connected"] for d in drones)
@@ -115,12 +110,11 @@ def two_drones(
     mount_base = tmp_path / "base"
     mount_base.mkdir()
     first, second = (f"test-{uuid.uuid4().hex[:12]}" for _ in range(2))
-    controller = Process("controller", [
-        str(SAILPLANE), "controller", "--port", str(port),
-        "--database-url", f"sqlite:///{tmp_path}/c.db", "--proxy-url", "http://127.0.0.1:9091",
-    ], tmp_path / "controller.log", env=SCALED)
-    drone_1 = drone_process(tmp_path, "drone1", port, first, mount_base)
-    drone_2 = drone_process(tmp_path, "drone2", port, second, mount_base)
+    controller = controller_process(tmp_path, port, env=SCALED)
+    drone_1, drone_2 = (
+        drone_process(tmp_path, port, drone_id, "--mount-base", str(mount_base), name=name,
+                      env=SCALED)
+        for drone_id, name in ((first, "drone1"), (second, "drone2")))
     http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
     cluster = Cluster(tmp=tmp_path, port=port, drone_id=first, controller=controller,
                       drone=drone_1, http=http, image=backend_image, mount_base=mount_base)
@@ -256,11 +250,20 @@ def guarded(engine: Engine, backend_image: str, tmp_path: Path) -> Iterator[Guar
         engine.cleanup(drone_id, [])
 
 
-def watchdog(config: WatchdogConfig, log: Path) -> subprocess.Popen[bytes]:
+@contextlib.contextmanager
+def watchdog(config: WatchdogConfig, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """The watchdog process, its stdin standing for the drone's end of the pipe; killed at
+    the end if it is still there."""
     with log.open("ab") as out:
-        return subprocess.Popen(
+        process = subprocess.Popen(
             [sys.executable, "-m", "sailplane.drone.watchdog", config.model_dump_json()],
             stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def lease_until(config: WatchdogConfig, stop_at_ms: int, pid: int | None = None) -> LeaseRecord:
@@ -270,19 +273,12 @@ def lease_until(config: WatchdogConfig, stop_at_ms: int, pid: int | None = None)
     return record
 
 
-def finish(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.kill()
-        process.wait()
-
-
 def test_the_watchdog_kills_when_the_lease_lapses_and_not_before(
     guarded: Guarded, tmp_path: Path,
 ) -> None:
     backend = guarded.backend(f"b-lapse-{uuid.uuid4().hex[:6]}")
     lease_until(guarded.config, now_ms() + 2500)
-    process = watchdog(guarded.config, tmp_path / "watchdog.log")
-    try:
+    with watchdog(guarded.config, tmp_path / "watchdog.log") as process:
         time.sleep(1.5)
         assert guarded.running(backend), "killed before the lease lapsed"
         wait_until(lambda: not guarded.running(backend), 5, "the watchdog to kill the backend")
@@ -290,8 +286,6 @@ def test_the_watchdog_kills_when_the_lease_lapses_and_not_before(
         assert process.stdin is not None
         process.stdin.close()  # the drone leaves; nothing of it runs: so does the watchdog
         process.wait(10)
-    finally:
-        finish(process)
     log = (tmp_path / "watchdog.log").read_text()
     assert process.returncode == 0 and f"killed sailplane-{backend}" in log, log
 
@@ -301,8 +295,7 @@ def test_after_its_drone_dies_the_watchdog_enforces_the_lease_then_leaves(
 ) -> None:
     backend = guarded.backend(f"b-orphan-{uuid.uuid4().hex[:6]}")
     lease_until(guarded.config, now_ms() + 2500)
-    process = watchdog(guarded.config, tmp_path / "watchdog.log")
-    try:
+    with watchdog(guarded.config, tmp_path / "watchdog.log") as process:
         assert process.stdin is not None
         process.stdin.close()  # as if the drone were SIGKILLed: its end of the pipe closes
         time.sleep(1.5)
@@ -311,8 +304,6 @@ def test_after_its_drone_dies_the_watchdog_enforces_the_lease_then_leaves(
         wait_until(lambda: not guarded.running(backend), 5,
                    "the watchdog to kill the orphaned backend")
         process.wait(5)
-    finally:
-        finish(process)
     assert process.returncode == 0, (tmp_path / "watchdog.log").read_text()
 
 
@@ -321,8 +312,7 @@ def test_a_restarted_drone_takes_over_from_the_old_watchdog(
 ) -> None:
     backend = guarded.backend(f"b-adopted-{uuid.uuid4().hex[:6]}")
     lease_until(guarded.config, now_ms() + 2500)
-    process = watchdog(guarded.config, tmp_path / "watchdog.log")
-    try:
+    with watchdog(guarded.config, tmp_path / "watchdog.log") as process:
         assert process.stdin is not None
         process.stdin.close()
         time.sleep(1)
@@ -330,8 +320,6 @@ def test_a_restarted_drone_takes_over_from_the_old_watchdog(
         process.wait(5)
         time.sleep(2)  # past the old lease: the adopted backend lives on
         assert guarded.running(backend)
-    finally:
-        finish(process)
     log = (tmp_path / "watchdog.log").read_text()
     assert process.returncode == 0 and "restarted" in log, log
 
