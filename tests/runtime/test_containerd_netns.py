@@ -250,7 +250,7 @@ def test_a_restarted_drone_deletes_what_its_earlier_run_left_and_keeps_what_is_u
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.0005, 0.002, 0.005, 0.01])
-def test_a_cancelled_making_leaves_nothing_once_the_pool_is_closed(
+def test_a_start_cancelled_while_its_namespace_is_made_leaves_it_to_the_pool(
     network: CniNetwork, owners: list[str], delay: float,
 ) -> None:
     owner = new_owner(owners)
@@ -264,10 +264,33 @@ def test_a_cancelled_making_leaves_nothing_once_the_pool_is_closed(
         try:
             wired = await taking
         except asyncio.CancelledError:
-            namespaces, _ = held(network, owner)
-            assert namespaces == set()  # deleted at once; a cancelled ADD's address may wait
+            deadline = time.monotonic() + FILL_WITHIN_SECONDS
+            while not pool.ready():  # the making ends, and what it made is ready
+                assert time.monotonic() < deadline, "the cancelled making did not end"
+                await asyncio.sleep(0.005)
+            [name] = pool.ready()
+            assert held(network, owner) == ({name}, {name})
+            assert (await pool.take()).name == name  # handed out once, like any ready one
+            await pool.release(name)
         else:
             await pool.release(wired.name)  # done before the cancel came
+        await pool.close()
+        assert held(network, owner) == (set(), set())
+
+    asyncio.run(scenario())
+
+
+def test_closing_waits_for_a_cancelled_start_s_making_and_deletes_it(
+    network: CniNetwork, owners: list[str],
+) -> None:
+    owner = new_owner(owners)
+
+    async def scenario() -> None:
+        pool = NetnsPool(network, owner, size=0)
+        taking = asyncio.create_task(pool.take())
+        await asyncio.sleep(0.002)
+        taking.cancel()
+        await asyncio.gather(taking, return_exceptions=True)
         await pool.close()
         assert held(network, owner) == (set(), set())
 

@@ -71,6 +71,7 @@ class NetnsPool:
         self._making: set[str] = set()  # by the filler, for the pool
         self._wanted = asyncio.Event()
         self._filler: asyncio.Task[None] | None = None
+        self._orphans: set[asyncio.Task[Wired]] = set()  # makings for cancelled takes
         self._closed = False
 
     def start(self) -> None:
@@ -87,7 +88,20 @@ class NetnsPool:
         self._wanted.set()
         if self._ready:
             return self._ready.popleft()
-        return await self._make()
+        # A start cancelled meanwhile leaves the making to end (a CNI plugin stopped half-way
+        # would leave an interface or an address behind); what it made joins the ready ones.
+        making = asyncio.create_task(self._make())
+        try:
+            return await asyncio.shield(making)
+        except asyncio.CancelledError:
+            self._orphans.add(making)
+            making.add_done_callback(self._adopt)
+            raise
+
+    def _adopt(self, making: asyncio.Task[Wired]) -> None:
+        self._orphans.discard(making)
+        if not making.cancelled() and making.exception() is None:
+            self._ready.append(making.result())
 
     async def release(self, name: str) -> None:
         """Free the address and delete the namespace ``name`` (taken from this pool, or left
@@ -125,12 +139,13 @@ class NetnsPool:
         return len(stale)
 
     async def close(self) -> None:
-        """Stop filling (a making under way ends first) and delete the ready namespaces and
+        """Stop filling (makings under way end first) and delete the ready namespaces and
         what failed makings left; the taken ones stay with their backends."""
         self._closed = True
         self._wanted.set()
-        if self._filler is not None:
-            await asyncio.gather(self._filler, return_exceptions=True)
+        await asyncio.gather(*filter(None, [self._filler]), *self._orphans,
+                             return_exceptions=True)
+        await asyncio.sleep(0)  # the orphans' callbacks: what they made is ready now
         while self._ready:
             await self.release(self._ready.popleft().name)
         for name in list(self._failed):
