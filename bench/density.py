@@ -113,6 +113,7 @@ class Result:
     left: dict[str, int] = field(default_factory=dict)
     spawned: list[str] = field(default_factory=list)  # every backend id, probes included
     failures: list[str] = field(default_factory=list)
+    probe_cpu: dict[str, float] = field(default_factory=dict)  # point -> drone CPU ms a probe
     raw_idle: list[float] = field(default_factory=list)  # ms, the raw engine's spawn
     raw_probes: dict[int, list[float]] = field(default_factory=dict)  # live count -> ms
     raw_made: int = 0  # containers made for the raw stop
@@ -154,12 +155,18 @@ async def spawn_ready(executor: Executor, image: str, spawned: list[str]) -> tup
 
 
 async def probes(executor: Executor, image: str, count: int, spawned: list[str],
-                 engine: Engine | None = None, raw: list[float] | None = None) -> list[float]:
+                 engine: Engine | None = None, raw: list[float] | None = None,
+                 cpu: list[float] | None = None) -> list[float]:
     """``count`` spawns one at a time, each stopped (and removed) before the next; in ms.
-    With ``engine``, each is followed by one raw engine spawn, its time added to ``raw``."""
+    With ``engine``, each is followed by one raw engine spawn, its time added to ``raw``;
+    with ``cpu``, this process's CPU ms for each spawn to ready is added to it (the drone's
+    share: does it grow with the backends live?)."""
     times = []
     for _ in range(count):
+        cpu_started = time.process_time()
         backend_id, elapsed = await spawn_ready(executor, image, spawned)
+        if cpu is not None:
+            cpu.append((time.process_time() - cpu_started) * 1000)
         times.append(elapsed * 1000)
         await executor.terminate(backend_id, True, TerminationReason.EXTERNAL)
         await executor.removals_done(PROBE_STOP_TIMEOUT_SECONDS)
@@ -468,8 +475,10 @@ async def run(engine: Engine, args: argparse.Namespace, state_dir: Path) -> Resu
         await executor.start()
         await probes(executor, args.image, 1, result.spawned)  # warm-up (containerd: import)
         await engine.raw_probe()
+        idle_cpu: list[float] = []
         result.idle_before = await probes(executor, args.image, args.probes, result.spawned,
-                                          engine, result.raw_idle)
+                                          engine, result.raw_idle, idle_cpu)
+        result.probe_cpu["idle"] = statistics.median(idle_cpu)
         result.memory_idle = memory()
         points = sorted({max(1, args.n * i // args.checkpoints)
                          for i in range(1, args.checkpoints + 1)})
@@ -485,8 +494,10 @@ async def run(engine: Engine, args: argparse.Namespace, state_dir: Path) -> Resu
                 result.fill_cpu_seconds = time.process_time() - cpu  # probes included
                 result.memory_full = memory()
             raw = result.raw_probes.setdefault(result.filled, [])
+            loaded_cpu: list[float] = []
             result.probes[result.filled] = await probes(executor, args.image, args.probes,
-                                                        result.spawned, engine, raw)
+                                                        result.spawned, engine, raw, loaded_cpu)
+            result.probe_cpu[f"at {result.filled} live"] = statistics.median(loaded_cpu)
             if result.filled < point:
                 break
         stop_started = time.monotonic()
@@ -543,6 +554,9 @@ def report(result: Result, args: argparse.Namespace) -> bool:
             raw_ratio = statistics.median(raw_loaded) / statistics.median(result.raw_idle)
             print(f"{'  raw ratio at ' + str(result.filled) + ' live / idle':34} "
                   f"{raw_ratio:7.2f}x   (Sailplane's: {ratio:.2f}x)")
+    if result.probe_cpu:
+        print("drone CPU a probe spawn, p50: " + ", ".join(
+            f"{point} {ms:.1f} ms" for point, ms in result.probe_cpu.items()))
     fills = [ms for _, ms in result.fill]
     if fills:
         print(f"fill: {len(fills)} spawns in {result.fill_seconds:.0f} s "
