@@ -27,6 +27,9 @@ class GoneApi:
     def inspect_container(self, name: str) -> dict[str, Any]:
         raise docker.errors.NotFound(f"No such container: {name}")
 
+    def remove_container(self, container: str, **_: Any) -> None:
+        raise docker.errors.NotFound(f"No such container: {container}")
+
 
 class GoneClient:
     def __init__(self, listed: list[dict[str, Any]]) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import signal
 import threading
 import uuid
 from collections import Counter
@@ -48,6 +49,7 @@ from sailplane.runtime.calls import MAX_ENGINE_CALLS, EngineCalls
 from sailplane.runtime.docker.mounts import to_docker_mounts
 from sailplane.runtime.docker.network import DEFAULT_SUBNET, backend_network, remove_network
 from sailplane.runtime.firewall import EgressPolicy
+from sailplane.runtime.init_signal import signal_init
 from sailplane.spec import PullPolicy, ResourceLimits
 from sailplane.timing import RECONNECT_MAX_SECONDS
 
@@ -102,6 +104,13 @@ class DockerRuntime(Runtime):
         self._storage_opt_supported = True
         self._images_seen = RecentImages()
         self._volumes_lock = threading.Lock()
+        # Container name -> id, for the containers this runtime made or listed: a removal
+        # needs the id (the address book is keyed by it), and asking the engine for it costs
+        # a call that waits on the container while the engine is busy with its exit.
+        self._ids: dict[str, str] = {}
+        # Container name -> its init's pid on this host, as the engine gave it at the start:
+        # a soft terminate signals it directly (``runtime/init_signal.py``).
+        self._pids: dict[str, int] = {}
 
     # -- images ----------------------------------------------------------------------------
 
@@ -156,7 +165,7 @@ class DockerRuntime(Runtime):
         )
         attrs = self._run_created(container_id, name)
         try:
-            netns, _ = _namespace(attrs, name)
+            netns, self._pids[name] = _namespace(attrs, name)
         except RuntimeFailure as exc:
             raise self._unreachable(name, str(exc)) from exc
         return container_id, netns
@@ -204,9 +213,10 @@ class DockerRuntime(Runtime):
             return str(created["Id"])
 
         try:
+            container_id = None
             if disk is not None and self._storage_opt_supported:
                 try:
-                    return create({"size": str(disk)})
+                    container_id = create({"size": str(disk)})
                 except docker.errors.APIError as exc:
                     if "storage-opt" not in str(exc.explanation).lower():
                         raise
@@ -214,7 +224,10 @@ class DockerRuntime(Runtime):
                     log.warning("disk limits unsupported by this storage driver: %s",
                                 exc.explanation)
                     self._storage_opt_supported = False
-            return create(None)
+            if container_id is None:
+                container_id = create(None)
+            self._ids[name] = container_id
+            return container_id
         except docker.errors.ImageNotFound as exc:
             self._images_seen.forget(image)  # removed since it was last seen
             raise RuntimeFailure(f"image {image!r} is no longer present: {exc.explanation}; "
@@ -311,6 +324,14 @@ class DockerRuntime(Runtime):
             raise RuntimeFailure(f"cannot remove volume {name!r}: {exc.explanation}") from exc
 
     async def signal(self, backend_id: str, hard: bool) -> None:
+        """A soft terminate is sent by the drone to the container's init itself when it
+        knows that process (no engine call: a thousand at once would queue in the engine);
+        a hard one, or one to a container adopted from an earlier run, through the engine."""
+        name = container_name(backend_id)
+        pid, container_id = self._pids.get(name), self._ids.get(name)
+        if not hard and pid and container_id and await asyncio.to_thread(
+                signal_init, pid, lambda cgroup: container_id in cgroup, signal.SIGTERM):
+            return
         await self.calls.thread(self._signal, backend_id, "SIGKILL" if hard else "SIGTERM")
 
     def _signal(self, backend_id: str, signal: str) -> None:
@@ -445,10 +466,13 @@ class DockerRuntime(Runtime):
         listed = self.client.api.containers(
             all=True, filters={"label": f"{DRONE_LABEL}={self.drone_id}"}
         )
+        addresses = {owner: ip for ip, owner in self.network.holders().items()}  # read once
         found = []
         for container in listed:
             container_id = str(container["Id"])
             name = str((container.get("Names") or ["/"])[0]).lstrip("/")
+            if name:
+                self._ids[name] = container_id
             backend_id = backend_of(container.get("Labels") or {}, name)
             if backend_id is None:  # a warm container nobody claimed: the pool makes new ones
                 self._remove_named(name or container_id)
@@ -457,7 +481,8 @@ class DockerRuntime(Runtime):
             found.append(OwnedBackend(
                 backend_id=backend_id,
                 running=running,
-                address=self._address(container_id) if running else None,
+                address=(BackendAddress(addresses[container_id], BACKEND_PORT)
+                         if running and container_id in addresses else None),
                 exit_code=None if running else _listed_exit_code(str(container.get("Status"))),
             ))
         return found
@@ -514,13 +539,18 @@ class DockerRuntime(Runtime):
         except RuntimeFailure:
             self._remove_named(name)
             raise
+        self._pids[name] = pid
         return container_id, netns, pid
 
     async def claim_warm(self, warm: WarmContainer, backend_id: str) -> BackendAddress:
+        name = container_name(backend_id)
         try:
-            await self.calls.thread(self.client.api.rename, warm.name, container_name(backend_id))
+            await self.calls.thread(self.client.api.rename, warm.name, name)
         except docker.errors.APIError as exc:
             raise RuntimeFailure(f"cannot claim warm container {warm.name}: {exc}") from exc
+        if warm.name in self._ids:
+            self._ids[name] = self._ids.pop(warm.name)
+        self._pids[name] = self._pids.pop(warm.name, warm.pid)
         return warm.address
 
     async def discard_warm(self, warm: WarmContainer) -> None:
@@ -530,21 +560,22 @@ class DockerRuntime(Runtime):
 
     def _remove_named(self, name: str) -> str | None:
         """Remove a container by name; its id (for freeing its address), or None if there
-        was none."""
+        was none. One engine call when the id is known (``_ids``), two otherwise."""
+        container_id = self._ids.get(name)
+        self._pids.pop(name, None)
         try:
-            container_id: str = self.client.api.inspect_container(name)["Id"]
+            if container_id is None:
+                container_id = str(self.client.api.inspect_container(name)["Id"])
             self.client.api.remove_container(container_id, force=True)
         except docker.errors.NotFound:
-            return None
+            # Gone already (removed by hand, or by an earlier try whose answer was lost):
+            # its address, if it held one, is still to free.
+            return self._ids.pop(name, None)
         except docker.errors.APIError as exc:
             if exc.status_code != 409:  # 409: removal already in progress
                 raise RuntimeFailure(f"cannot remove container {name}: {exc}") from exc
+        self._ids.pop(name, None)
         return container_id
-
-    def _address(self, container_id: str) -> BackendAddress | None:
-        """A running container's address on the bridge, from the address book."""
-        ip = self.network.address_of(container_id)
-        return None if ip is None else BackendAddress(ip, BACKEND_PORT)
 
     async def remove_isolation(self) -> bool:
         return await remove_network()
