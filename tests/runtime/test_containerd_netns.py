@@ -219,34 +219,34 @@ def test_a_restarted_drone_deletes_what_its_earlier_run_left_and_keeps_what_is_u
 ) -> None:
     owner, neighbour = new_owner(owners), new_owner(owners)
 
-    async def scenario() -> None:
-        # The earlier run: a backend's namespace, one taken by a start that never made its
-        # container, two ready ones, a half-made one (no address), an address whose namespace
-        # is gone; then the drone dies (no close).
-        earlier = NetnsPool(network, owner, size=2)
-        earlier.start()
-        await filled(earlier)
-        used = await earlier.take()
-        await earlier.take()
-        await filled(earlier)
-        create_netns(network.netns_path(f"{earlier.prefix}halfmade"))
-        orphan = f"{earlier.prefix}orphan"
+    async def earlier_run() -> tuple[str, str]:
+        """A backend's namespace, one taken by a start that never made its container, two
+        ready ones, a half-made one (no address), an address whose namespace is gone; then
+        the drone dies (nothing closed: the end of the loop cancels the pool's filler)."""
+        pool = NetnsPool(network, owner, size=2)
+        pool.start()
+        await filled(pool)
+        used = await pool.take()
+        await pool.take()
+        await filled(pool)
+        create_netns(network.netns_path(f"{pool.prefix}halfmade"))
+        orphan = f"{pool.prefix}orphan"
         await network.attach(orphan)
         delete_netns(network.netns_path(orphan))
-        other = NetnsPool(network, neighbour, size=0)
-        theirs = await other.take()
-        assert earlier._filler is not None
-        earlier._filler.cancel()  # what the dead drone's process no longer does
+        theirs = await NetnsPool(network, neighbour, size=0).take()
+        return used.name, theirs.name
 
-        restarted = NetnsPool(network, owner, size=2)
-        assert await restarted.sweep({used.name}) == 5
-        assert held(network, owner) == ({used.name}, {used.name})
-        assert held(network, neighbour) == ({theirs.name}, {theirs.name})
-        await restarted.release(used.name)
-        await other.release(theirs.name)
+    used, theirs = asyncio.run(earlier_run())
+
+    async def restarted() -> None:
+        pool = NetnsPool(network, owner, size=2)
+        assert await pool.sweep({used}) == 5
+        assert held(network, owner) == ({used}, {used})
+        assert held(network, neighbour) == ({theirs}, {theirs})  # another drone's: kept
+        await pool.release(used)
         assert held(network, owner) == (set(), set())
 
-    asyncio.run(scenario())
+    asyncio.run(restarted())
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.0005, 0.002, 0.005, 0.01])
