@@ -5,8 +5,9 @@
   its answer, on SQLite and PostgreSQL;
 * the batcher really batches (fewer transactions than connects) and a failed batch leaves
   its connects to the full path;
-* a SQLite batch waits out another transaction's write lock and goes on when it ends, and
-  SQLite's log stays bounded though batches never checkpoint at commit;
+* a SQLite batch waits out another transaction's write lock and goes on when it ends,
+  SQLite's log stays bounded though batches never checkpoint at commit, and batches go on
+  through checkpoints while a reader keeps the log from being copied;
   the PostgreSQL store reconnects after its connection was killed;
 * the lane gives the route's answer for everything it does not take: a bad credential, a body
   that does not validate (even for a live key), another content type, a dying key.
@@ -15,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -25,11 +27,11 @@ import httpx
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, make_url, select
 
 from sailplane.controller import backends, routes
 from sailplane.controller.app import create_app
-from sailplane.controller.db.engine import make_engine, migrate
+from sailplane.controller.db.engine import SQLITE_LOCK_WAIT_SECONDS, make_engine, migrate
 from sailplane.controller.db.tables import tokens
 from sailplane.controller.join_batch import JoinBatcher, JoinFailed
 from sailplane.controller.join_store import Answers, SqliteJoins, store_for
@@ -286,7 +288,8 @@ def test_a_sqlite_batch_waits_out_another_writer(sqlite_url: str) -> None:
 
 def test_sqlite_batches_keep_the_log_bounded(sqlite_url: str, tmp_path: Path) -> None:
     """The batches' connections never checkpoint at commit; a worker thread does, every few
-    batches, so the write-ahead log is reused instead of growing with every connect."""
+    batches, and once the log passes its limit a batch waits for it to be started anew, so
+    it is reused instead of growing with every connect."""
     engine = make_engine(sqlite_url)
     migrate(engine)
     add_drone(engine)
@@ -297,7 +300,7 @@ def test_sqlite_batches_keep_the_log_bounded(sqlite_url: str, tmp_path: Path) ->
 
     async def run() -> int:
         store = SqliteJoins(make_engine(sqlite_url, wait_for_locks=False), URLS,
-                            checkpointer=engine, checkpoint_every=20)
+                            checkpointer=engine, checkpoint_every=10, log_limit_pages=50)
         try:
             for _ in range(batches):
                 assert (await store.join([request]))[0] is not None
@@ -313,6 +316,46 @@ def test_sqlite_batches_keep_the_log_bounded(sqlite_url: str, tmp_path: Path) ->
     assert stored_tokens_in(sqlite_url) >= batches
     # Each batch appends a few 4 KiB pages: unbounded, the log would pass 4 MiB here.
     assert size < 1024 * 1024, size
+
+
+def test_sqlite_batches_go_on_while_a_reader_holds_the_log(sqlite_url: str) -> None:
+    """A reader's open snapshot keeps a checkpoint from copying the pages written after it.
+    Batches do not wait for checkpoints below the log's limit: they all commit, through
+    many checkpoints, while the reader stays (a checkpoint that waited for it would hold
+    every batch for the lock wait, 30 s, each time)."""
+    engine = make_engine(sqlite_url)
+    migrate(engine)
+    add_drone(engine)
+    make_live(engine, "k")
+    request = ConnectRequest.model_validate(spawn_body("k"))
+    before = stored_tokens(engine)
+    batches = 100
+
+    async def run() -> None:
+        store = SqliteJoins(make_engine(sqlite_url, wait_for_locks=False), URLS,
+                            checkpointer=engine, checkpoint_every=10)
+        try:
+            for _ in range(batches):
+                assert (await store.join([request]))[0] is not None
+                await asyncio.sleep(0)  # lets a finished checkpoint's task end
+        finally:
+            await store.close()
+
+    # Not through the engine: its transactions take the write lock at BEGIN.
+    reader = sqlite3.connect(make_url(sqlite_url).database or "", isolation_level=None)
+    count = f"SELECT count(*) FROM {tokens.name}"
+    try:
+        reader.execute("BEGIN")  # deferred: a snapshot from its first read on, no lock
+        in_snapshot = reader.execute(count).fetchone()
+        asyncio.run(asyncio.wait_for(run(), timeout=SQLITE_LOCK_WAIT_SECONDS / 2))
+        assert reader.execute(count).fetchone() == in_snapshot  # it was there all along
+        reader.execute("ROLLBACK")
+    finally:
+        reader.close()
+    try:
+        assert stored_tokens(engine) == before + batches
+    finally:
+        engine.dispose()
 
 
 def stored_tokens_in(url: str) -> int:

@@ -12,8 +12,13 @@ given. How the transaction runs is the database's business:
   (while another transaction holds it the batch yields and is tried again every
   :data:`LOCK_RETRY_SECONDS`, where SQLite's own busy handler would sleep up to 100 ms a time)
   and do not checkpoint the log at commit (a checkpoint fsyncs): a worker thread does, every
-  :data:`CHECKPOINT_EVERY` batches, on the controller's own engine, while the next batch
-  waits (a batch writing meanwhile would keep it from finishing, and the log would grow).
+  :data:`CHECKPOINT_EVERY` batches, on the controller's own engine, while batches go on (a
+  ``PASSIVE`` checkpoint waits for no one). Such a checkpoint copies the log into the database
+  file, but under steady load the log is never started anew (that takes a moment when every
+  page in it is copied and nobody writes), so once it passes :data:`LOG_LIMIT_PAGES` the next
+  batch waits for one that copies the rest and has the next writer start it from the
+  beginning. Holding every batch for every checkpoint (copying and syncing hundreds of pages,
+  each sync taking up to tens of milliseconds on a shared disk) made the connects' p99.
 * PostgreSQL (:class:`PostgresJoins`): psycopg asynchronous connections driven by the event
   loop itself, two batches under way at once (while one waits for the server, the next one
   goes). A worker thread would pay for each of the transaction's round trips twice: the
@@ -49,6 +54,9 @@ LOCK_RETRY_SECONDS = 0.001
 # Batches between two checkpoints of SQLite's log by a worker thread (each batch appends a
 # few pages; SQLite's own default is to checkpoint at 1,000 pages).
 CHECKPOINT_EVERY = 200
+# The log's size (4 KiB pages) past which batches wait for it to be started anew: bounded
+# disk, and a hold every few seconds under full load instead of one per checkpoint.
+LOG_LIMIT_PAGES = 16_000
 
 Answers = list[ConnectResponse | None]
 
@@ -116,22 +124,25 @@ class SqliteJoins:
     parallel = 1  # one writer at a time is all SQLite has
 
     def __init__(self, engine: Engine, urls: Urls, checkpointer: Engine,
-                 checkpoint_every: int = CHECKPOINT_EVERY) -> None:
+                 checkpoint_every: int = CHECKPOINT_EVERY,
+                 log_limit_pages: int = LOG_LIMIT_PAGES) -> None:
         self._engine = engine
         self._urls = urls
         self._checkpointer = checkpointer  # one that waits for locks: the controller's
         self._checkpoint_every = checkpoint_every
+        self._log_limit_pages = log_limit_pages
         self._batches = 0
-        self._checkpoint: asyncio.Task[None] | None = None
+        self._checkpoint: asyncio.Task[int] | None = None  # a passive one, batches going on
         # A commit that checkpoints writes the database file and fsyncs it: not on the loop.
         event.listen(engine, "connect", _no_automatic_checkpoint)
 
     async def join(self, requests: Sequence[ConnectRequest]) -> Answers:
-        if self._checkpoint is not None:
-            # A batch writing now would keep the checkpoint from ever taking the lock (it
-            # retries far more often than SQLite's busy handler) and from finishing the log.
-            await self._checkpoint
-            self._checkpoint = None
+        if self._checkpoint is not None and self._checkpoint.done():
+            pages, self._checkpoint = self._checkpoint.result(), None
+            if pages >= self._log_limit_pages:
+                # Here, between two batches: one writing now would keep the checkpoint from
+                # ever taking the lock (it retries far more often than SQLite's busy handler).
+                await asyncio.to_thread(self._checkpoint_wal, "RESTART")
         deadline = time.monotonic() + SQLITE_LOCK_WAIT_SECONDS
         while True:
             try:
@@ -142,8 +153,9 @@ class SqliteJoins:
                     raise
             await asyncio.sleep(LOCK_RETRY_SECONDS)  # another writer: the loop goes on
         self._batches += 1
-        if self._batches % self._checkpoint_every == 0:
-            self._checkpoint = asyncio.create_task(asyncio.to_thread(self._checkpoint_wal))
+        if self._batches % self._checkpoint_every == 0 and self._checkpoint is None:
+            self._checkpoint = asyncio.create_task(
+                asyncio.to_thread(self._checkpoint_wal, "PASSIVE"))
         return answers
 
     async def close(self) -> None:
@@ -160,15 +172,18 @@ class SqliteJoins:
                 conn.execute(insert(tokens), new_tokens)
         return answers
 
-    def _checkpoint_wal(self) -> None:
-        """Copy the whole log into the database file and have the next writer start it anew,
-        so it does not grow without end (batches wait for it; the loop goes on)."""
+    def _checkpoint_wal(self, mode: str) -> int:
+        """Copy the log into the database file: ``PASSIVE`` what it can without waiting for
+        anyone (batches go on), ``RESTART`` all of it, the next writer starting the log anew
+        (batches wait; it waits for readers). The pages in the log (0 if it failed)."""
         raw = self._checkpointer.raw_connection()
         try:
-            raw.driver_connection.execute(  # type: ignore[union-attr]
-                "PRAGMA wal_checkpoint(RESTART)")
+            _busy, pages, _copied = raw.driver_connection.execute(  # type: ignore[union-attr]
+                f"PRAGMA wal_checkpoint({mode})").fetchone()
+            return int(pages)
         except sqlite3.Error as exc:  # the next one may succeed; batches go on meanwhile
             log.warning("checkpointing the SQLite log failed: %s", exc)
+            return 0
         finally:
             raw.close()
 

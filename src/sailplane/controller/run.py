@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import uvicorn
 
@@ -19,10 +20,24 @@ def controller_server(config: ControllerConfig, host: str, port: int) -> uvicorn
     in the caller (one clear error) rather than inside the server's start-up."""
     engine = make_engine(config.database_url)
     migrate(engine)
-    return uvicorn.Server(uvicorn.Config(
+    server = uvicorn.Server(uvicorn.Config(
         create_app(config, engine), host=host, port=port, log_level="warning",
         ws="websockets-sansio",
     ))
+    freeze_start_up()
+    return server
+
+
+def freeze_start_up() -> None:
+    """Leave what start-up made out of every later garbage collection.
+
+    Start-up makes most of the objects the process keeps for good (some 100,000: modules,
+    functions, models, routes). A full collection walks every tracked object, on the event
+    loop, tens of milliseconds during which no request is served: under load the largest
+    stalls of the loop, and the connects' p99. Frozen, they are never walked again (objects
+    made later still are); collected first, so that no garbage is frozen with them."""
+    gc.collect()
+    gc.freeze()
 
 
 async def run_controller(config: ControllerConfig, host: str, port: int) -> None:
