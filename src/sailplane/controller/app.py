@@ -39,7 +39,7 @@ from sailplane.controller.backends import (
 from sailplane.controller.config import ControllerConfig
 from sailplane.controller.connect_lane import ConnectLane
 from sailplane.controller.db.engine import make_engine, migrate
-from sailplane.controller.drone_socket import serve_drone
+from sailplane.controller.drone_socket import send_now, serve_drone
 from sailplane.controller.join_batch import JoinBatcher
 from sailplane.controller.leases import LeaseTerms
 from sailplane.controller.limits import BodyLimit
@@ -168,10 +168,10 @@ def create_app(config: ControllerConfig, engine: Engine | None = None) -> FastAP
         if spawn and spawn.max_idle_seconds is None and config.default_max_idle_seconds:
             request = request.model_copy(update={"spawn_config": spawn.model_copy(
                 update={"max_idle_seconds": config.default_max_idle_seconds})})
-        response, drone = await asyncio.to_thread(backends.connect, engine, request, urls,
-                                                  terms, config.connect_key_wait_seconds)
-        if drone:
-            notifier.notify(f"drone:{drone}")
+        response, queued = await asyncio.to_thread(backends.connect, engine, request, urls,
+                                                   terms, config.connect_key_wait_seconds)
+        if queued is not None:
+            await send_now(app, queued, notifier)
         connect_seconds.observe(time.perf_counter() - started)
         return response
 

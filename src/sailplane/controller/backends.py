@@ -73,11 +73,20 @@ class Urls:
     controller: str
 
 
+@dataclass(frozen=True)
+class QueuedAction:
+    """An action committed to a drone's queue, as its socket sends it."""
+
+    drone_id: str
+    message: dict[str, Any]  # the action with its ``action_id``
+
+
 def connect(
     engine: Engine, request: ConnectRequest, urls: Urls, terms: LeaseTerms = DEFAULT_TERMS,
     key_wait_seconds: float = CONNECT_KEY_WAIT_SECONDS,
-) -> tuple[ConnectResponse, str]:
-    """Return the key's live backend or spawn one; also the drone to notify ("" if none).
+) -> tuple[ConnectResponse, QueuedAction | None]:
+    """Return the key's live backend or spawn one; also the spawn queued for its drone (None
+    if the key was live).
 
     A key still held by a backend on its way out (terminating, or lost with its lease not yet
     run out) is never handed out: the connect waits for the key, up to ``key_wait_seconds``,
@@ -88,7 +97,7 @@ def connect(
         with engine.begin() as conn:
             found = _join_live(conn, key, request, urls, terms)
         if isinstance(found, ConnectResponse):
-            return found, ""
+            return found, None
         if request.spawn_config is None:
             held = " (its backend is terminating)" if found is _HELD else ""
             raise BackendNotFound(f"no live backend for key {key.name!r} in namespace "
@@ -153,7 +162,7 @@ def _check_new_id(engine: Engine, given: str | None) -> None:
 
 def _spawn(
     engine: Engine, key: KeyConfig, request: ConnectRequest, urls: Urls, terms: LeaseTerms,
-) -> tuple[ConnectResponse, str]:
+) -> tuple[ConnectResponse, QueuedAction]:
     spawn_config = request.spawn_config
     assert spawn_config is not None
     given = spawn_config.id
@@ -192,10 +201,11 @@ def _spawn(
         token = static or _new_token(conn, backend_id, request)
         spawn = SpawnBackend(backend_id=backend_id, key=key, executable=spawn_config.executable,
                              secret_token=secret, fencing_token=int(fence))
-        queue_action(conn, drone.drone_id, spawn.model_dump(mode="json"))
+        payload = spawn.model_dump(mode="json")
+        action_id = queue_action(conn, drone.drone_id, payload)
     response = connect_response(backend_id, True, BackendStatus.SCHEDULED, token,
                                 drone.drone_id, secret, urls)
-    return response, drone.drone_id
+    return response, QueuedAction(drone.drone_id, {**payload, "action_id": action_id})
 
 
 def _candidates(conn: Connection) -> list[DroneCandidate]:

@@ -5,6 +5,7 @@ stored event; another sends the drone its queued actions, at once when woken and
 polling the database (actions another controller queued). Every unacknowledged action not yet
 sent on this connection is sent, whatever its id (:func:`drones.pending_actions`), so a late
 commit is never skipped; a drone that reconnects gets them all again and skips the ones it has.
+A spawn this controller just committed goes down the socket at once (:func:`send_now`).
 
 The drone's credential names it: a ``hello`` for any other drone id closes the socket before
 anything is registered or sent, so no one can take another drone's place or its spawns. A
@@ -21,14 +22,17 @@ import asyncio
 import contextlib
 import json
 import logging
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.applications import Starlette
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from sailplane.controller import drone_calls, drones
 from sailplane.controller.auth import INSECURE_NOTE
+from sailplane.controller.backends import QueuedAction
 from sailplane.controller.frames import receive_text
 from sailplane.controller.leases import DEFAULT_TERMS, LeaseTerms
 from sailplane.controller.notify import Notifier
@@ -96,6 +100,8 @@ async def serve_drone(
     sender = asyncio.create_task(link.send_actions())
     calls = drone_calls.of(websocket.app)  # hot-plug's questions go out through this link
     calls.attach(drone_id, link.send)
+    links = _links(websocket.app)
+    links[drone_id] = link
     try:
         while True:
             text = await receive_text(websocket)
@@ -117,6 +123,8 @@ async def serve_drone(
             await websocket.close(code=CLOSE_STORE_ERROR, reason="controller store error")
     finally:
         calls.detach(drone_id, link.send)
+        if links.get(drone_id) is link:
+            del links[drone_id]
         sender.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await sender
@@ -134,6 +142,8 @@ class _DroneLink:
         self.drone_id = drone_id
         self.terms = terms
         self.lock = asyncio.Lock()
+        # Actions sent on this connection; acknowledged ones stop being pending.
+        self.sent: set[int] = set()
 
     async def send(self, text: str) -> None:
         async with self.lock:
@@ -174,28 +184,59 @@ class _DroneLink:
             self.notifier.notify(BACKENDS_CHANGED)
 
     async def send_actions(self) -> None:
-        sent: set[int] = set()  # on this connection; acknowledged ones stop being pending
         while True:
             try:
                 pending = await asyncio.to_thread(drones.pending_actions, self.engine,
-                                                  self.drone_id, sent)
+                                                  self.drone_id, self.sent)
             except SQLAlchemyError:
                 log.exception("drone %s: cannot read its actions; retrying", self.drone_id)
                 pending = []
             for action in pending:
-                action_id = int(action["action_id"])
-                text = _json(action)
-                if len(text.encode()) > MAX_FRAME_BYTES:
-                    await self._refuse(action_id, f"the {action.get('type')} message is "
-                                       f"{len(text.encode())} bytes, over the "
-                                       f"{MAX_FRAME_BYTES}-byte frame limit")
-                    continue
-                await self.send(text)
-                sent.add(action_id)
-            if len(sent) > _SENT_MEMORY:  # forget the acknowledged ones
-                sent &= {int(a["action_id"]) for a in await asyncio.to_thread(
+                await self.send_action(action)
+            if len(self.sent) > _SENT_MEMORY:  # forget the acknowledged ones
+                self.sent &= {int(a["action_id"]) for a in await asyncio.to_thread(
                     drones.pending_actions, self.engine, self.drone_id)}
             await self.notifier.wait(f"drone:{self.drone_id}", ACTION_POLL_SECONDS)
+
+    async def send_action(self, action: dict[str, Any]) -> None:
+        """Send a queued action unless this connection sent it already."""
+        action_id = int(action["action_id"])
+        if action_id in self.sent:
+            return
+        self.sent.add(action_id)  # before sending: no second sender takes it meanwhile
+        text = _json(action)
+        if len(text.encode()) > MAX_FRAME_BYTES:
+            await self._refuse(action_id, f"the {action.get('type')} message is "
+                               f"{len(text.encode())} bytes, over the "
+                               f"{MAX_FRAME_BYTES}-byte frame limit")
+            return
+        await self.send(text)
+
+
+async def send_now(app: Starlette, queued: QueuedAction, notifier: Notifier) -> None:
+    """Send an action this controller just committed straight down its drone's socket, if
+    it holds that socket: no wake-up and read of the queue in between, which sit on a new
+    backend's path to running. Otherwise (or if that send fails) the sender that holds the
+    socket is woken as for any action; it sends whatever is unacknowledged, so nothing is
+    lost either way."""
+    link = _links(app).get(queued.drone_id)
+    if link is not None:
+        try:
+            await link.send_action(queued.message)
+            return
+        except Exception as exc:  # the socket is closing, or the store failed: left to the sender
+            link.sent.discard(int(queued.message["action_id"]))
+            log.info("drone %s: could not send action %s at once: %s", queued.drone_id,
+                     queued.message["action_id"], exc)
+    notifier.notify(f"drone:{queued.drone_id}")
+
+
+def _links(app: Starlette) -> dict[str, _DroneLink]:
+    """The drone links this controller app holds, by drone id (made on first use)."""
+    links: dict[str, _DroneLink] | None = getattr(app.state, "drone_links", None)
+    if links is None:
+        links = app.state.drone_links = {}
+    return links
 
 
 _SENT_MEMORY = 10_000

@@ -17,9 +17,18 @@ class Notifier:
         if topic in self._events:
             self._events.pop(topic).set()
 
+    def changed(self, topic: str) -> asyncio.Event:
+        """The event the next notification of ``topic`` sets. Taken before reading what the
+        topic guards, it also catches a change made while that read is under way."""
+        return self._events[topic]
+
     async def wait(self, topic: str, timeout: float) -> None:
         """Return when ``topic`` is notified, or after ``timeout`` seconds."""
-        event = self._events[topic]
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await event.wait()
+        await wait_set(self._events[topic], timeout)
+
+
+async def wait_set(event: asyncio.Event, timeout: float) -> None:
+    """Return when ``event`` is set, or after ``timeout`` seconds."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()

@@ -1,6 +1,7 @@
 """The controller's end of a proxy's WebSocket (``/ctrl/proxy-socket``).
 
-It answers route requests, turns connection reports into activity for the idle sweep, and
+It answers route requests (one for a backend still starting when it is ready:
+``route_hold.py``), turns connection reports into activity for the idle sweep, and
 tells the proxy the moment a backend it routes to leaves ``ready`` (woken by this
 controller's drone events, and by polling for other controllers'). A proxy keeps its routes
 through a lost link and asks for each again on the next one; from that answer on this socket
@@ -22,6 +23,7 @@ from sailplane.controller import routes
 from sailplane.controller.auth import INSECURE_NOTE
 from sailplane.controller.frames import receive_text
 from sailplane.controller.notify import Notifier
+from sailplane.controller.route_hold import route_when_ready
 from sailplane.credentials import Credential
 from sailplane.protocol import ConnectionReport, RouteGone, RouteRequest, from_proxy
 
@@ -47,6 +49,23 @@ async def serve_proxy(
     watched: set[str] = set()
     lock = asyncio.Lock()
     watcher = asyncio.create_task(_drop_gone_routes(websocket, engine, notifier, watched, lock))
+    answering: set[asyncio.Task[None]] = set()  # each may wait for its backend's ``ready``
+
+    async def answer(token: str) -> None:
+        try:
+            route = await route_when_ready(engine, notifier, token)
+        except SQLAlchemyError:
+            log.exception("proxy socket: database error; closing it so the proxy reconnects")
+            with contextlib.suppress(RuntimeError):
+                await websocket.close(code=1011, reason="controller store error")
+            return
+        async with lock:
+            # Watched and answered at once, so the watcher's ``route_gone`` for this
+            # backend can only follow the answer, never overtake it.
+            if route.backend_id:
+                watched.add(route.backend_id)
+            await websocket.send_text(route.model_dump_json())
+
     try:
         while True:
             text = await receive_text(websocket)
@@ -57,13 +76,9 @@ async def serve_proxy(
                             str(exc).splitlines()[0])
                 continue
             if isinstance(message, RouteRequest):
-                route = await asyncio.to_thread(routes.lookup, engine, message.token)
-                async with lock:
-                    # Watched and answered at once, so the watcher's ``route_gone`` for this
-                    # backend can only follow the answer, never overtake it.
-                    if route.backend_id:
-                        watched.add(route.backend_id)
-                    await websocket.send_text(route.model_dump_json())
+                task = asyncio.create_task(answer(message.token))
+                answering.add(task)
+                task.add_done_callback(answering.discard)
             elif isinstance(message, ConnectionReport):
                 await asyncio.to_thread(routes.record_activity, engine, message.counts)
     except WebSocketDisconnect:
@@ -73,9 +88,9 @@ async def serve_proxy(
         with contextlib.suppress(RuntimeError):
             await websocket.close(code=1011, reason="controller store error")
     finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        for task in (watcher, *answering):
+            task.cancel()
+        await asyncio.gather(watcher, *answering, return_exceptions=True)
 
 
 async def _drop_gone_routes(

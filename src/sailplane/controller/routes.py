@@ -15,7 +15,14 @@ from sailplane.state import BackendStatus, now_ms
 
 def lookup(engine: Engine, token: str) -> RouteInfo:
     """The route for a user or static token, or an empty answer if it leads nowhere live."""
-    columns = (backends.c.id, backends.c.address, backends.c.status, backends.c.secret_token)
+    return find(engine, token)[0]
+
+
+def find(engine: Engine, token: str) -> tuple[RouteInfo, str | None]:
+    """As :func:`lookup`, and the id of the token's backend if it is on its way to ``ready``
+    (spawned, not ready yet, not asked to stop): a request for it can wait for its route."""
+    columns = (backends.c.id, backends.c.address, backends.c.status, backends.c.secret_token,
+               backends.c.stop_requested)
     with engine.connect() as conn:
         row: tuple[Any, ...] | None = conn.execute(
             select(*columns, tokens.c.username, tokens.c.auth)
@@ -24,11 +31,15 @@ def lookup(engine: Engine, token: str) -> RouteInfo:
         if row is None:
             static = conn.execute(select(*columns).where(backends.c.static_token == token)).first()
             row = None if static is None else (*static, None, None)
-    if row is None or row[2] != BackendStatus.READY.value or not row[1]:
-        return RouteInfo(token=token)
-    backend_id, address, _, secret, username, auth = row
+    if row is None:
+        return RouteInfo(token=token), None
+    backend_id, address, status, secret, stop_requested, username, auth = row
+    if status != BackendStatus.READY.value or not address:
+        starting = (BackendStatus(status).rank < BackendStatus.READY.rank
+                    and not stop_requested)
+        return RouteInfo(token=token), backend_id if starting else None
     return RouteInfo(token=token, backend_id=backend_id, address=address, username=username,
-                     user_data=json.dumps(auth or {}), secret=secret)
+                     user_data=json.dumps(auth or {}), secret=secret), None
 
 
 def not_ready(engine: Engine, backend_ids: Iterable[str]) -> list[str]:
