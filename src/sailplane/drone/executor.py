@@ -289,12 +289,14 @@ class Executor:
             limits = effective_limits(spawn.executable.resource_limits, self.settings.limits)
             if backend.status.rank < BackendStatus.LOADING.rank:  # adopted later: it is
                 self._set(backend, BackendStatus.LOADING)
-            await self.runtime.prepare(
-                spawn.executable.image, spawn.executable.pull_policy or PullPolicy.IF_NOT_PRESENT
-            )
+            # A warm container of the image runs, so the image is there: no engine call
+            # (unless it must be pulled anew); a claim that finds the pool empty prepares.
+            prepared = not self._warm_claimable(spawn)
+            if prepared:
+                await self._prepare(spawn)
             if backend.status.rank < BackendStatus.STARTING.rank:
                 self._set(backend, BackendStatus.STARTING)
-            await self._start_container(backend, values, limits)
+            await self._start_container(backend, values, limits, prepared)
         except BackendExited as exc:  # ran and ended at once (unless its exit came first)
             backend.exited.set()
             self._finish(backend, backend.stop_reason or TerminationReason.EXITED,
@@ -316,8 +318,18 @@ class Executor:
             return
         await self._wait_ready(backend)
 
+    def _warm_claimable(self, spawn: SpawnBackend) -> bool:
+        return (self.warm_pool is not None and self.warm_pool.can_take(spawn.executable)
+                and spawn.executable.pull_policy is not PullPolicy.ALWAYS)
+
+    async def _prepare(self, spawn: SpawnBackend) -> None:
+        await self.runtime.prepare(
+            spawn.executable.image, spawn.executable.pull_policy or PullPolicy.IF_NOT_PRESENT
+        )
+
     async def _start_container(
-        self, backend: _Backend, values: TemplateValues, limits: ResourceLimits
+        self, backend: _Backend, values: TemplateValues, limits: ResourceLimits,
+        prepared: bool,
     ) -> None:
         spawn = backend.spawn
         created = CreatedDirectories()
@@ -341,6 +353,8 @@ class Executor:
             if warm is not None and self.warm_pool is not None:
                 address = await self.warm_pool.claim(warm, spawn, mounts)
             else:
+                if not prepared:
+                    await self._prepare(spawn)
                 address = await self.runtime.start(spec)
         except BackendExited:
             created.release()  # it ran: its directories stay, as after any exit

@@ -82,12 +82,15 @@ class WarmPool:
         self._filler = asyncio.create_task(self._fill())
         self._wanted.set()
 
+    def can_take(self, executable: ExecutorConfig) -> bool:
+        """Whether :meth:`take` would give this request a warm container now."""
+        return bool(self._ready.get(executable.image)) and claimable(executable)
+
     def take(self, executable: ExecutorConfig) -> WarmContainer | None:
         """A ready warm container for this request, now, or None (then spawn cold)."""
-        ready = self._ready.get(executable.image)
-        if not ready or not claimable(executable):
+        if not self.can_take(executable):
             return None
-        warm = ready.pop()
+        warm = self._ready[executable.image].pop()
         self._wanted.set()
         return warm
 
