@@ -10,7 +10,8 @@ sent to the first HTTP answer received, rotating which goes first:
 - ``sailplane``: ``POST /ctrl/connect`` for a new key whose spawn mounts ``data`` read-write
   at ``/data``, then ``GET`` the returned URL through the proxy until it answers 200 (the
   controller, the drone socket, mount resolution and pinning, the engine, the readiness probe
-  and the route to the proxy are all in it);
+  and the route to the proxy are all in it; the proxy holds a request for a backend still
+  starting until it is ready, so that is usually one request);
 - ``raw Docker``: the Engine API alone (the Docker SDK): create with the same bind mount and
   the port published on loopback, start, inspect for the port, then ``GET`` until it answers;
 - ``raw Docker, bridge IP``: the same without publishing, reaching the container at its
