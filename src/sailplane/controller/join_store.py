@@ -20,8 +20,10 @@ given. How the transaction runs is the database's business:
   beginning. Holding every batch for every checkpoint (copying and syncing hundreds of pages,
   each sync taking up to tens of milliseconds on a shared disk) made the connects' p99.
 * PostgreSQL (:class:`PostgresJoins`): psycopg asynchronous connections driven by the event
-  loop itself, two batches under way at once (while one waits for the server, the next one
-  goes). A worker thread would pay for each of the transaction's round trips twice: the
+  loop itself, up to four batches under way at once. Most of a batch's time is its commit
+  waiting for the server's log flush (which durability needs); batches committing together
+  share a flush, where a batch that found every connection busy would wait for whole
+  flushes first. A worker thread would pay for each of the transaction's round trips twice: the
   network, then the wait to take the interpreter lock back from a busy event loop (up to its
   switch interval, 5 ms).
 """
@@ -212,7 +214,9 @@ class PostgresJoins:
     for the server the next one is under way. A connection is opened when none is idle and
     closed when its batch failed (it may be what broke)."""
 
-    parallel = 2
+    # Measured on a loaded machine, against two: about 1.6x the connects per second and a
+    # lower p50 (more batches share each log flush), the p99 no worse.
+    parallel = 4
 
     def __init__(self, conninfo: str, urls: Urls) -> None:
         self._conninfo = conninfo
