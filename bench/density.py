@@ -603,6 +603,11 @@ def plot(results: list[Result], path: Path) -> None:
                       yerr=[[p(t, .5) - min(t) for _, t in points],
                             [p(t, .9) - p(t, .5) for _, t in points]],
                       fmt="o-", capsize=3, label="probe p50 (min to p90), one at a time")
+        raw_points = sorted((live, t) for live, t in result.raw_probes.items() if t)
+        if raw_points:
+            axis.plot([live for live, _ in raw_points], [p(t, .5) for _, t in raw_points],
+                      "s--", color="purple",
+                      label="raw engine spawn p50 (create, start, first answer)")
         idle = statistics.median(result.idle)
         axis.axhline(idle, color="green", linestyle="--", label=f"idle p50 {idle:.0f} ms")
         axis.axhline(idle * MAX_LOAD_RATIO, color="red", linestyle=":",
