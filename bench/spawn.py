@@ -63,6 +63,7 @@ from sailplane.runtime.base import (
     BackendAddress,
 )
 from sailplane.runtime.containerd.ctr import Ctr, CtrError, default_address, normalize_image
+from sailplane.runtime.containerd.netns_pool import NetnsPool
 from sailplane.runtime.containerd.network import CniNetwork
 from sailplane.runtime.containerd.runtime import ContainerdRuntime
 from sailplane.runtime.docker.network import backend_network
@@ -276,6 +277,8 @@ class ContainerdBench:
                     except CtrError as exc:
                         if not exc.not_found:
                             raise
+        # The namespaces of backends the executor left running (a spawn that failed).
+        await NetnsPool(self.network, self.drone_id, size=0).sweep(set())
         try:
             await self.ctr("images", "rm", "--sync", self.ref)
         except CtrError as exc:
