@@ -98,8 +98,11 @@ async def storm(url: str, names: list[str], engine: Engine) -> list[dict[str, An
         assert is_stored(engine, answer["token"]), "answered before its token was committed"
         return answer
 
-    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=64),
-                                 headers={"authorization": f"Bearer {API_TOKEN}"}) as client:
+    # A connection per request: on a loaded machine one could sit idle past the server's
+    # keep-alive timeout (5 s) and be closed just as a request went out on it (ReadError).
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(
+            max_connections=64, max_keepalive_connections=0),
+            headers={"authorization": f"Bearer {API_TOKEN}"}) as client:
         return await asyncio.gather(*(connect(client, name)
                                       for _ in range(CONNECTS_PER_KEY) for name in names))
 
