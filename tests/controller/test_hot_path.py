@@ -298,7 +298,7 @@ def test_sqlite_batches_keep_the_log_bounded(sqlite_url: str, tmp_path: Path) ->
     add_drone(engine)
     make_live(engine, "k")
     request = ConnectRequest.model_validate(spawn_body("k"))
-    batches = 600
+    batches = 1200
     wal = tmp_path / "c.db-wal"
 
     async def run() -> int:
@@ -317,8 +317,10 @@ def test_sqlite_batches_keep_the_log_bounded(sqlite_url: str, tmp_path: Path) ->
     finally:
         engine.dispose()
     assert stored_tokens_in(sqlite_url) >= batches
-    # Each batch appends a few 4 KiB pages: unbounded, the log would pass 4 MiB here.
-    assert size < 1024 * 1024, size
+    # Each batch appends a few 4 KiB pages: unbounded, the log would pass 16 MiB here
+    # (measured: 8 MiB for 600). Bounded, it holds the limit plus what batches append while
+    # one checkpoint runs beside them, which takes longer on a busy machine (1.5 MiB seen).
+    assert size < 4 * 1024 * 1024, size
 
 
 def test_sqlite_batches_go_on_while_a_reader_holds_the_log(sqlite_url: str) -> None:
