@@ -71,6 +71,13 @@ RAW_RESPONSES = {
     "unasked-101": b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\n"
                    b"Upgrade: websocket\r\n\r\nraw bytes",
     "huge-head": b"HTTP/1.1 200 OK\r\nX-Big: " + b"b" * (200 * 1024) + b"\r\n\r\n",
+    # Plain heads, passed on as they came but for their Connection lines (any spelling).
+    "two-connections": b"HTTP/1.1 200 OK\r\nconnection: keep-alive\r\nContent-Length: 2\r\n"
+                       b"X-A: b\r\nCONNECTION: x-a\r\n\r\nhi",
+    "out-of-turn": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiHTTP/1.1 200 OK\r\n"
+                   b"Content-Length: 5\r\n\r\nextra",
+    # Not plain: a hop-by-hop header other than Connection, the full parse drops it.
+    "keep-alive": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\n\r\nhi",
 }
 
 

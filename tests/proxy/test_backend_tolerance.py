@@ -51,6 +51,21 @@ def test_a_body_until_close_ends_the_client_connection_after_it(proxy: ProxyProc
     assert len(answer.body) == 100_000
 
 
+@pytest.mark.parametrize("name", ["two-connections", "keep-alive", "out-of-turn"])
+def test_hop_by_hop_headers_and_bytes_out_of_turn_never_reach_the_client(
+    proxy: ProxyProcess, name: str,
+) -> None:
+    """Plain heads are passed on as the backend wrote them (``passable_head``), others are
+    rebuilt: either way without the backend's hop-by-hop headers, and the client's response
+    ends where its Content-Length says, whatever the backend sent after it."""
+    got = request(proxy.port, get(b"/raw/" + name.encode(), b"t") + get(b"/after", b"t2"))
+    first, second = responses(got)
+    assert first.status == 200 and first.body == b"hi"
+    assert [n.lower() for n, _ in first.headers
+            if n.lower() in (b"connection", b"keep-alive")] == []
+    assert second.json()["target"] == "/after"  # the client's connection goes on
+
+
 @pytest.mark.parametrize("name,reason", [
     ("garbage", "Expected HTTP/"),
     ("cl-te", "Content-Length"),

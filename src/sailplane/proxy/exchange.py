@@ -93,15 +93,21 @@ class Exchange:
     # -- driven by the client connection ---------------------------------------------------
 
     def start(self) -> None:
-        raw_token, self.rest = split_token(self.url)
-        n = len(raw_token)
-        self.add_slash = n > 0 and self.upgrade is None and not self.url.startswith(b"/", n + 1)
-        token = raw_token.decode("latin-1")
-        route = self.client.proxy.routes.cached(token)
+        # split_token, inline, with the common case (``/TOKEN/rest``, no query) first.
+        url = self.url
+        end = url.find(b"/", 1)
+        raw_token = url[1:] if end == -1 else url[1:end]
+        if end != -1 and b"?" not in raw_token:
+            self.rest = url[end:]
+        else:
+            raw_token, self.rest = split_token(url)
+            # ``/TOKEN`` or ``/TOKEN?query``: the backend's root has a trailing slash.
+            self.add_slash = bool(raw_token) and self.upgrade is None
+        route = self.client.proxy.routes.cached(raw_token.decode("latin-1"))
         if route is not None:
             self._use(route)
         else:
-            self.client.proxy.spawn(self._lookup(token))
+            self.client.proxy.spawn(self._lookup(raw_token.decode("latin-1")))
 
     def request_body(self, body: bytes) -> None:
         upstream = self.upstream
@@ -173,7 +179,7 @@ class Exchange:
         if client.write_paused:  # the client is still slow to take an earlier answer
             client.hold(upstream)
         url = self.url
-        query = url.find(b"?")
+        path = url if b"?" not in url else url[:url.find(b"?")]
         if self.chunked:
             framing = b"transfer-encoding: chunked\r\n"
         elif self.content_length is not None:
@@ -183,7 +189,7 @@ class Exchange:
         write = upstream.transport.write
         write(b"".join((
             self.method, b" ", self.rest, b" HTTP/1.1\r\n", self.headers, route.verified_headers,
-            b"x-verified-path: ", url if query == -1 else url[:query], b"\r\n", framing,
+            b"x-verified-path: ", path, b"\r\n", framing,
             b"connection: upgrade\r\nupgrade: %s\r\n\r\n" % self.upgrade if self.upgrade
             else b"connection: keep-alive\r\n\r\n",
         )))

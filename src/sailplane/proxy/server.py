@@ -25,7 +25,9 @@ avoids writes first (the response head and what one read from the backend produc
 in a single ``write``, ``Upstream``'s output buffer), then Python calls and bytecodes:
 per-request work stays inside parser callbacks (a lookup or a new connection is the only
 task), a callback the parser need not call is not defined, and the common case of each
-callback comes first.
+callback comes first. A Python call per response header cost more than all of llhttp's work
+on the response, so a plain response is passed on as it came (``upstream.passable_head``):
+83k -> 65k instructions per proxied request in user space (callgrind).
 """
 
 from __future__ import annotations

@@ -20,11 +20,22 @@ paused for the next exchange.
 What one read from the backend yields for the client (the response head, body pieces, the
 end of a chunked body) is written to the client in one call at the end of that read: a small
 response costs one system call, not three.
+
+The common response is passed on as the backend wrote it. When the first read of a response
+holds its whole head, and the head is plain (``passable_head``: HTTP/1.1, a status from 200
+to 599 but 204 and 304, a ``Content-Length``, no hop-by-hop header but ``Connection``, which
+is cut out), a strict parser (``Upstream.strict``: no leniency, so CRLF line ends only, no
+obsolete line folding) checks the head and counts the body, and the bytes go to the client
+as they came, cut at the end of the body. Anything else, or anything the strict parser
+refuses, goes through the full parse below from its first byte, as before: the pass-through
+decides only what needs no rewriting, never what is valid. It saves a Python call per
+header (each costs more than the C work of the whole response: ``bench/proxy.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
@@ -54,6 +65,96 @@ def _kind(name: bytes) -> int:
     if len(_KINDS) < _MAX_KINDS:
         _KINDS[name] = kind
     return kind
+
+
+# -- the pass-through of plain responses -------------------------------------------------------
+# Hop-by-hop headers (and Transfer-Encoding) that make a head need the full parse. Searched for
+# in the lower-cased head; a header line starts after a CRLF (a strict parser allows no CR or LF
+# inside a line, and no space before the colon).
+_NOT_PASSABLE = re.compile(rb"\r\n(?:keep-alive|proxy-connection|te|trailer|upgrade|"
+                           rb"transfer-encoding):")
+_CONTENT_LENGTH = b"\r\ncontent-length:"
+_CONNECTION = b"\r\nconnection:"
+# What ends a passed-on head, by the client connection's fate.
+_HEAD_END = b"\r\n\r\n"
+_HEAD_END_CLOSE = b"\r\nconnection: close\r\n\r\n"
+
+
+def passable_head(data: bytes) -> tuple[bytes, int] | None:
+    """The head the client gets for the response head ``data`` (up to its last header line,
+    without the CRLF that ends it), and the response's Content-Length; None if the
+    response needs the full parse.
+
+    A head passes as the backend wrote it, but for its ``Connection`` lines, if it is
+    HTTP/1.1, its status is from 200 to 599 but 204 and 304 (no 1xx, no response that has
+    no body whatever its Content-Length says), it has a Content-Length, and no other
+    hop-by-hop header (nor Transfer-Encoding). Whether the head is valid is not decided here
+    but by the strict parser the caller runs over it before any byte is sent.
+
+    >>> passable_head(b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\nConnection: keep-alive\\r\\n"
+    ...               b"X-A: b")
+    (b'HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\nX-A: b', 2)
+    >>> passable_head(b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\nKeep-Alive: timeout=5") is None
+    True
+    """
+    end = len(data)
+    status = data[9:12]
+    if (not data.startswith(b"HTTP/1.1 ") or not b"200" <= status < b"600"
+            or status == b"204" or status == b"304"):
+        return None
+    lower = data.lower()
+    at = lower.find(_CONTENT_LENGTH)
+    if at == -1 or _NOT_PASSABLE.search(lower) is not None:
+        return None
+    at += len(_CONTENT_LENGTH)
+    value_end = lower.find(b"\r\n", at)
+    value = lower[at:end if value_end == -1 else value_end]
+    # int() reads what a strict parser takes (digits, spaces and tabs around them) alike, and
+    # more (a sign, underscores): the strict parser refuses those before anything is sent.
+    if len(value) > 20:
+        return None
+    try:
+        length = int(value)
+    except ValueError:
+        return None
+    cut = lower.find(_CONNECTION)
+    if cut == -1:
+        return data, length
+    pieces = []
+    start = 0
+    while cut != -1:  # each Connection line, with the CRLF before it
+        pieces.append(data[start:cut])
+        start = lower.find(b"\r\n", cut + 2)
+        if start == -1:
+            start = end
+        cut = lower.find(_CONNECTION, start)
+    pieces.append(data[start:end])
+    return b"".join(pieces), length
+
+
+# passable_head's answers for the heads seen last. A backend's heads repeat byte for byte
+# (until its Date header ticks, once a second), and a lookup costs a tenth of the answer.
+# Only small heads are kept, and all are forgotten when there are _MAX_PASSABLE of them.
+_PASSABLE: dict[bytes, tuple[bytes, int] | None] = {}
+_MAX_PASSABLE = 256
+_MAX_PASSABLE_HEAD_BYTES = 2048
+_UNSEEN = (b"", -1)  # not in _PASSABLE
+
+
+class _MessageEnd:
+    """The strict parser's protocol: httptools calls only the callbacks a protocol has, and
+    this one wants only the end of a message (and the backend's keep-alive, which the parser
+    forgets once the message is over)."""
+
+    __slots__ = ("ended", "keep_alive", "parser")
+
+    def __init__(self) -> None:
+        self.ended = self.keep_alive = False
+        self.parser = httptools.HttpResponseParser(self)  # strict: no leniency
+
+    def on_message_complete(self) -> None:
+        self.ended = True
+        self.keep_alive = self.parser.should_keep_alive()
 
 
 class BadResponse(Exception):
@@ -121,6 +222,8 @@ class Upstream(FlowControl):
         self.address = address
         self.exchange: Exchange | None = None
         self.parser = _response_parser(self)
+        self.strict = _MessageEnd()  # the pass-through's parser
+        self.passing = 0  # body bytes still to come of a response passed on as it came
         self.tunnel: asyncio.Transport | None = None  # the client, after a 101
         self.out: list[bytes] = []  # for the client, written at the end of each read
         self.idle_since = 0.0  # in the pool since (the proxy's clock)
@@ -147,6 +250,15 @@ class Upstream(FlowControl):
         if exchange is None:  # a backend talking out of turn: drop the connection
             self.transport.close()
             return
+        if self.passing:
+            self._pass_body(exchange, data)
+            return
+        if not self.got_response and not exchange.is_head and exchange.upgrade is None:
+            # The first bytes of a response: passed on as they came if its head is plain.
+            self.got_response = True
+            end = data.find(b"\r\n\r\n")
+            if 0 < end <= MAX_RESPONSE_HEAD_BYTES and self._pass_head(exchange, data, end):
+                return
         self.got_response = True
         if not self.head_done:
             self.head_bytes += len(data)
@@ -169,6 +281,61 @@ class Upstream(FlowControl):
             return
         if self.out:
             self._flush(exchange)
+
+    def _pass_head(self, exchange: Exchange, data: bytes, end: int) -> bool:
+        """Pass on the response that begins ``data`` as it came, if its head is plain and the
+        strict parser takes it; False (nothing done) for the full parse instead."""
+        raw = data[:end]
+        passable = _PASSABLE.get(raw, _UNSEEN)
+        if passable is _UNSEEN:
+            passable = passable_head(raw)
+            if end <= _MAX_PASSABLE_HEAD_BYTES:
+                if len(_PASSABLE) >= _MAX_PASSABLE:
+                    _PASSABLE.clear()
+                _PASSABLE[raw] = passable
+        if passable is None:
+            return False
+        head, length = passable
+        total = end + 4 + length  # the response's bytes; more in this read are out of turn
+        strict = self.strict
+        try:
+            strict.parser.feed_data(data if len(data) <= total else data[:total])
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            self.strict = _MessageEnd()  # this one's state is spoiled
+            return False
+        self.head_done = self.sent = True
+        exchange.client.transport.write(b"".join((
+            head, _HEAD_END if exchange.keep_alive else _HEAD_END_CLOSE, data[end + 4:total])))
+        if len(data) < total:
+            self.passing = total - len(data)
+        else:
+            self._passed(extra=len(data) > total)
+        return True
+
+    def _pass_body(self, exchange: Exchange, data: bytes) -> None:
+        """More of the body of a response passed on as it came."""
+        rest = self.passing
+        piece = data if len(data) <= rest else data[:rest]
+        try:
+            self.strict.parser.feed_data(piece)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self.strict = _MessageEnd()  # (a body of a known length cannot be refused)
+            self._bad(exchange, str(exc))
+            return
+        exchange.client.transport.write(piece)
+        self.passing = rest - len(piece)
+        if not self.passing:
+            self._passed(extra=len(data) > rest)
+
+    def _passed(self, *, extra: bool) -> None:
+        """The end of a response passed on as it came. Bytes after it (``extra``) are the
+        backend talking out of turn: they are dropped, with the connection."""
+        strict = self.strict
+        # Not ``ended``: the parser and the count disagree (they cannot), so the connection
+        # is closed, whatever state the parser is in.
+        keep_alive = strict.ended and strict.keep_alive and not extra
+        strict.ended = False
+        self._complete(keep_alive)
 
     def _flush(self, exchange: Exchange) -> None:
         out, self.out = self.out, []
