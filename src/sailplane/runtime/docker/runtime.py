@@ -115,12 +115,13 @@ class DockerRuntime(Runtime):
     # -- images ----------------------------------------------------------------------------
 
     async def prepare(self, image: str, pull_policy: PullPolicy) -> None:
-        await self.calls.thread(self._prepare, image, pull_policy)
+        # An image seen a moment ago costs no thread: the hop alone is milliseconds on a busy
+        # event loop, on the path of nearly every spawn.
+        if pull_policy is PullPolicy.ALWAYS or not self._images_seen.fresh(image):
+            await self.calls.thread(self._prepare, image, pull_policy)
 
     def _prepare(self, image: str, pull_policy: PullPolicy) -> None:
         if pull_policy is not PullPolicy.ALWAYS:
-            if self._images_seen.fresh(image):
-                return
             try:
                 self.client.images.get(image)
                 self._images_seen.saw(image)
