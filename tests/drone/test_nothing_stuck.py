@@ -13,15 +13,15 @@ import json
 from typing import Any
 
 import pytest
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 
-from sailplane.drone.agent import DroneAgent
 from sailplane.drone.executor import START_RETRIED, Executor
 from sailplane.drone.store import DroneStore
 from sailplane.mounts.pin import StagingArea
 from sailplane.mounts.policy import MountPolicy
-from sailplane.protocol import EventAck, Hello, LeaseRenewal
+from sailplane.protocol import EventAck, LeaseRenewal
 from sailplane.state import BackendStatus, TerminationReason
+from tests.drone.linked import agent_linked_to
 from tests.drone.test_executor import WITHIN, FakeRuntime, left_in, spawn_of
 
 S = BackendStatus
@@ -136,21 +136,11 @@ def test_the_link_outlives_frames_the_drone_cannot_read(
     async def scenario() -> None:
         executor = Executor(FakeRuntime(), MountPolicy.build([]), store, staging)
         await executor.start()
-        async with serve(controller, "127.0.0.1", 0) as server:
-            port = server.sockets[0].getsockname()[1]
-            hello = Hello(drone_id="d1", runtime="docker", host_volumes=[])
-            agent = DroneAgent(f"http://127.0.0.1:{port}", executor, hello,
-                               heartbeat_seconds=0.05)
-            running = asyncio.create_task(agent.run())
-            try:
-                async with asyncio.timeout(WITHIN):
-                    while not (refusals(received) and heartbeats_after_refusal(received) >= 3):
-                        assert not running.done(), running
-                        await asyncio.sleep(0.05)
-            finally:
-                running.cancel()
-                await asyncio.gather(running, return_exceptions=True)
-                await executor.close()
+        async with agent_linked_to(controller, executor) as running:
+            async with asyncio.timeout(WITHIN):
+                while not (refusals(received) and heartbeats_after_refusal(received) >= 3):
+                    assert not running.done(), running
+                    await asyncio.sleep(0.05)
 
     asyncio.run(scenario())
     [refused] = refusals(received)

@@ -16,19 +16,19 @@ import asyncio
 import json
 
 import pytest
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 
 from sailplane.drone import executor as executor_module
-from sailplane.drone.agent import DroneAgent
 from sailplane.drone.executor import START_ABANDONED, START_REVOKED, Executor
 from sailplane.drone.leases import LeaseKeeper
 from sailplane.drone.store import DroneStore
 from sailplane.errors import BackendExited, RuntimeFailure
 from sailplane.mounts.pin import StagingArea
 from sailplane.mounts.policy import MountPolicy
-from sailplane.protocol import Hello, LeaseRenewal
+from sailplane.protocol import LeaseRenewal
 from sailplane.runtime.base import BackendAddress, BackendSpec, OwnedBackend
 from sailplane.state import BackendState, BackendStatus, TerminationReason
+from tests.drone.linked import agent_linked_to
 from tests.drone.test_executor import WITHIN, FakeRuntime, left_in, spawn_of
 
 S = BackendStatus
@@ -74,19 +74,9 @@ def test_an_interrupted_start_waits_for_the_first_renewal_and_a_revoked_one_neve
         await executor.start()
         await asyncio.sleep(0.2)
         assert runtime.started == [], "a start ran again before the drone reached its controller"
-        async with serve(controller, "127.0.0.1", 0) as server:
-            port = server.sockets[0].getsockname()[1]
-            hello = Hello(drone_id="d1", runtime="docker", host_volumes=[])
-            agent = DroneAgent(f"http://127.0.0.1:{port}", executor, hello,
-                               heartbeat_seconds=0.05)
-            running = asyncio.create_task(agent.run())
-            try:
-                await executor.wait_for("b-kept", S.WAITING, WITHIN)
-                await executor.wait_for("b-revoked", S.TERMINATED, WITHIN)
-            finally:
-                running.cancel()
-                await asyncio.gather(running, return_exceptions=True)
-                await executor.close()
+        async with agent_linked_to(controller, executor):
+            await executor.wait_for("b-kept", S.WAITING, WITHIN)
+            await executor.wait_for("b-revoked", S.TERMINATED, WITHIN)
 
     asyncio.run(scenario())
     assert before_renewal == []

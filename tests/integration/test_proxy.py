@@ -12,7 +12,6 @@ import os
 import signal
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +31,7 @@ from tests.integration.controller_fixtures import (
     wait_until,
 )
 from tests.integration.proxy_fixtures import AUTH, USER, ProxyCluster, demo_image, proxy_cluster
+from tests.proxy.harness import ClientThreads, PeakRss, rss_of
 
 __all__ = ["demo_image", "proxy_cluster"]  # the fixtures, imported for pytest
 
@@ -48,41 +48,6 @@ TRANSFER_TIMEOUT = httpx.Timeout(30.0)
 def backend(proxy_cluster: ProxyCluster) -> dict[str, Any]:
     """One ready demo backend that most tests share (they do not change it)."""
     return proxy_cluster.connect()
-
-
-def _rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for pid {pid}")
-
-
-class PeakRss:
-    """The highest resident size of a process, sampled every 20 ms while in the block."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.start = _rss(pid)
-        self.peak = self.start
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._done.wait(0.02):
-            self.peak = max(self.peak, _rss(self.pid))
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._done.set()
-        self._thread.join()
-
-    @property
-    def growth(self) -> int:
-        return self.peak - self.start
 
 
 def _blocks(digest: Any) -> Iterator[bytes]:
@@ -162,7 +127,7 @@ def test_100mb_download_is_streamed(
         expected.update(pattern)
     got = hashlib.sha256()
     length = 0
-    with PeakRss(proxy_cluster.proxy_pid()) as rss, httpx.stream(
+    with PeakRss(lambda: rss_of(proxy_cluster.proxy_pid())) as rss, httpx.stream(
         "GET", backend["url"] + f"bytes?n={BIG}", timeout=TRANSFER_TIMEOUT,
     ) as response:
         assert response.status_code == 200
@@ -181,7 +146,7 @@ def test_100mb_upload_is_streamed(
 ) -> None:
     sent = hashlib.sha256()
     headers = {"content-length": str(BIG)} if framing == "content-length" else {}
-    with PeakRss(proxy_cluster.proxy_pid()) as rss:
+    with PeakRss(lambda: rss_of(proxy_cluster.proxy_pid())) as rss:
         response = httpx.post(backend["url"] + "sink", content=_blocks(sent), headers=headers,
                               timeout=TRANSFER_TIMEOUT)
     assert response.status_code == 200, response.text
@@ -443,35 +408,22 @@ def test_two_worker_processes_share_one_port(
 # -- the controller link ---------------------------------------------------------------------
 
 HAMMER_THREADS = 4
-MAX_HAMMER_SECONDS = 30.0  # a bound on the load loop below, whatever happens
 
 
-class Hammer:
+class Hammer(ClientThreads):
     """Clients on keep-alive connections requesting ``urls`` in turn until stopped (or
-    ``MAX_HAMMER_SECONDS``); every outcome is counted, with when it happened."""
+    ``MAX_CLIENT_SECONDS``); every outcome is counted, with when it happened."""
 
     def __init__(self, urls: list[str]) -> None:
         self.urls = urls
         self.outcomes: list[tuple[float, int | str]] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(n,), daemon=True)
-                         for n in range(HAMMER_THREADS)]
+        super().__init__(HAMMER_THREADS)
 
-    def __enter__(self) -> Hammer:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(MAX_HAMMER_SECONDS)
-
-    def _run(self, number: int) -> None:
-        deadline = time.monotonic() + MAX_HAMMER_SECONDS
+    def run(self, number: int) -> None:
+        deadline = self.deadline()
         with httpx.Client(timeout=10) as client:
             turn = number
-            while not self._stop.is_set() and time.monotonic() < deadline:
+            while self.going(deadline):
                 url = self.urls[turn % len(self.urls)]
                 turn += 1
                 try:

@@ -32,10 +32,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 import h11
@@ -335,28 +335,26 @@ class ProxyProcess:
         self._log.close()
 
     def rss(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise AssertionError("no VmRSS")
+        return rss_of(self.pid)
 
     def open_fds(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
 
 class PeakRss:
-    """The highest resident size of the proxy, sampled every 20 ms while in the block."""
+    """The peak of a process's resident memory while the block runs, sampled every 20 ms;
+    ``measure`` reads it (``ProxyProcess.rss``, or :func:`rss_of` a pid)."""
 
-    def __init__(self, proxy: ProxyProcess) -> None:
-        self.proxy = proxy
-        self.start = proxy.rss()
+    def __init__(self, measure: Callable[[], int]) -> None:
+        self.measure = measure
+        self.start = measure()
         self.peak = self.start
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
         while not self._done.wait(0.02):
-            self.peak = max(self.peak, self.proxy.rss())
+            self.peak = max(self.peak, self.measure())
 
     def __enter__(self) -> PeakRss:
         self._thread.start()
@@ -369,6 +367,45 @@ class PeakRss:
     @property
     def growth(self) -> int:
         return self.peak - self.start
+
+
+def rss_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+class ClientThreads:
+    """``threads`` clients, each running :meth:`run` (client ``number``) from the block's
+    start until it ends or ``MAX_CLIENT_SECONDS`` have passed: a bounded load loop."""
+
+    MAX_CLIENT_SECONDS = 30.0
+
+    def __init__(self, threads: int) -> None:
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self.run, args=(n,), daemon=True)
+                         for n in range(threads)]
+
+    def going(self, deadline: float) -> bool:
+        """Whether a client goes on (``deadline`` from :meth:`deadline`)."""
+        return not self._stop.is_set() and time.monotonic() < deadline
+
+    def deadline(self) -> float:
+        return time.monotonic() + self.MAX_CLIENT_SECONDS
+
+    def run(self, number: int) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(self.MAX_CLIENT_SECONDS)
 
 
 # -- raw HTTP on the client side ---------------------------------------------------------------

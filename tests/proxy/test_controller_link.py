@@ -22,6 +22,7 @@ from tests.proxy.conftest import Stack
 from tests.proxy.harness import (
     START_TIMEOUT_SECONDS,
     TOKEN,
+    ClientThreads,
     Controller,
     ProxyProcess,
     free_port,
@@ -31,7 +32,6 @@ from tests.proxy.harness import (
 
 KNOWN = [f"t-known-{n}" for n in range(10)]
 HAMMER_THREADS = 4
-MAX_HAMMER_SECONDS = 10.0  # a bound on every load loop below, whatever happens
 
 
 @pytest.fixture(scope="module")
@@ -85,33 +85,23 @@ def _wait_until(check: Callable[[], bool], what: str,
     raise AssertionError(f"timed out waiting for {what}")
 
 
-class Hammer:
+class Hammer(ClientThreads):
     """``HAMMER_THREADS`` clients, each on one keep-alive connection, requesting the known
-    routes in turn until stopped (or ``MAX_HAMMER_SECONDS``); statuses counted."""
+    routes in turn until stopped (or ``MAX_CLIENT_SECONDS``); statuses counted."""
+
+    MAX_CLIENT_SECONDS = 10.0
 
     def __init__(self, port: int) -> None:
         self.port = port
         self.statuses: Counter[int | str] = Counter()
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(n,), daemon=True)
-                         for n in range(HAMMER_THREADS)]
+        super().__init__(HAMMER_THREADS)
 
-    def __enter__(self) -> Hammer:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(MAX_HAMMER_SECONDS)
-
-    def _run(self, number: int) -> None:
+    def run(self, number: int) -> None:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-        deadline = time.monotonic() + MAX_HAMMER_SECONDS
+        deadline = self.deadline()
         turn = number
-        while not self._stop.is_set() and time.monotonic() < deadline:
+        while self.going(deadline):
             token = KNOWN[turn % len(KNOWN)]
             turn += 1
             try:

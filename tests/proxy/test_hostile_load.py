@@ -62,7 +62,7 @@ def assert_recovered(proxy: ProxyProcess, fds_before: int) -> None:
 
 @contextlib.contextmanager
 def attack_watch(proxy: ProxyProcess) -> Iterator[tuple[PeakRss, GoodClient]]:
-    with PeakRss(proxy) as rss, GoodClient(proxy.port) as good:
+    with PeakRss(proxy.rss) as rss, GoodClient(proxy.port) as good:
         time.sleep(0.3)
         yield rss, good
         time.sleep(0.3)  # and just after it
@@ -151,7 +151,7 @@ def test_a_connection_flood_is_refused_with_503_without_starving_open_ones(
     fds_before = proxy.open_fds()
     sockets: list[socket.socket] = []
     try:
-        with PeakRss(proxy) as rss, GoodClient(proxy.port, fresh=False) as good:
+        with PeakRss(proxy.rss) as rss, GoodClient(proxy.port, fresh=False) as good:
             time.sleep(0.2)
             for _ in range(n):
                 sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
