@@ -345,15 +345,15 @@ class DockerRuntime(Runtime):
                 raise RuntimeFailure(f"cannot signal backend {backend_id}: {exc}") from exc
 
     async def remove(self, backend_id: str) -> None:
-        container_id = await self.calls.thread(self._remove, backend_id)
+        await self._remove_and_free(container_name(backend_id))
+
+    async def _remove_and_free(self, name: str) -> None:
+        """Remove the container and free its address."""
+        container_id = await self.calls.thread(self._remove_named, name)
         if container_id is not None:
             # Its namespace went with it: only its address is left, freed in-process (no
             # engine call, so no slot held).
             await self.network.detach(container_id)
-
-    def _remove(self, backend_id: str) -> str | None:
-        """Remove the container; its id, or None if there was none."""
-        return self._remove_named(container_name(backend_id))
 
     # -- watching --------------------------------------------------------------------------
 
@@ -555,9 +555,7 @@ class DockerRuntime(Runtime):
         return warm.address
 
     async def discard_warm(self, warm: WarmContainer) -> None:
-        container_id = await self.calls.thread(self._remove_named, warm.name)
-        if container_id is not None:
-            await self.network.detach(container_id)
+        await self._remove_and_free(warm.name)
 
     def _remove_named(self, name: str) -> str | None:
         """Remove a container by name; its id (for freeing its address), or None if there
