@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from sailplane.controller.db.queries import LIVE_STATUSES, drone_load
@@ -94,21 +94,25 @@ def connect(
     key = request.key or KeyConfig(name="lk-" + secrets.token_hex(8))
     deadline = time.monotonic() + key_wait_seconds
     while True:
-        with engine.begin() as conn:
-            found = _join_live(conn, key, request, urls, terms)
+        try:
+            # One transaction reads the key and, if it is free, spawns: on SQLite it holds
+            # the write lock from its start, so the key cannot be taken in between.
+            with engine.begin() as conn:
+                found = _join_live(conn, key, request, urls, terms)
+                if found is None and request.spawn_config is not None:
+                    return _spawn(conn, key, request, urls, terms)
+        except IntegrityError:  # another connect took the key first: join its backend
+            assert request.spawn_config is not None
+            with engine.connect() as conn:
+                _check_new_id(conn, request.spawn_config.id)
+            if time.monotonic() < deadline:
+                continue
         if isinstance(found, ConnectResponse):
             return found, None
         if request.spawn_config is None:
             held = " (its backend is terminating)" if found is _HELD else ""
             raise BackendNotFound(f"no live backend for key {key.name!r} in namespace "
                                   f"{key.namespace!r}{held}, and no spawn_config to start one")
-        if found is None:
-            try:
-                return _spawn(engine, key, request, urls, terms)
-            except IntegrityError:
-                _check_new_id(engine, request.spawn_config.id)
-                if time.monotonic() < deadline:
-                    continue  # another connect took the key first: join its backend
         if time.monotonic() >= deadline:
             raise KeyBusy(f"key {key.name!r} in namespace {key.namespace!r} is still held by a "
                           f"backend on its way out after {key_wait_seconds:.0f} s; try again")
@@ -117,18 +121,41 @@ def connect(
 
 _HELD = "held"
 
+# The new-key path's statements, built once: building one (and its cache key) on every call
+# cost more than running it.
+_KEY_HOLDER = (
+    select(backends, backend_keys.c.expires_ms)
+    .join(backend_keys, backend_keys.c.backend_id == backends.c.id)
+    .where(backend_keys.c.namespace == bindparam("namespace"),
+           backend_keys.c.name == bindparam("name"))
+)
+_BACKEND_EXISTS = select(backends.c.id).where(backends.c.id == bindparam("backend_id"))
+_LOAD = drone_load()
+_CANDIDATES = (
+    select(drones, func.coalesce(_LOAD.c.n, 0).label("load"))
+    .outerjoin(_LOAD, _LOAD.c.drone_id == drones.c.id).where(drones.c.connected)
+)
+_NEXT_FENCE = select(func.coalesce(func.max(backends.c.fencing_token), 0) + 1).where(
+    backends.c.key_namespace == bindparam("namespace"),
+    backends.c.key_name == bindparam("name"))
+_NEW_BACKEND = insert(backends)
+_NEW_KEY = insert(backend_keys)
+_NEW_STATE = insert(backend_states)
+_NEW_TOKEN = insert(tokens)
+_NEW_ACTION = insert(drone_actions)
+_LOCKED_STATUS = (select(backends.c.status).where(backends.c.id == bindparam("backend_id"))
+                  .with_for_update())
+# Sets the columns given with the parameters (one compiled form per set of columns).
+_UPDATE_BACKEND = update(backends).where(backends.c.id == bindparam("the_id"))
+
 
 def _join_live(
     conn: Connection, key: KeyConfig, request: ConnectRequest, urls: Urls, terms: LeaseTerms,
 ) -> ConnectResponse | str | None:
     """The response joining the key's live backend; None if the key is free, :data:`_HELD`
     if a backend on its way out still holds it."""
-    row = conn.execute(
-        select(backends, backend_keys.c.expires_ms)
-        .join(backend_keys, backend_keys.c.backend_id == backends.c.id).where(
-            backend_keys.c.namespace == key.namespace, backend_keys.c.name == key.name,
-        )
-    ).mappings().first()
+    row = conn.execute(_KEY_HOLDER, {"namespace": key.namespace, "name": key.name}
+                       ).mappings().first()
     if row is None:
         return None
     status = BackendStatus(row["status"])
@@ -153,67 +180,58 @@ def joinable(status: str, stop_requested: str | None, key_tag: str, key: KeyConf
     return (BackendStatus(status).is_alive and not stop_requested and key_tag == key.tag)
 
 
-def _check_new_id(engine: Engine, given: str | None) -> None:
+def _check_new_id(conn: Connection, given: str | None) -> None:
     """Refuse (409) a ``spawn_config.id`` that names a backend which exists already."""
-    if given and is_backend_id(given) and exists(engine, given):
+    if given and is_backend_id(given) and conn.execute(
+            _BACKEND_EXISTS, {"backend_id": given}).first() is not None:
         raise BackendExists(f"a backend with id {given!r} exists already; spawn_config.id must "
                             "be new")
 
 
 def _spawn(
-    engine: Engine, key: KeyConfig, request: ConnectRequest, urls: Urls, terms: LeaseTerms,
+    conn: Connection, key: KeyConfig, request: ConnectRequest, urls: Urls, terms: LeaseTerms,
 ) -> tuple[ConnectResponse, QueuedAction]:
+    """Spawn a backend for the free ``key``, in the caller's transaction."""
     spawn_config = request.spawn_config
     assert spawn_config is not None
     given = spawn_config.id
-    _check_new_id(engine, given)
+    _check_new_id(conn, given)
     backend_id = given if given and is_backend_id(given) else new_backend_id()
     needs = host_volume_needs(  # MountRefused here is the caller's 400
         spawn_config.executable, TemplateValues(key.name, key.namespace, backend_id)
     )
     pool = spawn_config.pool or request.pool or ""
-    with engine.begin() as conn:
-        drone = choose_drone(_candidates(conn), pool, needs, key.namespace)
-        now = now_ms()
-        secret = new_secret()
-        static = STATIC_TOKEN_PREFIX + new_secret() if spawn_config.use_static_token else None
-        lifetime = spawn_config.lifetime_limit_seconds
-        fence = conn.execute(
-            select(func.coalesce(func.max(backends.c.fencing_token), 0) + 1).where(
-                backends.c.key_namespace == key.namespace, backends.c.key_name == key.name)
-        ).scalar_one()
-        conn.execute(insert(backends).values(
-            id=backend_id, drone_id=drone.drone_id, key_namespace=key.namespace,
-            key_name=key.name, key_tag=key.tag, status=BackendStatus.SCHEDULED.value,
-            status_time_ms=now, executable=spawn_config.executable.model_dump(mode="json"),
-            secret_token=secret, static_token=static, created_ms=now,
-            lifetime_deadline_ms=now + lifetime * 1000 if lifetime else None,
-            max_idle_seconds=spawn_config.max_idle_seconds, last_active_ms=now,
-            fencing_token=fence,
-        ))
-        conn.execute(insert(backend_keys).values(
-            namespace=key.namespace, name=key.name, backend_id=backend_id,
-            expires_ms=now + terms.lease_ms,
-        ))
-        conn.execute(insert(backend_states).values(
-            backend_id=backend_id, status=BackendStatus.SCHEDULED.value, time_ms=now,
-        ))
-        token = static or _new_token(conn, backend_id, request)
-        spawn = SpawnBackend(backend_id=backend_id, key=key, executable=spawn_config.executable,
-                             secret_token=secret, fencing_token=int(fence))
-        payload = spawn.model_dump(mode="json")
-        action_id = queue_action(conn, drone.drone_id, payload)
+    drone = choose_drone(_candidates(conn), pool, needs, key.namespace)
+    now = now_ms()
+    secret = new_secret()
+    static = STATIC_TOKEN_PREFIX + new_secret() if spawn_config.use_static_token else None
+    lifetime = spawn_config.lifetime_limit_seconds
+    fence = conn.execute(_NEXT_FENCE, {"namespace": key.namespace, "name": key.name}
+                         ).scalar_one()
+    conn.execute(_NEW_BACKEND, {
+        "id": backend_id, "drone_id": drone.drone_id, "key_namespace": key.namespace,
+        "key_name": key.name, "key_tag": key.tag, "status": BackendStatus.SCHEDULED.value,
+        "status_time_ms": now, "executable": spawn_config.executable.model_dump(mode="json"),
+        "secret_token": secret, "static_token": static, "created_ms": now,
+        "lifetime_deadline_ms": now + lifetime * 1000 if lifetime else None,
+        "max_idle_seconds": spawn_config.max_idle_seconds, "last_active_ms": now,
+        "fencing_token": fence,
+    })
+    conn.execute(_NEW_KEY, {"namespace": key.namespace, "name": key.name,
+                            "backend_id": backend_id, "expires_ms": now + terms.lease_ms})
+    conn.execute(_NEW_STATE, {"backend_id": backend_id,
+                              "status": BackendStatus.SCHEDULED.value, "time_ms": now})
+    token = static or _new_token(conn, backend_id, request)
+    spawn = SpawnBackend(backend_id=backend_id, key=key, executable=spawn_config.executable,
+                         secret_token=secret, fencing_token=int(fence))
+    payload = spawn.model_dump(mode="json")
+    action_id = queue_action(conn, drone.drone_id, payload)
     response = connect_response(backend_id, True, BackendStatus.SCHEDULED, token,
                                 drone.drone_id, secret, urls)
     return response, QueuedAction(drone.drone_id, {**payload, "action_id": action_id})
 
 
 def _candidates(conn: Connection) -> list[DroneCandidate]:
-    load = drone_load()
-    rows = conn.execute(
-        select(drones, func.coalesce(load.c.n, 0).label("load"))
-        .outerjoin(load, load.c.drone_id == drones.c.id).where(drones.c.connected)
-    ).mappings()
     fresh_after = now_ms() - int(HEARTBEAT_DEADLINE_SECONDS * 1000)
     return [
         DroneCandidate(
@@ -221,13 +239,13 @@ def _candidates(conn: Connection) -> list[DroneCandidate]:
             draining=row["draining"], load=row["load"],
             host_volumes=tuple(HostVolumeOffer.model_validate(v) for v in row["host_volumes"]),
         )
-        for row in rows
+        for row in conn.execute(_CANDIDATES).mappings()
     ]
 
 
 def _new_token(conn: Connection, backend_id: str, request: ConnectRequest) -> str:
     values = new_token_row(backend_id, request)
-    conn.execute(insert(tokens).values(values))
+    conn.execute(_NEW_TOKEN, values)
     return str(values["token"])
 
 
@@ -251,9 +269,8 @@ def connect_response(
 
 def queue_action(conn: Connection, drone_id: str, payload: dict[str, Any]) -> int:
     """Queue a message for a drone; its socket handler sends it until acknowledged."""
-    result = conn.execute(insert(drone_actions).values(
-        drone_id=drone_id, payload=payload, acked=False, created_ms=now_ms(),
-    ))
+    result = conn.execute(_NEW_ACTION, {"drone_id": drone_id, "payload": payload,
+                                        "acked": False, "created_ms": now_ms()})
     (action_id,) = result.inserted_primary_key or (0,)
     return int(action_id)
 
@@ -292,15 +309,13 @@ def record_state(
     # Locked (PostgreSQL; SQLite takes its write lock at BEGIN): a concurrent writer of this
     # backend (the sweeper's "lost" against the drone's late events) reads the committed
     # status after us, never the one we are replacing, so no state moves it backwards.
-    row = conn.execute(
-        select(backends.c.status).where(backends.c.id == backend_id).with_for_update()
-    ).first()
+    row = conn.execute(_LOCKED_STATUS, {"backend_id": backend_id}).first()
     if row is None or BackendStatus(row[0]).rank >= state.status.rank:
         return False
-    conn.execute(insert(backend_states).values(
-        backend_id=backend_id, status=state.status.value, time_ms=state.time,
-        reason=state.reason, exit_code=state.exit_code, message=state.message,
-    ))
+    conn.execute(_NEW_STATE, {
+        "backend_id": backend_id, "status": state.status.value, "time_ms": state.time,
+        "reason": state.reason, "exit_code": state.exit_code, "message": state.message,
+    })
     values: dict[str, Any] = {"status": state.status.value, "status_time_ms": state.time}
     if state.status is BackendStatus.READY:
         values["last_active_ms"] = state.time  # idle time counts from ready
@@ -311,7 +326,7 @@ def record_state(
                    "message": state.message}
         if release_key:
             release(conn, backend_id)
-    conn.execute(update(backends).where(backends.c.id == backend_id).values(**values))
+    conn.execute(_UPDATE_BACKEND, {"the_id": backend_id, **values})
     return True
 
 

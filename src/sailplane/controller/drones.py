@@ -6,7 +6,7 @@ import secrets
 from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, select, update
 
 from sailplane.controller.backends import BackendNotFound, record_state
 from sailplane.controller.db.queries import LIVE_STATUSES, drone_load
@@ -90,9 +90,7 @@ def apply_events(engine: Engine, drone_id: str, events: list[BackendEvent]) -> N
     """Store a batch of a drone's events in one transaction (stale or repeated ones skip)."""
     with engine.begin() as conn:
         for event in events:
-            owner = conn.execute(
-                select(backends.c.drone_id).where(backends.c.id == event.backend_id)
-            ).scalar()
+            owner = conn.execute(_OWNER, {"backend_id": event.backend_id}).scalar()
             if owner != drone_id:  # a drone reports only on its own backends
                 continue
             if (not record_state(conn, event.backend_id, event.state, event.address)
@@ -100,8 +98,12 @@ def apply_events(engine: Engine, drone_id: str, events: list[BackendEvent]) -> N
                 # Already lost here, and now its drone confirms the container is gone: the
                 # key need not wait for the lease to run out.
                 release(conn, event.backend_id)
-        conn.execute(update(drones).where(drones.c.id == drone_id)
-                     .values(last_seen_ms=now_ms()))
+        conn.execute(_SEEN, {"drone_id": drone_id, "last_seen_ms": now_ms()})
+
+
+# Built once: apply_events runs for every state of every backend.
+_OWNER = select(backends.c.drone_id).where(backends.c.id == bindparam("backend_id"))
+_SEEN = update(drones).where(drones.c.id == bindparam("drone_id"))
 
 
 def pending_actions(

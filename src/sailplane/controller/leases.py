@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, and_, delete, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, select, update
 
 from sailplane.controller.db.queries import LIVE_STATUSES
 from sailplane.controller.db.tables import backend_keys, backends
@@ -74,4 +74,7 @@ def release_expired(conn: Connection, now: int, terms: LeaseTerms) -> int:
 
 def release(conn: Connection, backend_id: str) -> None:
     """Free the backend's key now (its drone confirmed the container is gone)."""
-    conn.execute(delete(backend_keys).where(backend_keys.c.backend_id == backend_id))
+    conn.execute(_RELEASE, {"backend_id": backend_id})
+
+
+_RELEASE = delete(backend_keys).where(backend_keys.c.backend_id == bindparam("backend_id"))
