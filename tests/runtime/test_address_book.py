@@ -1,24 +1,33 @@
-"""The address book frees what CNI's ``host-local`` reserved, in its format and under its lock.
+"""The address book reserves and frees as CNI's ``host-local`` does, in its format, in its
+order and under its lock.
 
 The records are made by the real ``host-local`` plugin (Debian's containernetworking-plugins)
-in a directory of the test's own, so a change in the plugin's format fails here."""
+in a directory of the test's own, so a change in the plugin's format fails here. Drones no
+longer run the plugin, but one of an older version on the same host still may."""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
 import subprocess
+import tempfile
 import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from sailplane.errors import RuntimeFailure
 from sailplane.runtime.address_book import AddressBook
-from sailplane.runtime.bridge_network import CNI_BIN_DIRS, IFNAME, BridgeNetwork
+from sailplane.runtime.bridge_network import BridgeNetwork
+from sailplane.runtime.veth import IFNAME
 
 NETWORK = "sp-test-book"
 SUBNET = "10.251.0.0/24"
+CNI_BIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")  # Debian's, upstream's
 
 
 def host_local() -> str:
@@ -133,3 +142,63 @@ def test_detach_without_a_namespace_frees_many_in_few_passes(data_dir: Path) -> 
     asyncio.run(detach_all())
     assert network.holders() == {}
     assert 1 <= len(passes) < len(ids)
+
+
+def test_reserve_follows_the_plugins_order_and_format(data_dir: Path) -> None:
+    """Reservations here and by the plugin, interleaved, take the addresses the plugin alone
+    would take, one after the other, in records the plugin frees."""
+    book = AddressBook(data_dir / NETWORK, IFNAME)
+    subnet = ipaddress.IPv4Network(SUBNET)
+    got = [reserve(data_dir, "c-p1"), str(book.reserve("c-b1", subnet)),
+           reserve(data_dir, "c-p2"), str(book.reserve("c-b2", subnet))]
+    assert got == ["10.251.0.2", "10.251.0.3", "10.251.0.4", "10.251.0.5"]
+    assert (data_dir / NETWORK / "10.251.0.3").read_bytes() == b"c-b1\r\neth0"
+
+    process = plugin(data_dir, "DEL", "c-b1")  # the plugin frees a record made here
+    assert process.wait(timeout=30) == 0
+    assert "c-b1" not in book.holders().values()
+    assert str(book.reserve("c-b3", subnet)) == "10.251.0.6"  # after the last, not the hole
+
+
+def test_reserve_again_gives_the_same_address(data_dir: Path) -> None:
+    book = AddressBook(data_dir / NETWORK, IFNAME)
+    subnet = ipaddress.IPv4Network(SUBNET)
+    first = book.reserve("c-same", subnet)
+    book.reserve("c-else", subnet)
+    assert book.reserve("c-same", subnet) == first
+    assert list(book.holders().values()).count("c-same") == 1
+
+
+def test_reserve_wraps_around_and_skips_what_is_held(data_dir: Path) -> None:
+    """A /29: the network (.0), the gateway (.1) and the broadcast (.7) are never given."""
+    book = AddressBook(data_dir / NETWORK, IFNAME)
+    subnet = ipaddress.IPv4Network("10.251.0.0/29")
+    given_out = [str(book.reserve(f"c-{i}", subnet)) for i in range(5)]
+    assert given_out == [f"10.251.0.{n}" for n in range(2, 7)]
+    with pytest.raises(RuntimeFailure, match="no address left"):
+        book.reserve("c-full", subnet)
+    book.release(["c-3", "c-1"])  # frees .5 and .3
+    assert str(book.reserve("c-next", subnet)) == "10.251.0.3"  # wrapped past .6
+    assert str(book.reserve("c-last", subnet)) == "10.251.0.5"
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 9)), max_size=40))
+def test_reserve_never_gives_one_address_twice(steps: list[tuple[bool, int]]) -> None:
+    """Any mix of reservations and releases of ten ids on a /28 (13 addresses to give):
+    each id holds at most one address, never a reserved one, and keeps it until freed."""
+    subnet = ipaddress.IPv4Network("10.251.1.0/28")
+    special = {subnet.network_address, subnet.network_address + 1, subnet.broadcast_address}
+    with tempfile.TemporaryDirectory() as directory:
+        book = AddressBook(Path(directory), IFNAME)
+        held: dict[str, ipaddress.IPv4Address] = {}
+        for reserving, n in steps:
+            cid = f"c-{n}"
+            if reserving:
+                address = book.reserve(cid, subnet)
+                assert address in subnet and address not in special
+                assert held.setdefault(cid, address) == address
+            else:
+                book.release([cid])
+                held.pop(cid, None)
+            assert book.holders() == {str(a): c for c, a in held.items()}

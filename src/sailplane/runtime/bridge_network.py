@@ -1,73 +1,59 @@
-"""The bridge every backend is wired to: one network namespace per backend, connected by CNI.
+"""The bridge every backend is wired to: one network namespace per backend, on a bridge.
 
 Both runtimes give each backend a network namespace with nothing in it but loopback (Docker:
 ``network_mode=none``; containerd: a named namespace made by the drone) and then connect it
-to a Linux bridge of Sailplane's own with Debian's CNI plugins (``bridge`` with ``host-local``
-addresses). The backend listens on its own address at ``BACKEND_PORT``, where the drone and a
-proxy on this host reach it; no port is published on the host. The firewall rules of
-``runtime/firewall.py``, installed once per bridge, keep it away from the host, from private
-networks and from the other backends on the bridge, and masquerade what it sends out.
+to a Linux bridge of Sailplane's own with a veth pair, in the drone's process
+(``runtime/veth.py``). The backend listens on its own address at ``BACKEND_PORT``, where the
+drone and a proxy on this host reach it; no port is published on the host. The firewall rules
+of ``runtime/firewall.py``, installed once per bridge, keep it away from the host, from
+private networks and from the other backends on the bridge, and masquerade what it sends out.
 
 Docker's own user-defined networks would do the same, but the engine starts a DNS resolver in
-every container on one (a dozen ``iptables`` runs inside its namespace, ~70 ms a start here);
-one CNI ``ADD`` is ~13 ms.
+every container on one (a dozen ``iptables`` runs inside its namespace, ~70 ms a start here).
+The wiring used to be CNI's ``bridge`` plugin (~15 ms a backend: two processes); it is now a
+few netlink requests, laid out as the plugin laid them out.
 
-The CNI configuration is the drone's own (never ``/etc/cni/net.d``). The address records live
-in ``IPAM_DIR``, one directory per network for the whole host: drones on one host share a
-bridge, so they must share its address book too (``host-local`` locks it). A backend whose
-namespace is gone has only its record left, freed in-process (``runtime/address_book.py``)
-rather than by a CNI ``DEL`` process per backend.
+The address records live in ``IPAM_DIR``, one directory per network for the whole host, in
+the format and under the lock of CNI's ``host-local`` (``runtime/address_book.py``): drones
+on one host share a bridge, so they share its address book too, including a drone still
+running the plugin. A backend whose namespace is gone has only its record left to free; one
+whose namespace lives on loses its veth pair first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from sailplane.errors import RuntimeFailure
-from sailplane.runtime import firewall
+from sailplane.runtime import firewall, veth
 from sailplane.runtime.address_book import AddressBook
+from sailplane.runtime.veth import IFNAME
 
-CNI_BIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
-CNI_VERSION = "1.0.0"
-# On tmpfs: a reboot, which ends every backend, frees every address too.
+# On tmpfs: a reboot, which ends every backend, frees every address too. The name is the one
+# the CNI plugin used, so drones of either kind share one book.
 IPAM_DIR = Path("/run/sailplane/cni")
-CNI_TIMEOUT_SECONDS = 30
-IFNAME = "eth0"  # the backend's interface, in every backend
 
 
 @dataclass
 class BridgeNetwork:
     """One bridge (``bridge``, at most 15 characters) and its subnet."""
 
-    name: str  # the CNI network's name, also the address book's directory
+    name: str  # the network's name: its address book's directory
     bridge: str
     subnet: str
     egress: firewall.EgressPolicy = field(default_factory=firewall.EgressPolicy)
 
     def __post_init__(self) -> None:
-        ipaddress.IPv4Network(self.subnet)  # a bad subnet option fails at start
+        self.network = ipaddress.IPv4Network(self.subnet)  # a bad option fails at start
         self._firewall_ready = False
         self._firewall_lock = asyncio.Lock()
         self.book = AddressBook(IPAM_DIR / self.name, IFNAME)
         self._releasing: set[str] = set()  # containers whose address waits for a pass
         self._release_lock = asyncio.Lock()
-
-    def config(self) -> dict[str, Any]:
-        return {
-            "cniVersion": CNI_VERSION, "name": self.name, "type": "bridge",
-            # Masquerading is one rule of the firewall's for the whole subnet: the plugin's
-            # own would add and remove iptables chains for every backend (~80 ms each).
-            "bridge": self.bridge, "isGateway": True, "ipMasq": False, "hairpinMode": False,
-            "ipam": {"type": "host-local", "ranges": [[{"subnet": self.subnet}]],
-                     "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(IPAM_DIR)},
-        }
 
     async def attach(self, container_id: str, netns: str) -> str:
         """Connect the namespace at path ``netns`` to the bridge as ``eth0``; its address.
@@ -79,24 +65,26 @@ class BridgeNetwork:
                 await asyncio.to_thread(firewall.install, self.bridge, self.egress,
                                         masquerade=self.subnet)
                 self._firewall_ready = True
-        result = await self._plugin("ADD", container_id, netns)
+        # Shielded: a thread cannot be stopped half-way, and a cancelled caller's retry (or
+        # detach) must find the pair and the record whole, not in the making.
+        connecting = asyncio.ensure_future(asyncio.to_thread(
+            veth.connect, self.bridge, self.network, self.book, container_id, netns))
         try:
-            address: str = result["ips"][0]["address"].split("/")[0]
-        except (KeyError, IndexError) as exc:
-            raise RuntimeFailure(f"CNI gave no address: {result}") from exc
-        return address
+            address = await asyncio.shield(connecting)
+        except asyncio.CancelledError:
+            await asyncio.wait([connecting])
+            raise
+        return str(address)
 
     async def detach(self, container_id: str, netns: str = "") -> None:
         """Disconnect and free the address.
 
-        ``netns``, a namespace that outlives this call, is disconnected by a CNI ``DEL``
-        (its ``eth0`` deleted, the address freed). Gone (or ``""``: gone, or deleted right
-        after by the caller), the kernel deletes the interface with it and only the address
-        is left to free: that is done here, without a process."""
+        ``netns``, a namespace that outlives this call, loses its veth pair first. Gone (or
+        ``""``: gone, or deleted right after by the caller), the kernel deletes the pair with
+        it and only the address is left to free."""
         if netns and os.path.exists(netns):
-            await self._plugin("DEL", container_id, netns)
-        else:
-            await self._release(container_id)
+            await asyncio.to_thread(veth.disconnect, container_id)
+        await self._release(container_id)
 
     async def _release(self, container_id: str) -> None:
         """Free the container's address together with every release queued meanwhile: one
@@ -131,24 +119,6 @@ class BridgeNetwork:
         await asyncio.to_thread(self.book.release, stale)  # their namespaces are gone
         return len(stale)
 
-    async def _plugin(self, command: str, container_id: str, netns: str) -> dict[str, Any]:
-        bin_dir = next((d for d in CNI_BIN_DIRS if os.path.exists(f"{d}/bridge")), None)
-        if bin_dir is None:
-            raise RuntimeFailure("the CNI plugins are missing (apt-get install "
-                                 "containernetworking-plugins); looked in "
-                                 + " and ".join(CNI_BIN_DIRS))
-        env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container_id,
-               "CNI_NETNS": netns, "CNI_IFNAME": IFNAME,
-               "CNI_PATH": bin_dir, "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin")}
-        out = await run(f"{bin_dir}/bridge", env=env, stdin=json.dumps(self.config()))
-        if command != "ADD":
-            return {}
-        try:
-            result: dict[str, Any] = json.loads(out)
-        except json.JSONDecodeError as exc:
-            raise RuntimeFailure(f"CNI {command} answered {out!r}") from exc
-        return result
-
     def exists(self) -> bool:
         return os.path.exists(f"/sys/class/net/{self.bridge}")
 
@@ -158,25 +128,8 @@ class BridgeNetwork:
         ports = Path(f"/sys/class/net/{self.bridge}/brif")
         if ports.exists() and any(ports.iterdir()):
             return False
-        await run("ip", "link", "delete", self.bridge, check=False)
+        await asyncio.to_thread(veth.delete_bridge, self.bridge)
         await asyncio.to_thread(firewall.remove, self.bridge)
         self._firewall_ready = False
         return True
 
-
-async def run(*argv: str, env: dict[str, str] | None = None, stdin: str | None = None,
-              check: bool = True) -> str:
-    """Run a short command (a CNI plugin, ``ip``); its output, or RuntimeFailure."""
-    process = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=env,
-    )
-    try:
-        async with asyncio.timeout(CNI_TIMEOUT_SECONDS):
-            out, err = await process.communicate(stdin.encode() if stdin else None)
-    except TimeoutError as exc:
-        process.kill()
-        raise RuntimeFailure(f"{argv[0]} did not finish in {CNI_TIMEOUT_SECONDS}s") from exc
-    if check and process.returncode != 0:
-        raise RuntimeFailure(f"{' '.join(argv[:3])} failed: {(err or out).decode().strip()}")
-    return out.decode()
