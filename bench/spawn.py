@@ -15,8 +15,8 @@ from the request to the first HTTP answer:
   bench's own (``sailplane-bench``) into which the image is imported from ``docker save``.
 
 Each runtime also has a second raw baseline, the same raw call with the backend isolation the
-drone now gives (an empty network namespace wired to Sailplane's own bridge by the same CNI
-call the runtime makes, and the capability cut), so one run shows what isolation
+drone now gives (an empty network namespace wired to Sailplane's own bridge by the same
+in-process wiring the runtime does, and the capability cut), so one run shows what isolation
 itself costs beside what Sailplane adds on top of it.
 
 The three alternate, and which goes first rotates every round, so all see the same machine. The
@@ -133,8 +133,8 @@ class DockerBench:
     async def _raw(self, isolated: bool) -> float:
         """What the executor does for a backend, with nothing of Sailplane but the polling;
         ``isolated``: as the runtime does it, an empty network namespace wired to the
-        backends' bridge by CNI, with the capability cut; otherwise Docker's default bridge and
-        a port published on loopback."""
+        backends' bridge, with the capability cut; otherwise Docker's default bridge and a
+        port published on loopback."""
         name = f"sailplane-bench-raw-{uuid.uuid4().hex[:12]}"
         started = time.perf_counter()
         options: dict[str, Any] = {
@@ -227,8 +227,8 @@ class ContainerdBench:
 
     async def _raw(self, isolated: bool) -> float:
         """One ``ctr run`` and the first answer: on the host's network with a free port (as
-        the runtime did before isolation), or ``isolated`` in a namespace of its own wired by
-        the same CNI calls the runtime makes."""
+        the runtime did before isolation), or ``isolated`` in a namespace of its own wired as
+        the runtime wires it."""
         name = f"sailplane-bench-raw-{uuid.uuid4().hex[:12]}"
         started = time.perf_counter()
         if isolated:

@@ -1,6 +1,6 @@
 """A containerd backend's network namespace comes from its drone's pool (``netns_pool.py``),
 is recorded on its container, survives a drone restart with it and goes at its removal; what
-the dead drone's pool held goes at the restart. Real containerd, bridge and CNI."""
+the dead drone's pool held goes at the restart. Real containerd, bridge and veth pairs."""
 
 from __future__ import annotations
 

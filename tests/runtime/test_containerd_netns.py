@@ -1,6 +1,6 @@
 """containerd backends' network namespaces: made in the drone's process (``netns.py``) and kept
 ready on the ``sp-ctr0`` bridge by a pool (``netns_pool.py``). Real namespaces, the real
-bridge and CNI plugins; everything made is deleted afterwards, the bridge too if it was not
+bridge and veth pairs; everything made is deleted afterwards, the bridge too if it was not
 there before."""
 
 from __future__ import annotations

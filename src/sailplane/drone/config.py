@@ -38,7 +38,7 @@ class DroneConfig(BaseModel):
     # containerd only: its socket (default_address() when None) and the namespace to use.
     containerd_address: str | None = None
     containerd_namespace: str = DEFAULT_NAMESPACE
-    containerd_subnet: str = DEFAULT_SUBNET  # the CNI bridge's addresses
+    containerd_subnet: str = DEFAULT_SUBNET  # the containerd bridge's addresses
     # Networks backends may reach although private (the rest of the private ranges and the
     # host stay closed to them).
     egress_allow: tuple[str, ...] = ()

@@ -1,6 +1,6 @@
 """Firewall rules that keep backends on a bridge away from the host and from each other.
 
-Both runtimes put backends on a Linux bridge of Sailplane's own, wired by CNI
+Both runtimes put backends on a Linux bridge of Sailplane's own, wired by the drone
 (``runtime/bridge_network.py``). For a bridge ``BR`` the drone installs, with ``iptables``::
 
     INPUT                 -i BR -j SP-IN-BR      backend -> any address of the host

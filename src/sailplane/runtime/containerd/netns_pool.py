@@ -1,7 +1,7 @@
 """A few network namespaces made and wired to the bridge ahead of time, for starts to take.
 
-Making a backend's namespace and connecting it (``network.py``: the namespace, then one CNI
-``ADD``, a process) is most of what isolation adds to a containerd start. The pool keeps
+Making a backend's namespace and connecting it (``network.py``: the namespace, then its veth
+pair) is most of what isolation adds to a containerd start. The pool keeps
 ``size`` of them ready, made in the background, so a start takes one and goes straight to
 ``ctr run``; taking one asks for a replacement. When the pool is empty (a burst of starts),
 the start makes its own at once, as it did before.
@@ -88,7 +88,7 @@ class NetnsPool:
         self._wanted.set()
         if self._ready:
             return self._ready.popleft()
-        # A start cancelled meanwhile leaves the making to end (a CNI plugin stopped half-way
+        # A start cancelled meanwhile leaves the making to end (a wiring stopped half-way
         # would leave an interface or an address behind); what it made joins the ready ones.
         making = asyncio.create_task(self._make())
         try:

@@ -1,7 +1,7 @@
 """A named network namespace of its own for every containerd backend, on the ``sp-ctr0`` bridge.
 
 A backend's namespace is a named network namespace made in the drone's process
-(``netns.py``), wired to the bridge (``runtime/bridge_network.py``: CNI, firewall); the
+(``netns.py``), wired to the bridge (``runtime/bridge_network.py``: veth pair, firewall); the
 container starts in it with ``ctr run --with-ns network:...``. Namespaces are made and wired
 ahead of time by a small pool (``netns_pool.py``), so a start only takes one. Removing the
 backend frees its address and deletes its namespace.
@@ -41,7 +41,7 @@ class CniNetwork:
 
     async def attach(self, name: str) -> str:
         """Make the namespace ``name`` and connect it; its address on the bridge. ``name`` is
-        also its holder's id in the address book (the CNI container id)."""
+        also its holder's id in the address book (its container id)."""
         path = self.netns_path(name)
         if os.path.exists(path):
             await self.detach(name)  # what an earlier, interrupted attempt left
@@ -66,7 +66,7 @@ class CniNetwork:
         """Delete the namespace and free the address; nothing there is fine.
 
         The namespace goes first: its interfaces go with it, so only the address is left to
-        free, in the drone's process instead of a CNI ``DEL`` per backend."""
+        free, in one pass over the address book for any number of backends."""
         path = self.netns_path(name)
         try:
             if os.path.exists(path):

@@ -6,7 +6,7 @@
 - Every ``ctr`` call (and every backend's network set-up) holds one of ``MAX_ENGINE_CALLS``
   slots (``runtime/calls.py``), so stopping a thousand backends never runs a thousand ``ctr``
   processes at once.
-- A backend is one ``ctr run --detach`` in a network namespace of its own on Sailplane's CNI
+- A backend is one ``ctr run --detach`` in a network namespace of its own on Sailplane's own
   bridge (``network.py``), firewalled like Docker's backends, with only the capabilities of
   ``BACKEND_CAPABILITIES``; the namespace is taken from a few made ahead of time
   (``netns_pool.py``). It listens on ``PORT`` (8080) at its own address, where the drone

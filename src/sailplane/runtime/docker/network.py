@@ -1,8 +1,8 @@
 """The bridge Docker backends are wired to: ``sp-docker0``, Sailplane's own, not Docker's.
 
 The engine starts each backend with ``network_mode=none`` (an empty namespace, loopback
-only); the drone then connects that namespace (Docker's ``SandboxKey``) to the bridge with CNI
-and firewalls it (``runtime/bridge_network.py``). Docker never learns the address: the drone
+only); the drone then connects that namespace (Docker's ``SandboxKey``) to the bridge with a veth
+pair and firewalls it (``runtime/bridge_network.py``). Docker never learns the address: the drone
 reads it back from the address book when it adopts a running backend.
 """
 
