@@ -40,7 +40,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 import psycopg
-from sqlalchemy import Engine, event, insert, select, tuple_
+from sqlalchemy import Engine, bindparam, event, insert, select, tuple_
 from sqlalchemy.exc import OperationalError
 
 from sailplane.controller.backends import Urls, connect_response, joinable, new_token_row
@@ -166,12 +166,11 @@ class SqliteJoins:
         self._engine.dispose()
 
     def _join(self, requests: Sequence[ConnectRequest]) -> Answers:
-        query = select(*_COLUMNS).join(backends, backends.c.id == backend_keys.c.backend_id) \
-            .where(tuple_(backend_keys.c.namespace, backend_keys.c.name).in_(_keys(requests)))
         with self._engine.begin() as conn:
-            answers, new_tokens = answer_batch(requests, conn.execute(query), self._urls)
+            rows = conn.execute(_SQLITE_SELECT, {"keys": _keys(requests)})
+            answers, new_tokens = answer_batch(requests, rows, self._urls)
             if new_tokens:
-                conn.execute(insert(tokens), new_tokens)
+                conn.execute(_INSERT_TOKENS, new_tokens)
         return answers
 
     def _checkpoint_wal(self, mode: str) -> int:
@@ -193,6 +192,15 @@ class SqliteJoins:
 def _no_automatic_checkpoint(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.execute("PRAGMA wal_autocheckpoint=0")
 
+
+# Built once (an expanding parameter takes any number of keys): building the statement and
+# its cache key cost more than running it.
+_SQLITE_SELECT = (
+    select(*_COLUMNS).join(backends, backends.c.id == backend_keys.c.backend_id)
+    .where(tuple_(backend_keys.c.namespace, backend_keys.c.name)
+           .in_(bindparam("keys", expanding=True)))
+)
+_INSERT_TOKENS = insert(tokens)
 
 _PG_SELECT = f"""
 SELECT {", ".join(f"{c.table.name}.{c.name}" for c in _COLUMNS)}

@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, bindparam, select, update
 
 from sailplane.controller.db.tables import backends, tokens
 from sailplane.protocol import RouteInfo
@@ -21,15 +21,10 @@ def lookup(engine: Engine, token: str) -> RouteInfo:
 def find(engine: Engine, token: str) -> tuple[RouteInfo, str | None]:
     """As :func:`lookup`, and the id of the token's backend if it is on its way to ``ready``
     (spawned, not ready yet, not asked to stop): a request for it can wait for its route."""
-    columns = (backends.c.id, backends.c.address, backends.c.status, backends.c.secret_token,
-               backends.c.stop_requested)
     with engine.connect() as conn:
-        row: tuple[Any, ...] | None = conn.execute(
-            select(*columns, tokens.c.username, tokens.c.auth)
-            .join(tokens, tokens.c.backend_id == backends.c.id).where(tokens.c.token == token)
-        ).first()
+        row: tuple[Any, ...] | None = conn.execute(_BY_TOKEN, {"token": token}).first()
         if row is None:
-            static = conn.execute(select(*columns).where(backends.c.static_token == token)).first()
+            static = conn.execute(_BY_STATIC_TOKEN, {"token": token}).first()
             row = None if static is None else (*static, None, None)
     if row is None:
         return RouteInfo(token=token), None
@@ -40,6 +35,15 @@ def find(engine: Engine, token: str) -> tuple[RouteInfo, str | None]:
         return RouteInfo(token=token), backend_id if starting else None
     return RouteInfo(token=token, backend_id=backend_id, address=address, username=username,
                      user_data=json.dumps(auth or {}), secret=secret), None
+
+
+# Built once: the proxies ask for every token they have not seen.
+_ROUTE_COLUMNS = (backends.c.id, backends.c.address, backends.c.status, backends.c.secret_token,
+                  backends.c.stop_requested)
+_BY_TOKEN = (select(*_ROUTE_COLUMNS, tokens.c.username, tokens.c.auth)
+             .join(tokens, tokens.c.backend_id == backends.c.id)
+             .where(tokens.c.token == bindparam("token")))
+_BY_STATIC_TOKEN = select(*_ROUTE_COLUMNS).where(backends.c.static_token == bindparam("token"))
 
 
 def not_ready(engine: Engine, backend_ids: Iterable[str]) -> list[str]:
