@@ -167,6 +167,9 @@ def test_reserve_again_gives_the_same_address(data_dir: Path) -> None:
     book.reserve("c-else", subnet)
     assert book.reserve("c-same", subnet) == first
     assert list(book.holders().values()).count("c-same") == 1
+    # Told the id is new, the book is not searched: a second address, freed with the first.
+    assert book.reserve("c-same", subnet, again=False) != first
+    assert book.release(["c-same"]).keys() == {str(first), "10.251.0.4"}
 
 
 def test_reserve_wraps_around_and_skips_what_is_held(data_dir: Path) -> None:

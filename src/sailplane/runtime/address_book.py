@@ -38,16 +38,22 @@ class AddressBook:
         ``host-local`` lets go of it, and one going away is skipped)."""
         return {address: owner for address, owner, _ in self._records()}
 
-    def reserve(self, container_id: str, subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Address:
-        """An address of ``subnet`` for ``container_id``, recorded under the lock: the one it
-        holds already (a retry), else the next free one after the last reserved, wrapping
-        around, never the network's, the gateway's (the first) or the broadcast address.
-        RuntimeFailure if every one is taken."""
+    def reserve(self, container_id: str, subnet: ipaddress.IPv4Network, *,
+                again: bool = True) -> ipaddress.IPv4Address:
+        """An address of ``subnet`` for ``container_id``, recorded under the lock: the next
+        free one after the last reserved, wrapping around, never the network's, the gateway's
+        (the first) or the broadcast address; RuntimeFailure if every one is taken.
+
+        ``again``: the id may hold an address already (a retry), and then gets that one. That
+        takes reading every record (28 ms with 1,000 held, here), so a caller that knows the
+        id is new says ``again=False``; an id reserved twice that way holds two addresses,
+        both freed by its release."""
         os.makedirs(self.directory, mode=0o755, exist_ok=True)
         with self._locked():
-            for address, owner, text in self._records():
-                if owner == container_id and self._is_ours(owner, text):
-                    return ipaddress.IPv4Address(address)
+            if again:
+                for address, owner, text in self._records():
+                    if owner == container_id and self._is_ours(owner, text):
+                        return ipaddress.IPv4Address(address)
             for candidate in self._candidates(subnet):
                 try:
                     fd = os.open(self.directory / str(candidate),
