@@ -14,6 +14,10 @@ the backend's first HTTP answer, each giving the backend its key's directory rea
   ``start``, then the same readiness polling.
 
 Target: the warm claim's median at most 0.25x raw Docker's. ``--check`` exits 1 when missed.
+
+The pool's cost is printed after the timings: the memory each idle warm container holds, as
+``docker stats`` counts it (its cgroup's usage less the inactive file cache), and its
+``containerd-shim`` process's proportional set size, which every running container has.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from sailplane.drone.warm_pool import WarmPoolSpec
 from sailplane.mounts.pin import StagingArea
 from sailplane.mounts.policy import Access, HostVolume, MountPolicy
 from sailplane.protocol import SpawnBackend
-from sailplane.runtime.base import BACKEND_PORT, BackendAddress
+from sailplane.runtime.base import BACKEND_PORT, DRONE_LABEL, WARM_LABEL, BackendAddress
 from sailplane.runtime.docker.runtime import DockerRuntime
 from sailplane.spec import ExecutorConfig, KeyConfig
 from sailplane.state import BackendStatus, TerminationReason
@@ -66,6 +70,7 @@ class WarmBench:
             StagingArea(state.resolve() / "staging-warm"),
             ExecutorSettings(warm_pools=(WarmPoolSpec(image, POOL_SIZE),)),
         )
+        self.pool_memory: list[tuple[int, int]] = []
         self.cold = Executor(DockerRuntime(f"bench-cold-{self.run_id}"), policy, self.stores[1],
                              StagingArea(state.resolve() / "staging-cold"))
 
@@ -129,6 +134,9 @@ class WarmBench:
                 shift = round_ % len(kinds)
                 for name, kind in kinds[shift:] + kinds[:shift]:
                     times[name].append(await kind())
+            assert self.warm.warm_pool is not None
+            await self.warm.warm_pool.wait_full(TIMEOUT_SECONDS)
+            self.pool_memory = await asyncio.to_thread(self.idle_pool_memory)
         finally:
             await self.warm.close()
             await self.cold.close(remove_isolation=True)  # leave the machine as found
@@ -139,6 +147,46 @@ class WarmBench:
                 self.client.api.remove_container(found["Id"], force=True)
             self.client.close()
         return times
+
+
+    def idle_pool_memory(self) -> list[tuple[int, int]]:
+        """(cgroup bytes, shim PSS bytes) of each idle container of the warm pool."""
+        found = self.client.api.containers(filters={"label": [
+            f"{DRONE_LABEL}=bench-warm-{self.run_id}", WARM_LABEL]})
+        sizes = []
+        for container in found:
+            stats = self.client.api.stats(container["Id"], stream=False, one_shot=True)
+            memory = stats["memory_stats"]
+            inactive = memory["stats"].get("total_inactive_file",
+                                           memory["stats"].get("inactive_file", 0))
+            pid = self.client.api.inspect_container(container["Id"])["State"]["Pid"]
+            sizes.append((memory["usage"] - inactive, _pss(_parent(pid))))
+        return sizes
+
+
+def _parent(pid: int) -> int:
+    """The parent of process ``pid`` (a container's init: its shim)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def _pss(pid: int) -> int:
+    """Process ``pid``'s proportional set size, bytes."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def report_pool(sizes: list[tuple[int, int]]) -> None:
+    if not sizes:
+        print("the pool's cost: no idle warm container found to measure")
+        return
+    cgroup = statistics.median(size for size, _ in sizes) / 2**20
+    shim = statistics.median(pss for _, pss in sizes) / 2**20
+    print(f"the pool's cost, per idle warm container (median of {len(sizes)}): "
+          f"{cgroup:.2f} MiB in its cgroup + {shim:.2f} MiB its shim (PSS) = "
+          f"{cgroup + shim:.2f} MiB")
 
 
 def report(times: dict[str, list[float]]) -> float:
@@ -165,8 +213,10 @@ def main() -> int:
     if args.n < 1:
         parser.error("--n must be at least 1")
     with tempfile.TemporaryDirectory(prefix="sailplane-bench-") as tmp:
-        times = asyncio.run(WarmBench(args.image, Path(tmp)).run(args.n))
+        bench = WarmBench(args.image, Path(tmp))
+        times = asyncio.run(bench.run(args.n))
     ratio = report(times)
+    report_pool(bench.pool_memory)
     return 1 if args.check and ratio > MAX_RATIO else 0
 
 
