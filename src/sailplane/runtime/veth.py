@@ -24,6 +24,7 @@ import contextlib
 import ctypes
 import errno
 import hashlib
+import importlib
 import ipaddress
 import os
 import socket
@@ -32,12 +33,6 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST
-from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE
-from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
-from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from sailplane.errors import RuntimeFailure
 from sailplane.runtime.address_book import AddressBook
@@ -52,9 +47,12 @@ _RT_TABLE_MAIN = 254
 _RTPROT_BOOT = 3  # what ``ip route add`` and the plugin give a route
 _RTN_UNICAST = 1
 _NLMSG_ERROR = 2
+# From linux/netlink.h and linux/rtnetlink.h.
+_NLM_F_REQUEST, _NLM_F_ACK, _NLM_F_EXCL, _NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
+_RTM_NEWLINK, _RTM_DELLINK, _RTM_NEWADDR, _RTM_NEWROUTE = 16, 17, 20, 24
 _NLMSG_HEADER = struct.Struct("=IHHII")  # length, type, flags, sequence, port
-_NEW = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
-_SET = NLM_F_REQUEST | NLM_F_ACK
+_NEW = _NLM_F_REQUEST | _NLM_F_ACK | _NLM_F_CREATE | _NLM_F_EXCL
+_SET = _NLM_F_REQUEST | _NLM_F_ACK
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
@@ -123,7 +121,7 @@ def _add_pair(rtnl: socket.socket, bridge: str, subnet: ipaddress.IPv4Network, h
               ns_fd: int) -> bool:
     """Make the pair, host end on the bridge and up, peer in the namespace; whether the id
     had a pair already (an earlier attach: replaced)."""
-    pair = _message(ifinfmsg(), index=0, flags=_IFF_UP, change=_IFF_UP, attrs=[
+    pair = _message("ifinfmsg", index=0, flags=_IFF_UP, change=_IFF_UP, attrs=[
         ("IFLA_IFNAME", host), ("IFLA_MASTER", _bridge_index(rtnl, bridge, subnet)),
         ("IFLA_LINKINFO", {"attrs": [
             ("IFLA_INFO_KIND", "veth"),
@@ -132,13 +130,13 @@ def _add_pair(rtnl: socket.socket, bridge: str, subnet: ipaddress.IPv4Network, h
         ]}),
     ])
     try:
-        _request(rtnl, (pair, RTM_NEWLINK, _NEW))
+        _request(rtnl, (pair, _RTM_NEWLINK, _NEW))
         return False
     except OSError as exc:
         if exc.errno != errno.EEXIST:
             raise
     _delete_link(rtnl, host)  # its peer goes with it
-    _request(rtnl, (pair, RTM_NEWLINK, _NEW))
+    _request(rtnl, (pair, _RTM_NEWLINK, _NEW))
     return True
 
 
@@ -154,14 +152,14 @@ def _bridge_index(rtnl: socket.socket, bridge: str, subnet: ipaddress.IPv4Networ
         if int((sysfs / "flags").read_text(), 16) & _IFF_UP:
             return int((sysfs / "ifindex").read_text())
     # Without NLM_F_EXCL: one made meanwhile by another drone is no error.
-    _request(rtnl, (_message(ifinfmsg(), attrs=[
+    _request(rtnl, (_message("ifinfmsg", attrs=[
         ("IFLA_IFNAME", bridge), ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "bridge")]}),
-    ]), RTM_NEWLINK, _NEW & ~NLM_F_EXCL))
+    ]), _RTM_NEWLINK, _NEW & ~_NLM_F_EXCL))
     index = socket.if_nametoindex(bridge)
     with contextlib.suppress(FileExistsError):
-        _request(rtnl, (_address(index, gateway(subnet), subnet), RTM_NEWADDR, _NEW))
-    _request(rtnl, (_message(ifinfmsg(), index=index, flags=_IFF_UP, change=_IFF_UP),
-                    RTM_NEWLINK, _SET))
+        _request(rtnl, (_address(index, gateway(subnet), subnet), _RTM_NEWADDR, _NEW))
+    _request(rtnl, (_message("ifinfmsg", index=index, flags=_IFF_UP, change=_IFF_UP),
+                    _RTM_NEWLINK, _SET))
     return index
 
 
@@ -173,18 +171,18 @@ def _configure_inside(ns_fd: int, address: ipaddress.IPv4Address,
     with inside:
         _request(
             inside,
-            (_message(ifinfmsg(), index=_LOOPBACK_INDEX, flags=_IFF_UP, change=_IFF_UP),
-             RTM_NEWLINK, _SET),
-            (_message(ifinfmsg(), index=eth0, flags=_IFF_UP, change=_IFF_UP), RTM_NEWLINK, _SET),
-            (_address(eth0, address, subnet), RTM_NEWADDR, _NEW),
-            (_message(rtmsg(), family=socket.AF_INET, dst_len=0, table=_RT_TABLE_MAIN,
+            (_message("ifinfmsg", index=_LOOPBACK_INDEX, flags=_IFF_UP, change=_IFF_UP),
+             _RTM_NEWLINK, _SET),
+            (_message("ifinfmsg", index=eth0, flags=_IFF_UP, change=_IFF_UP), _RTM_NEWLINK, _SET),
+            (_address(eth0, address, subnet), _RTM_NEWADDR, _NEW),
+            (_message("rtmsg", family=socket.AF_INET, dst_len=0, table=_RT_TABLE_MAIN,
                       proto=_RTPROT_BOOT, scope=0, type=_RTN_UNICAST,
-                      attrs=[("RTA_GATEWAY", str(gateway(subnet)))]), RTM_NEWROUTE, _NEW),
+                      attrs=[("RTA_GATEWAY", str(gateway(subnet)))]), _RTM_NEWROUTE, _NEW),
         )
 
 
 def _address(index: int, address: ipaddress.IPv4Address, subnet: ipaddress.IPv4Network) -> Any:
-    return _message(ifaddrmsg(), family=socket.AF_INET, prefixlen=subnet.prefixlen, index=index,
+    return _message("ifaddrmsg", family=socket.AF_INET, prefixlen=subnet.prefixlen, index=index,
                     attrs=[("IFA_LOCAL", str(address)), ("IFA_ADDRESS", str(address)),
                            ("IFA_BROADCAST", str(subnet.broadcast_address))])
 
@@ -192,7 +190,7 @@ def _address(index: int, address: ipaddress.IPv4Address, subnet: ipaddress.IPv4N
 def _delete_link(rtnl: socket.socket, name: str) -> bool:
     """Delete the interface ``name``; whether there was one."""
     try:
-        _request(rtnl, (_message(ifinfmsg(), attrs=[("IFLA_IFNAME", name)]), RTM_DELLINK, _SET))
+        _request(rtnl, (_message("ifinfmsg", attrs=[("IFLA_IFNAME", name)]), _RTM_DELLINK, _SET))
     except OSError as exc:
         if exc.errno == errno.ENODEV:
             return False
@@ -200,7 +198,13 @@ def _delete_link(rtnl: socket.socket, name: str) -> bool:
     return True
 
 
-def _message(message: Any, **fields: Any) -> Any:
+def _message(kind: str, **fields: Any) -> Any:
+    """A pyroute2 message of class ``kind`` (``ifinfmsg``, ``ifaddrmsg``, ``rtmsg``) with
+    ``fields``. The class is imported on first use: any pyroute2 import runs its package's
+    ``__init__``, which loads every protocol it knows (about 150 ms here), and every CLI run
+    imports this module (through the runtimes' default subnets) without wiring anything. A
+    drone pays it once, in its first attach, beside the firewall's installation."""
+    message = getattr(importlib.import_module(f"pyroute2.netlink.rtnl.{kind}"), kind)()
     for key, value in fields.items():
         message[key] = value
     return message
