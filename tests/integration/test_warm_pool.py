@@ -107,7 +107,7 @@ def test_a_failed_claim_destroys_the_container_and_ends_the_backend_with_the_rea
     drone: DroneHarness
 ) -> None:
     async def scenario() -> None:
-        async with pooled(drone) as (executor, _pool):
+        async with pooled(drone) as (executor, pool):
             [before] = warm_containers(drone)
             # /bin/sh is a symlink in the image (busybox --install -s): no mount lands there.
             spawn = spawn_of(drone.image, volume_mounts=[
@@ -119,6 +119,8 @@ def test_a_failed_claim_destroys_the_container_and_ends_the_backend_with_the_rea
             ids = {c["Id"] for c in warm_containers(drone)}
             assert before["Id"] not in ids  # destroyed, not returned to the pool
             assert drone.engine.containers(spawn.backend_id) == []
+            await pool.wait_full(FILL_WITHIN)  # refilled after a failed claim too
+            assert pool.available(drone.image) == 1
 
     asyncio.run(scenario())
 

@@ -296,7 +296,7 @@ class Executor:
                 await self._prepare(spawn)
             if backend.status.rank < BackendStatus.STARTING.rank:
                 self._set(backend, BackendStatus.STARTING)
-            await self._start_container(backend, values, limits, prepared)
+            warm = await self._start_container(backend, values, limits, prepared)
         except BackendExited as exc:  # ran and ended at once (unless its exit came first)
             backend.exited.set()
             self._finish(backend, backend.stop_reason or TerminationReason.EXITED,
@@ -316,7 +316,7 @@ class Executor:
         if backend.stop_reason is not None:  # terminated while the container was starting
             await self.terminate(backend.backend_id, True, backend.stop_reason)
             return
-        await self._wait_ready(backend)
+        await self._wait_ready(backend, answered=warm)
 
     def _warm_claimable(self, spawn: SpawnBackend) -> bool:
         return (self.warm_pool is not None and self.warm_pool.can_take(spawn.executable)
@@ -330,7 +330,8 @@ class Executor:
     async def _start_container(
         self, backend: _Backend, values: TemplateValues, limits: ResourceLimits,
         prepared: bool,
-    ) -> None:
+    ) -> bool:
+        """Start the backend's container, or claim a warm one; whether it was warm."""
         spawn = backend.spawn
         created = CreatedDirectories()
         mounts = plan_mounts(spawn.executable, self.policy, values, apply=True, created=created,
@@ -367,11 +368,18 @@ class Executor:
         created.release()
         backend.address = address
         self.store.set_address(spawn.backend_id, address)
+        return warm is not None
 
-    async def _wait_ready(self, backend: _Backend) -> None:
+    async def _wait_ready(self, backend: _Backend, answered: bool = False) -> None:
+        """Probe until the backend answers HTTP; ``answered``: it did already (a warm
+        container, probed before its claim, which changed only its mounts), so it is ready."""
         assert backend.address is not None
         if backend.status is not BackendStatus.WAITING:  # an adopted backend may be there
             self._set(backend, BackendStatus.WAITING)
+        if answered:
+            if backend.stop_reason is None and not backend.exited.is_set():
+                self._set(backend, BackendStatus.READY)
+            return
         ready = asyncio.create_task(wait_until_ready(backend.address))
         exited = asyncio.create_task(backend.exited.wait())
         done, _ = await asyncio.wait(

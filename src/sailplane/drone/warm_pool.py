@@ -90,15 +90,17 @@ class WarmPool:
         """A ready warm container for this request, now, or None (then spawn cold)."""
         if not self.can_take(executable):
             return None
-        warm = self._ready[executable.image].pop()
-        self._wanted.set()
-        return warm
+        return self._ready[executable.image].pop()  # refilled once it is claimed
 
     async def claim(self, warm: WarmContainer, spawn: SpawnBackend,
                     mounts: list[ResolvedMount]) -> BackendAddress:
         """Make ``warm`` the backend of ``spawn``: inject its pinned host mounts, write its
         identity, hand it to the runtime under the backend's id. On any failure the container
-        is destroyed and RuntimeFailure (or the mount's MountRefused) raised."""
+        is destroyed and RuntimeFailure (or the mount's MountRefused) raised.
+
+        The pool is refilled after the claim, not at the take: a new container's create and
+        start are the engine's heaviest work, and done at once they slowed the claim's own
+        engine call and injection by half (measured through the whole connect path)."""
         identity = {"backend_id": spawn.backend_id, "key": spawn.key.model_dump(),
                     "secret_token": spawn.secret_token}
         try:
@@ -110,6 +112,8 @@ class WarmPool:
         except BaseException:
             await self._discard(warm)
             raise
+        finally:
+            self._wanted.set()
 
     def available(self, image: str) -> int:
         return len(self._ready.get(image, []))
