@@ -198,12 +198,22 @@ def _delete_link(rtnl: socket.socket, name: str) -> bool:
     return True
 
 
+_MESSAGE_KINDS = ("ifinfmsg", "ifaddrmsg", "rtmsg")
+
+
+def load_messages() -> None:
+    """Import the message classes now: a drone calls this at its start, so its first backend's
+    wiring does not pay pyroute2's import (see :func:`_message`)."""
+    for kind in _MESSAGE_KINDS:
+        importlib.import_module(f"pyroute2.netlink.rtnl.{kind}")
+
+
 def _message(kind: str, **fields: Any) -> Any:
     """A pyroute2 message of class ``kind`` (``ifinfmsg``, ``ifaddrmsg``, ``rtmsg``) with
     ``fields``. The class is imported on first use: any pyroute2 import runs its package's
     ``__init__``, which loads every protocol it knows (about 150 ms here), and every CLI run
     imports this module (through the runtimes' default subnets) without wiring anything. A
-    drone pays it once, in its first attach, beside the firewall's installation."""
+    drone pays it once, at its start (:func:`load_messages`)."""
     message = getattr(importlib.import_module(f"pyroute2.netlink.rtnl.{kind}"), kind)()
     for key, value in fields.items():
         message[key] = value
