@@ -196,3 +196,28 @@ def test_bridge_network_detach_of_a_live_namespace(tmp_path: Path) -> None:
         delete_netns(path)
         veth.delete_bridge(network.bridge)
         firewall.remove(network.bridge)
+
+
+def test_bridge_network_prepare_installs_the_firewall_before_any_backend(tmp_path: Path) -> None:
+    """A drone's start prepares the bridge's isolation (``Runtime.prepare_isolation``): its
+    firewall is in place before the first backend, which then only wires its namespace."""
+    network = BridgeNetwork("sp-test-veth", f"sp-t{uuid.uuid4().hex[:8]}", str(SUBNET))
+    network.book = AddressBook(tmp_path / "book", veth.IFNAME)
+    path = f"/run/netns/sp-t{uuid.uuid4().hex[:10]}"
+    create_netns(path)
+
+    async def scenario() -> None:
+        await network.prepare()
+        assert firewall.installed(network.bridge)
+        await network.prepare()  # again: a no-op
+        await network.attach("c-first", path)
+        assert network.address_of("c-first") is not None
+        await network.detach("c-first")
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        delete_netns(path)
+        veth.delete_bridge(network.bridge)
+        firewall.remove(network.bridge)
+        assert not firewall.installed(network.bridge)

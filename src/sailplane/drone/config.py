@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import os
@@ -20,7 +19,6 @@ from sailplane.errors import PolicyError
 from sailplane.mounts.pin import StagingArea, staging_root
 from sailplane.mounts.policy import MountPolicy
 from sailplane.protocol import Hello, HostVolumeOffer
-from sailplane.runtime import veth
 from sailplane.runtime.base import Runtime, RuntimeName
 from sailplane.runtime.containerd.ctr import DEFAULT_NAMESPACE
 from sailplane.runtime.containerd.network import DEFAULT_SUBNET
@@ -155,7 +153,7 @@ async def run_drone(config: DroneConfig) -> None:
     staging = StagingArea(staging_root(config.state_dir))
     executor = Executor(make_runtime(config), config.policy, store, staging, config.settings)
     await executor.start()
-    await asyncio.to_thread(veth.load_messages)  # not in the first backend's start
+    await executor.runtime.prepare_isolation()  # not in its first backend's start
     hello = hello_for(config, instance_id(config.state_dir))
     agent = DroneAgent(config.controller_url, executor, hello, config.token,
                        watchdog=Watchdog(watchdog_config(config)))

@@ -196,6 +196,11 @@ class Runtime(abc.ABC):
         running. None: this runtime cannot tell, so its backends take no hot-plug."""
         return None
 
+    async def prepare_isolation(self) -> None:
+        """Make ready what backends are isolated with (their bridge's firewall), at the
+        drone's start, so that its first backend's start does not pay for it."""
+        return None
+
     async def remove_isolation(self) -> bool:
         """Remove the network backends run on and its firewall rules, unless a backend (of
         any drone) is still on it; whether they were removed. Nothing there is fine."""

@@ -55,16 +55,23 @@ class BridgeNetwork:
         self._releasing: set[str] = set()  # containers whose address waits for a pass
         self._release_lock = asyncio.Lock()
 
-    async def attach(self, container_id: str, netns: str) -> str:
-        """Connect the namespace at path ``netns`` to the bridge as ``eth0``; its address.
-
-        The firewall is installed before the first backend is connected, so no backend is
-        ever on the bridge without it."""
+    async def prepare(self) -> None:
+        """Install the firewall and load the wiring's messages, ahead of the first attach (a
+        drone's start; each costs a few hundred milliseconds the first time). Safe to call
+        again: the firewall is installed once per process."""
         async with self._firewall_lock:
             if not self._firewall_ready:
                 await asyncio.to_thread(firewall.install, self.bridge, self.egress,
                                         masquerade=self.subnet)
                 self._firewall_ready = True
+        await asyncio.to_thread(veth.load_messages)
+
+    async def attach(self, container_id: str, netns: str) -> str:
+        """Connect the namespace at path ``netns`` to the bridge as ``eth0``; its address.
+
+        The firewall is installed before the first backend is connected, so no backend is
+        ever on the bridge without it."""
+        await self.prepare()
         # Shielded: a thread cannot be stopped half-way, and a cancelled caller's retry (or
         # detach) must find the pair and the record whole, not in the making.
         connecting = asyncio.ensure_future(asyncio.to_thread(

@@ -202,8 +202,8 @@ _MESSAGE_KINDS = ("ifinfmsg", "ifaddrmsg", "rtmsg")
 
 
 def load_messages() -> None:
-    """Import the message classes now: a drone calls this at its start, so its first backend's
-    wiring does not pay pyroute2's import (see :func:`_message`)."""
+    """Import the message classes now, so that the first wiring does not pay pyroute2's
+    import (see :func:`_message`)."""
     for kind in _MESSAGE_KINDS:
         importlib.import_module(f"pyroute2.netlink.rtnl.{kind}")
 
@@ -213,7 +213,7 @@ def _message(kind: str, **fields: Any) -> Any:
     ``fields``. The class is imported on first use: any pyroute2 import runs its package's
     ``__init__``, which loads every protocol it knows (about 150 ms here), and every CLI run
     imports this module (through the runtimes' default subnets) without wiring anything. A
-    drone pays it once, at its start (:func:`load_messages`)."""
+    drone pays it once, at its start (``BridgeNetwork.prepare``)."""
     message = getattr(importlib.import_module(f"pyroute2.netlink.rtnl.{kind}"), kind)()
     for key, value in fields.items():
         message[key] = value

@@ -643,6 +643,9 @@ class ContainerdRuntime(Runtime):
             raise RuntimeFailure(f"no metrics for backend {backend_id}: {exc.message}") from exc
         return _metrics(json.loads(raw))
 
+    async def prepare_isolation(self) -> None:
+        await self.network.bridge.prepare()  # its namespace pool's first attach would, too
+
     async def remove_isolation(self) -> bool:
         await self.netns.close()  # the ready namespaces are on the bridge too
         return await remove_network()

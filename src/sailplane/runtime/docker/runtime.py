@@ -576,6 +576,9 @@ class DockerRuntime(Runtime):
         self._ids.pop(name, None)
         return container_id
 
+    async def prepare_isolation(self) -> None:
+        await self.network.prepare()
+
     async def remove_isolation(self) -> bool:
         return await remove_network()
 
