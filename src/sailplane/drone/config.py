@@ -15,7 +15,7 @@ from sailplane.drone.agent import DroneAgent
 from sailplane.drone.executor import Executor, ExecutorSettings
 from sailplane.drone.store import DroneStore
 from sailplane.drone.watchdog import Watchdog, WatchdogConfig
-from sailplane.errors import PolicyError
+from sailplane.errors import PolicyError, RuntimeFailure
 from sailplane.mounts.pin import StagingArea, staging_root
 from sailplane.mounts.policy import MountPolicy
 from sailplane.protocol import Hello, HostVolumeOffer
@@ -153,7 +153,11 @@ async def run_drone(config: DroneConfig) -> None:
     staging = StagingArea(staging_root(config.state_dir))
     executor = Executor(make_runtime(config), config.policy, store, staging, config.settings)
     await executor.start()
-    await executor.runtime.prepare_isolation()  # not in its first backend's start
+    try:
+        await executor.runtime.prepare_isolation()  # not in its first backend's start
+    except RuntimeFailure as exc:
+        log.error("cannot prepare the backends' isolation (each start tries again): %s",
+                  exc.message)
     hello = hello_for(config, instance_id(config.state_dir))
     agent = DroneAgent(config.controller_url, executor, hello, config.token,
                        watchdog=Watchdog(watchdog_config(config)))
