@@ -34,14 +34,13 @@ BENCHMARKS: list[tuple[str, list[str], int, str]] = [
     ("bench/mounts.py", [], 300,
      "resolving a depth-4 host mount costs at most 3x os.path.realpath, and under 1% of a "
      "container start; resolving and pinning it, under 5%"),
-    ("bench/spawn.py", [], 900,
+    ("bench/spawn.py", ["--path", "--warm"], 1200,
      "a spawn to `ready` through the executor takes at most 1.15x raw Docker's (and raw "
      "`ctr run`'s) create + start + first HTTP answer, median; the isolated raw series shows "
-     "what backend isolation itself costs"),
-    ("bench/spawn_path.py", ["--warm"], 900,
-     "the whole cold-spawn path a user waits for (connect -> first answer through the proxy "
-     "of a separate `sailplane dev`, one bind mount) takes at most 1.10x raw Docker Engine API "
-     "calls with the same mount, median; warm claims through the same path at most 0.25x"),
+     "what backend isolation itself costs. The whole cold-spawn path a user waits for "
+     "(connect -> first answer through the proxy of a separate `sailplane dev`, one bind "
+     "mount) takes at most 1.10x raw Docker Engine API calls with the same mount, median; "
+     "warm claims through the same path at most 0.25x"),
     ("bench/warm.py", [], 600,
      "a spawn that claims a warm container, its mount injected, answers in at most 0.25x raw "
      "Docker's create + start + first HTTP answer with the same bind mount, median"),

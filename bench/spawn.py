@@ -1,7 +1,8 @@
 """Cold spawn to ``ready`` through the drone's executor, against each runtime's raw client.
 
     .venv/bin/python bench/spawn.py [--n 20] [--image sailplane/static:latest]
-                                    [--runtime docker|containerd|both] [--budget 300] [--check]
+                                    [--runtime docker|containerd|both] [--budget 300]
+                                    [--path] [--warm] [--check]
 
 For each runtime (both by default, one after the other in the same run), each round spawns one
 new backend through :class:`~sailplane.drone.executor.Executor` (store writes, mount planning,
@@ -25,7 +26,13 @@ baselines wait for their answer with the executor's own
 (``timing.READY_POLL_*``). Containers are removed between rounds, outside the timings.
 
 Target: the executor's median at most 1.15x the baseline's, for each runtime. ``--check`` exits
-1 when missed. A runtime's run stops early, with what it has measured, once ``--budget``
+1 when missed.
+
+``--path`` then times, in the same run, the whole path a user waits for: a connect to a
+``sailplane dev`` in a process of its own, to the first answer through its proxy, against raw
+Docker Engine API calls with the same bind mount (``bench/spawn_path.py``, 15 rounds; target
+1.10x). ``--warm`` (which implies ``--path``) adds warm claims through that same path
+(target 0.25x raw). A runtime's run stops early, with what it has measured, once ``--budget``
 seconds have passed.
 """
 
@@ -49,6 +56,7 @@ from typing import Any, Protocol
 import docker
 import docker.errors
 
+import spawn_path
 from sailplane.drone.executor import Executor
 from sailplane.drone.readiness import answers_http, wait_until_ready
 from sailplane.drone.store import DroneStore
@@ -73,6 +81,7 @@ from sailplane.state import BackendStatus, TerminationReason
 
 IMAGE = "sailplane/static:latest"
 MAX_RATIO = 1.15
+PATH_ROUNDS = 15  # --path: rounds of each kind through the whole path
 SPAWN_TIMEOUT_SECONDS = 30.0
 REMOVAL_TIMEOUT_SECONDS = 30.0
 BENCH_LABEL = "dev.sailplane.bench"
@@ -425,6 +434,10 @@ def main() -> int:
                         help="stop each runtime after this many seconds (default 300)")
     parser.add_argument("--check", action="store_true",
                         help=f"exit 1 if a median ratio is above {MAX_RATIO}")
+    parser.add_argument("--path", action="store_true",
+                        help="then time the whole connect -> proxy path (spawn_path.py)")
+    parser.add_argument("--warm", action="store_true",
+                        help="with --path, warm claims through that path too")
     parser.add_argument("--samples", type=Path, default=None,
                         help="write every spawn time (ms) as JSON here, for plots")
     args = parser.parse_args()
@@ -448,6 +461,12 @@ def main() -> int:
             print()
         ratio = measure(runtime, args.image, args.n, args.budget, address, samples)
         missed = missed or ratio > MAX_RATIO
+    if args.path or args.warm:
+        print("\nthe whole path, connect -> first answer through the proxy:", flush=True)
+        times, path_missed = spawn_path.measure(PATH_ROUNDS, args.image, args.warm)
+        missed = missed or path_missed
+        for kind, values in times.items():
+            samples[f"{kind} (whole path)"] = [t * 1000 for t in values]
     if args.samples is not None:
         args.samples.write_text(json.dumps(samples))
     return 1 if args.check and missed else 0

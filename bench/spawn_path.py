@@ -173,13 +173,9 @@ def report(times: dict[str, list[float]]) -> dict[str, float]:
     return ratios
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, default=15, help="rounds (default 15)")
-    parser.add_argument("--image", default=IMAGE)
-    parser.add_argument("--warm", action="store_true", help="also time warm claims")
-    parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
-    args = parser.parse_args()
+def measure(n: int, image: str, warm: bool) -> tuple[dict[str, list[float]], bool]:
+    """Run the rounds and print the table; every series' times (s) and whether a target was
+    missed. ``bench/spawn.py --path`` runs this after its executor-only rounds."""
     run_id = uuid.uuid4().hex[:10]
     engine = docker.from_env()
     with tempfile.TemporaryDirectory(prefix="sailplane-bench-path-") as tmp_name, \
@@ -191,33 +187,44 @@ def main() -> int:
         cold = stack.enter_context(dev_cluster(tmp, "cold", volume))
         kinds: dict[str, Callable[[], float]] = {}
         poller = stack.enter_context(httpx.Client(timeout=1.0))
-        kinds["sailplane"] = lambda: sailplane_spawn(cold, args.image, poller)
-        kinds["raw Docker"] = lambda: raw_spawn(engine, args.image, volume, run_id, poller,
+        kinds["sailplane"] = lambda: sailplane_spawn(cold, image, poller)
+        kinds["raw Docker"] = lambda: raw_spawn(engine, image, volume, run_id, poller,
                                                 publish=True)
-        kinds["raw Docker, bridge IP"] = lambda: raw_spawn(engine, args.image, volume, run_id,
+        kinds["raw Docker, bridge IP"] = lambda: raw_spawn(engine, image, volume, run_id,
                                                            poller, publish=False)
-        if args.warm:
-            warm = stack.enter_context(dev_cluster(
-                tmp, "warm", volume, "--warm-pool", f"{args.image}={WARM_POOL_SIZE}"))
-            kinds["warm claim"] = lambda: sailplane_spawn(warm, args.image, poller)
+        if warm:
+            pooled = stack.enter_context(dev_cluster(
+                tmp, "warm", volume, "--warm-pool", f"{image}={WARM_POOL_SIZE}"))
+            kinds["warm claim"] = lambda: sailplane_spawn(pooled, image, poller)
         times: dict[str, list[float]] = {kind: [] for kind in kinds}
         for spawn in kinds.values():  # one unmeasured spawn each: images, caches, pools
             spawn()
         order = list(kinds)
-        for round_ in range(args.n):
+        for round_ in range(n):
             turn = order[round_ % len(order):] + order[:round_ % len(order)]
             for kind in turn:
                 times[kind].append(spawn_and_settle(kinds[kind]))
-            print(f"  round {round_ + 1}/{args.n}: " + ", ".join(
+            print(f"  round {round_ + 1}/{n}: " + ", ".join(
                 f"{kind} {times[kind][-1] * 1000:.0f} ms" for kind in turn), flush=True)
     engine.close()
-    print(f"\ncold spawn to the first HTTP answer, {args.image}, one bind mount, "
-          f"{args.n} rounds of each, rotating")
+    print(f"\ncold spawn to the first HTTP answer, {image}, one bind mount, "
+          f"{n} rounds of each, rotating")
     ratios = report(times)
     missed = ratios["sailplane"] > MAX_RATIO or ratios.get("warm claim", 0) > MAX_WARM_RATIO
     print(f"target: sailplane/raw <= {MAX_RATIO}x"
-          + (f", warm claim/raw <= {MAX_WARM_RATIO}x" if args.warm else "")
+          + (f", warm claim/raw <= {MAX_WARM_RATIO}x" if warm else "")
           + (": missed" if missed else ": met"))
+    return times, missed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=15, help="rounds (default 15)")
+    parser.add_argument("--image", default=IMAGE)
+    parser.add_argument("--warm", action="store_true", help="also time warm claims")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    args = parser.parse_args()
+    _, missed = measure(args.n, args.image, args.warm)
     return 1 if args.check and missed else 0
 
 
