@@ -112,6 +112,38 @@ def test_attach_wires_eth0_and_the_host_end(wiring: Wiring) -> None:
     assert wiring.book.holders() == {address: "c-one"}
 
 
+def bridge_mac_now(bridge: str) -> tuple[str, str]:
+    """The bridge's MAC address, and how it was assigned (``3``: set from user space)."""
+    sysfs = Path("/sys/class/net") / bridge
+    return ((sysfs / "address").read_text().strip(),
+            (sysfs / "addr_assign_type").read_text().strip())
+
+
+def test_the_bridge_keeps_one_mac_address_as_ports_come_and_go(wiring: Wiring) -> None:
+    """A Linux bridge left to itself takes its ports' lowest MAC and changes it as they come
+    and go; the backends' cached gateway entry then points nowhere and their answers to the
+    host are lost for seconds. The bridge made here has a fixed one instead."""
+    fixed = (veth.bridge_mac(wiring.bridge), "3")
+    namespaces = [wiring.namespace() for _ in range(4)]
+    for n, netns in enumerate(namespaces):
+        wiring.connect(f"c-{n}", netns)
+        assert bridge_mac_now(wiring.bridge) == fixed
+    for n in range(4):
+        veth.disconnect(f"c-{n}")
+        assert bridge_mac_now(wiring.bridge) == fixed
+    assert veth.bridge_mac(wiring.bridge) == veth.bridge_mac(wiring.bridge)  # from the name
+    assert int(fixed[0].split(":")[0], 16) & 0b11 == 0b10  # locally administered, unicast
+
+
+def test_a_bridge_made_before_without_a_fixed_mac_gets_one(wiring: Wiring) -> None:
+    """As the CNI plugin and the drones before this fix left it: the next attach fixes it."""
+    subprocess.run(["ip", "link", "add", wiring.bridge, "type", "bridge"], check=True)
+    subprocess.run(["ip", "link", "set", wiring.bridge, "up"], check=True)
+    assert bridge_mac_now(wiring.bridge)[1] != "3"
+    wiring.connect("c-old", wiring.namespace())
+    assert bridge_mac_now(wiring.bridge) == (veth.bridge_mac(wiring.bridge), "3")
+
+
 def test_a_server_in_the_namespace_is_reached_from_the_host(wiring: Wiring) -> None:
     netns = wiring.namespace()
     address = wiring.connect("c-serve", netns)

@@ -42,6 +42,7 @@ IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
 _CLONE_NEWNET = 0x40000000
 _NETLINK_ROUTE = 0
 _IFF_UP = 0x1
+_NET_ADDR_SET = "3"  # addr_assign_type of an address set from user space
 _LOOPBACK_INDEX = 1  # lo's, in every network namespace
 _RT_TABLE_MAIN = 254
 _RTPROT_BOOT = 3  # what ``ip route add`` and the plugin give a route
@@ -142,7 +143,14 @@ def _add_pair(rtnl: socket.socket, bridge: str, subnet: ipaddress.IPv4Network, h
 
 def _bridge_index(rtnl: socket.socket, bridge: str, subnet: ipaddress.IPv4Network) -> int:
     """The bridge's index; made first if missing or not up (it is brought up last, so one up
-    is complete), by this drone or by another at once. Forwarding on, as the plugin left it."""
+    is complete), by this drone or by another at once. Forwarding on, as the plugin left it.
+
+    The bridge gets a fixed MAC address (:func:`bridge_mac`). Left to itself, a Linux bridge
+    takes the lowest MAC of its ports and changes it as veths come and go; every backend that
+    had cached the gateway's old one then sent its packets (answers to the drone's and the
+    proxy's requests included) to an address no longer there, until its ARP entry went stale:
+    requests hung for seconds under backend churn. A bridge made before (by the CNI plugin or
+    an older drone) gets its fixed address on the next attach."""
     with open(IP_FORWARD) as forward:
         if forward.read().strip() != "1":
             with open(IP_FORWARD, "w") as forward_on:
@@ -150,10 +158,15 @@ def _bridge_index(rtnl: socket.socket, bridge: str, subnet: ipaddress.IPv4Networ
     sysfs = Path("/sys/class/net") / bridge
     with contextlib.suppress(OSError, ValueError):
         if int((sysfs / "flags").read_text(), 16) & _IFF_UP:
-            return int((sysfs / "ifindex").read_text())
+            index = int((sysfs / "ifindex").read_text())
+            if (sysfs / "addr_assign_type").read_text().strip() != _NET_ADDR_SET:
+                _request(rtnl, (_message("ifinfmsg", index=index, attrs=[
+                    ("IFLA_ADDRESS", bridge_mac(bridge))]), _RTM_NEWLINK, _SET))
+            return index
     # Without NLM_F_EXCL: one made meanwhile by another drone is no error.
     _request(rtnl, (_message("ifinfmsg", attrs=[
-        ("IFLA_IFNAME", bridge), ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "bridge")]}),
+        ("IFLA_IFNAME", bridge), ("IFLA_ADDRESS", bridge_mac(bridge)),
+        ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "bridge")]}),
     ]), _RTM_NEWLINK, _NEW & ~_NLM_F_EXCL))
     index = socket.if_nametoindex(bridge)
     with contextlib.suppress(FileExistsError):
@@ -161,6 +174,13 @@ def _bridge_index(rtnl: socket.socket, bridge: str, subnet: ipaddress.IPv4Networ
     _request(rtnl, (_message("ifinfmsg", index=index, flags=_IFF_UP, change=_IFF_UP),
                     _RTM_NEWLINK, _SET))
     return index
+
+
+def bridge_mac(bridge: str) -> str:
+    """The bridge's fixed MAC address: locally administered, unicast, from its name, so a
+    bridge made again has the same one and no backend's cached entry goes wrong."""
+    digest = hashlib.sha256(bridge.encode()).digest()
+    return ":".join(f"{byte:02x}" for byte in (0x02, *digest[:5]))
 
 
 def _configure_inside(ns_fd: int, address: ipaddress.IPv4Address,
