@@ -76,7 +76,7 @@ from sailplane.runtime.containerd.batch import MAX_BATCH
 from sailplane.runtime.containerd.ctr import Ctr, CtrError, default_address, normalize_image
 from sailplane.runtime.containerd.leftovers import traces
 from sailplane.runtime.containerd.netns_pool import NetnsPool
-from sailplane.runtime.containerd.network import CniNetwork
+from sailplane.runtime.containerd.network import NamespaceNetwork
 from sailplane.runtime.containerd.runtime import ContainerdRuntime, container_id
 from sailplane.runtime.docker.runtime import DockerRuntime
 from sailplane.spec import ExecutorConfig, KeyConfig, PullPolicy
@@ -442,7 +442,7 @@ class ContainerdEngine(Engine):
     async def remove_everything(self, drone_id: str, state_dir: Path) -> None:
         for cid in await self._raw_listed():
             await self.raw_remove(cid)
-        network = CniNetwork()
+        network = NamespaceNetwork()
         for cid in await self._ours(drone_id):
             for args in (("tasks", "delete", "--force", cid), ("containers", "delete", cid)):
                 with contextlib.suppress(CtrError):

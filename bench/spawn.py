@@ -72,7 +72,7 @@ from sailplane.runtime.base import (
 )
 from sailplane.runtime.containerd.ctr import Ctr, CtrError, default_address, normalize_image
 from sailplane.runtime.containerd.netns_pool import NetnsPool
-from sailplane.runtime.containerd.network import CniNetwork
+from sailplane.runtime.containerd.network import NamespaceNetwork
 from sailplane.runtime.containerd.runtime import ContainerdRuntime
 from sailplane.runtime.docker.network import backend_network
 from sailplane.runtime.docker.runtime import DockerRuntime
@@ -218,7 +218,7 @@ class ContainerdBench:
         self.phases: list[dict[str, int]] = []
         self.raw_logs = state_dir / "raw-logs"
         self.raw_logs.mkdir()
-        self.network = CniNetwork()
+        self.network = NamespaceNetwork()
 
     def import_image(self) -> None:
         saved = subprocess.run(["docker", "save", self.image], capture_output=True, check=True)

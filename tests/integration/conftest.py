@@ -48,7 +48,7 @@ from sailplane.runtime.containerd.ctr import (
     normalize_image,
 )
 from sailplane.runtime.containerd.netns_pool import NetnsPool
-from sailplane.runtime.containerd.network import CniNetwork, bridge_exists, remove_network
+from sailplane.runtime.containerd.network import NamespaceNetwork, bridge_exists, remove_network
 from sailplane.runtime.containerd.runtime import ADDRESS_LABEL, ContainerdRuntime
 from sailplane.runtime.containerd.runtime import container_id as ctr_container_id
 from sailplane.runtime.docker.network import backend_network
@@ -436,7 +436,7 @@ class ContainerdEngine(Engine):
         """Named volumes are directories in the state dir, which goes with tmp_path."""
         value = json.dumps(drone_id)
         listed = self.ctr("containers", "ls", "-q", f'labels."{DRONE_LABEL}"=={value}')
-        network = CniNetwork()
+        network = NamespaceNetwork()
         for cid in listed.stdout.split():
             self.ctr("tasks", "delete", "--force", cid, check=False)
             self.ctr("containers", "delete", cid, check=False)

@@ -16,7 +16,7 @@ import pytest
 from sailplane.drone.readiness import answers_http, wait_until_ready
 from sailplane.runtime.base import BackendSpec
 from sailplane.runtime.containerd.netns_pool import NetnsPool, pool_prefix
-from sailplane.runtime.containerd.network import NETNS_DIR, CniNetwork
+from sailplane.runtime.containerd.network import NETNS_DIR, NamespaceNetwork
 from sailplane.runtime.containerd.runtime import (
     NETNS_LABEL,
     ContainerdRuntime,
@@ -32,7 +32,7 @@ def pooled(drone_id: str) -> tuple[set[str], set[str]]:
     """The drone's namespaces and its address holders."""
     prefix = pool_prefix(drone_id)
     return ({n for n in os.listdir(NETNS_DIR) if n.startswith(prefix)},
-            {n for n in CniNetwork().bridge.holders().values() if n.startswith(prefix)})
+            {n for n in NamespaceNetwork().bridge.holders().values() if n.startswith(prefix)})
 
 
 @pytest.mark.containerd
@@ -63,7 +63,7 @@ def test_a_backend_s_namespace_is_its_own_survives_a_drone_restart_and_goes_with
         labels = json.loads(drone_ctr("containers", "info", cid).stdout)["Labels"]
         name = labels[NETNS_LABEL]
         namespaces, holders = pooled(drone_id)
-        assert name in namespaces and CniNetwork().bridge.holders()[ip] == name
+        assert name in namespaces and NamespaceNetwork().bridge.holders()[ip] == name
         assert len(namespaces) == len(holders) == 3  # the backend's and two ready ones
 
         async def restarted() -> None:
@@ -76,7 +76,7 @@ def test_a_backend_s_namespace_is_its_own_survives_a_drone_restart_and_goes_with
             assert not (namespaces - {name}) & pooled(drone_id)[0]
             await drone.remove(backend_id)
             assert name not in pooled(drone_id)[0]
-            assert name not in CniNetwork().bridge.holders().values()
+            assert name not in NamespaceNetwork().bridge.holders().values()
             await drone.close()
             assert pooled(drone_id) == (set(), set())
 
@@ -84,4 +84,4 @@ def test_a_backend_s_namespace_is_its_own_survives_a_drone_restart_and_goes_with
     finally:
         drone_ctr("tasks", "delete", "--force", cid, check=False)
         drone_ctr("containers", "delete", cid, check=False)
-        asyncio.run(NetnsPool(CniNetwork(), drone_id, size=0).sweep(set()))
+        asyncio.run(NetnsPool(NamespaceNetwork(), drone_id, size=0).sweep(set()))

@@ -36,7 +36,7 @@ from sailplane.runtime.containerd.ctr import (
 )
 from sailplane.runtime.containerd.leftovers import traces
 from sailplane.runtime.containerd.netns_pool import NetnsPool
-from sailplane.runtime.containerd.network import CniNetwork
+from sailplane.runtime.containerd.network import NamespaceNetwork
 from sailplane.runtime.containerd.runtime import ContainerdRuntime
 from sailplane.runtime.containerd.runtime import container_id as ctr_container_id
 from sailplane.runtime.docker.network import backend_network
@@ -207,7 +207,7 @@ def test_containerd_imports_an_image_from_docker_once_for_concurrent_spawns(
         finally:
             await executor.close()
             store.close()
-            network = CniNetwork()
+            network = NamespaceNetwork()
             await NetnsPool(network, drone_id, size=0).sweep(set())  # if it failed half-way
             staging.sweep(keep=())
 

@@ -20,7 +20,7 @@ from sailplane.runtime.containerd.netns import create_netns, delete_netns
 from sailplane.runtime.containerd.netns_pool import NetnsPool, pool_prefix
 from sailplane.runtime.containerd.network import (
     NETNS_DIR,
-    CniNetwork,
+    NamespaceNetwork,
     bridge_exists,
     remove_network,
 )
@@ -127,15 +127,15 @@ def test_a_making_that_fails_leaves_nothing(names: list[str]) -> None:
 
 
 @pytest.fixture
-def network() -> Iterator[CniNetwork]:
+def network() -> Iterator[NamespaceNetwork]:
     had_bridge = bridge_exists()
-    yield CniNetwork()
+    yield NamespaceNetwork()
     if not had_bridge:  # and its firewall rules, made by the first attach
         asyncio.run(remove_network())
 
 
 @pytest.fixture
-def owners(network: CniNetwork) -> Iterator[list[str]]:
+def owners(network: NamespaceNetwork) -> Iterator[list[str]]:
     """Drone ids for a test; whatever their pools hold is deleted afterwards."""
     made: list[str] = []
     yield made
@@ -149,7 +149,7 @@ def new_owner(owners: list[str]) -> str:
     return owner
 
 
-def held(network: CniNetwork, owner: str) -> tuple[set[str], set[str]]:
+def held(network: NamespaceNetwork, owner: str) -> tuple[set[str], set[str]]:
     """The namespaces and the address holders of ``owner``'s pool."""
     prefix = pool_prefix(owner)
     return ({n for n in os.listdir(NETNS_DIR) if n.startswith(prefix)},
@@ -164,7 +164,7 @@ async def filled(pool: NetnsPool) -> None:
 
 
 def test_the_pool_wires_namespaces_ahead_and_hands_each_out_once(
-    network: CniNetwork, owners: list[str],
+    network: NamespaceNetwork, owners: list[str],
 ) -> None:
     owner = new_owner(owners)
 
@@ -199,7 +199,8 @@ def test_the_pool_wires_namespaces_ahead_and_hands_each_out_once(
     asyncio.run(scenario())
 
 
-def test_an_empty_pool_makes_a_namespace_at_once(network: CniNetwork, owners: list[str]) -> None:
+def test_an_empty_pool_makes_a_namespace_at_once(network: NamespaceNetwork,
+                                                 owners: list[str]) -> None:
     owner = new_owner(owners)
 
     async def scenario() -> None:
@@ -215,7 +216,7 @@ def test_an_empty_pool_makes_a_namespace_at_once(network: CniNetwork, owners: li
 
 
 def test_a_restarted_drone_deletes_what_its_earlier_run_left_and_keeps_what_is_used(
-    network: CniNetwork, owners: list[str],
+    network: NamespaceNetwork, owners: list[str],
 ) -> None:
     owner, neighbour = new_owner(owners), new_owner(owners)
 
@@ -251,7 +252,7 @@ def test_a_restarted_drone_deletes_what_its_earlier_run_left_and_keeps_what_is_u
 
 @pytest.mark.parametrize("delay", [0.0, 0.0005, 0.002, 0.005, 0.01])
 def test_a_start_cancelled_while_its_namespace_is_made_leaves_it_to_the_pool(
-    network: CniNetwork, owners: list[str], delay: float,
+    network: NamespaceNetwork, owners: list[str], delay: float,
 ) -> None:
     owner = new_owner(owners)
 
@@ -281,7 +282,7 @@ def test_a_start_cancelled_while_its_namespace_is_made_leaves_it_to_the_pool(
 
 
 def test_closing_waits_for_a_cancelled_start_s_making_and_deletes_it(
-    network: CniNetwork, owners: list[str],
+    network: NamespaceNetwork, owners: list[str],
 ) -> None:
     owner = new_owner(owners)
 

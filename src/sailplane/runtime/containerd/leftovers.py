@@ -17,7 +17,7 @@ from pathlib import Path
 from sailplane.runtime.containerd.cgroup import CGROUP_ROOT
 from sailplane.runtime.containerd.ctr import Ctr, task_statuses
 from sailplane.runtime.containerd.netns_pool import pool_prefix
-from sailplane.runtime.containerd.network import NETNS_DIR, CniNetwork
+from sailplane.runtime.containerd.network import NETNS_DIR, NamespaceNetwork
 
 
 async def traces(ctr: Ctr, log_dir: Path, containers: list[str], drone_id: str,
@@ -38,7 +38,8 @@ async def traces(ctr: Ctr, log_dir: Path, containers: list[str], drone_id: str,
         "tasks": sorted(wanted & set(task_statuses(await ctr("tasks", "ls")))),
         "snapshots": sorted(wanted & snapshots),
         "netns": sorted(n for n in os.listdir(NETNS_DIR) if held(n)),
-        "addresses": sorted(n for n in set(CniNetwork().bridge.holders().values()) if held(n)),
+        "addresses": sorted(n for n in set(NamespaceNetwork().bridge.holders().values())
+                            if held(n)),
         "cgroups": [str(path) for c in containers
                     for path in (*CGROUP_ROOT.glob(f"*/{ctr.namespace}/{c}"),
                                  CGROUP_ROOT / ctr.namespace / c) if path.exists()],

@@ -32,7 +32,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 from sailplane.errors import RuntimeFailure
-from sailplane.runtime.containerd.network import NETNS_DIR, CniNetwork
+from sailplane.runtime.containerd.network import NETNS_DIR, NamespaceNetwork
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class NetnsPool:
     """``size`` namespaces of ``owner`` (a drone id) kept ready on ``network``'s bridge; each
     making holds one of ``slot``'s engine-call slots."""
 
-    def __init__(self, network: CniNetwork, owner: str, size: int = DEFAULT_POOL_SIZE,
+    def __init__(self, network: NamespaceNetwork, owner: str, size: int = DEFAULT_POOL_SIZE,
                  slot: Callable[[], AbstractAsyncContextManager[None]] | None = None) -> None:
         if size < 0:
             raise ValueError(f"a pool of {size} namespaces")

@@ -27,7 +27,7 @@ NETNS_DIR = Path("/run/netns")
 
 
 @dataclass
-class CniNetwork:
+class NamespaceNetwork:
     """The namespaces of containerd backends and their bridge."""
 
     subnet: str = DEFAULT_SUBNET
@@ -82,4 +82,4 @@ def bridge_exists() -> bool:
 async def remove_network() -> bool:
     """Delete the bridge and its firewall rules unless a backend (of any drone) is still on
     it. Whether they were removed."""
-    return await CniNetwork().bridge.remove()
+    return await NamespaceNetwork().bridge.remove()

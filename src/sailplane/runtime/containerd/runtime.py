@@ -75,7 +75,7 @@ from sailplane.runtime.containerd.ctr import (
 from sailplane.runtime.containerd.images import DockerImages, import_command
 from sailplane.runtime.containerd.mounts import to_ctr_mount_flag, to_oci_mounts
 from sailplane.runtime.containerd.netns_pool import DEFAULT_POOL_SIZE, NetnsPool
-from sailplane.runtime.containerd.network import DEFAULT_SUBNET, CniNetwork, remove_network
+from sailplane.runtime.containerd.network import DEFAULT_SUBNET, NamespaceNetwork, remove_network
 from sailplane.runtime.containerd.signals import signal_init
 from sailplane.runtime.firewall import EgressPolicy
 from sailplane.spec import PullPolicy, ResourceLimits
@@ -135,7 +135,7 @@ class ContainerdRuntime(Runtime):
         self.volume_root = state_dir / "volumes"
         self.log_dir = state_dir / "logs"
         self._backends: dict[str, str] = {}  # container id -> backend id, of this drone
-        self.network = CniNetwork(subnet, egress or EgressPolicy())
+        self.network = NamespaceNetwork(subnet, egress or EgressPolicy())
         self.netns = NetnsPool(self.network, drone_id, netns_pool_size, self.calls.slot)
         self._netns: dict[str, str] = {}  # container id -> the namespace it holds
         self._images_seen = RecentImages()
