@@ -49,8 +49,8 @@ class BridgeNetwork:
 
     def __post_init__(self) -> None:
         self.network = ipaddress.IPv4Network(self.subnet)  # a bad option fails at start
-        self._firewall_ready = False
-        self._firewall_lock = asyncio.Lock()
+        self._prepared = False
+        self._prepare_lock = asyncio.Lock()
         self.book = AddressBook(IPAM_DIR / self.name, IFNAME)
         self._releasing: set[str] = set()  # containers whose address waits for a pass
         self._release_lock = asyncio.Lock()
@@ -59,12 +59,14 @@ class BridgeNetwork:
         """Install the firewall and load the wiring's messages, ahead of the first attach (a
         drone's start; each costs a few hundred milliseconds the first time). Safe to call
         again: the firewall is installed once per process."""
-        async with self._firewall_lock:
-            if not self._firewall_ready:
+        if self._prepared:  # no lock, no thread: every attach asks
+            return
+        async with self._prepare_lock:
+            if not self._prepared:
+                await asyncio.to_thread(veth.load_messages)
                 await asyncio.to_thread(firewall.install, self.bridge, self.egress,
                                         masquerade=self.subnet)
-                self._firewall_ready = True
-        await asyncio.to_thread(veth.load_messages)
+                self._prepared = True
 
     async def attach(self, container_id: str, netns: str) -> str:
         """Connect the namespace at path ``netns`` to the bridge as ``eth0``; its address.
@@ -137,6 +139,6 @@ class BridgeNetwork:
             return False
         await asyncio.to_thread(veth.delete_bridge, self.bridge)
         await asyncio.to_thread(firewall.remove, self.bridge)
-        self._firewall_ready = False
+        self._prepared = False
         return True
 
