@@ -35,6 +35,7 @@ from typing import Any
 
 import docker
 
+from density import pss_kb
 from sailplane.drone.executor import Executor, ExecutorSettings
 from sailplane.drone.readiness import wait_until_ready
 from sailplane.drone.store import DroneStore
@@ -160,7 +161,7 @@ class WarmBench:
             inactive = memory["stats"].get("total_inactive_file",
                                            memory["stats"].get("inactive_file", 0))
             pid = self.client.api.inspect_container(container["Id"])["State"]["Pid"]
-            sizes.append((memory["usage"] - inactive, _pss(_parent(pid))))
+            sizes.append((memory["usage"] - inactive, pss_kb(_parent(pid)) * 1024))
         return sizes
 
 
@@ -168,14 +169,6 @@ def _parent(pid: int) -> int:
     """The parent of process ``pid`` (a container's init: its shim)."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     return int(stat.rsplit(")", 1)[1].split()[1])
-
-
-def _pss(pid: int) -> int:
-    """Process ``pid``'s proportional set size, bytes."""
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def report_pool(sizes: list[tuple[int, int]]) -> None:

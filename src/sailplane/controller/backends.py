@@ -94,6 +94,7 @@ def connect(
     key = request.key or KeyConfig(name="lk-" + secrets.token_hex(8))
     deadline = time.monotonic() + key_wait_seconds
     while True:
+        found: ConnectResponse | str | None = None
         try:
             # One transaction reads the key and, if it is free, spawns: on SQLite it holds
             # the write lock from its start, so the key cannot be taken in between.
@@ -121,8 +122,8 @@ def connect(
 
 _HELD = "held"
 
-# The new-key path's statements, built once: building one (and its cache key) on every call
-# cost more than running it.
+# The statements of a new-key connect and of a drone's event (record_state), built once:
+# building one (and its cache key) on every call cost more than running it.
 _KEY_HOLDER = (
     select(backends, backend_keys.c.expires_ms)
     .join(backend_keys, backend_keys.c.backend_id == backends.c.id)
